@@ -1,0 +1,115 @@
+"""The built-in backends: ``triton``, ``torch`` (SDPA itself) and ``reference``.
+
+Each is registered with its capabilities; kernels are imported on first use so that importing
+flashduo stays cheap and works where Triton is absent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+
+import reference
+from flashduo.registry import Backend, register_backend, triton_interpreting
+
+_HALF = frozenset({torch.float16, torch.bfloat16})
+_FLOATS = _HALF | {torch.float32}
+
+
+def _triton_unavailable() -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    if not (torch.cuda.is_available() or triton_interpreting()):
+        return "no CUDA GPU visible (set TRITON_INTERPRET=1 to run the kernels on the CPU)"
+    return None
+
+
+def _triton_devices() -> frozenset[str]:
+    return frozenset({"cuda", "cpu"}) if triton_interpreting() else frozenset({"cuda"})
+
+
+def _triton_fwd(q, k, v, causal, scale):
+    from triton_impl import attention_fwd
+
+    return attention_fwd(q, k, v, causal, scale)
+
+
+def _triton_bwd(dout, q, k, v, out, lse, causal, scale):
+    from triton_impl import attention_bwd
+
+    return attention_bwd(dout, q, k, v, out, lse, causal, scale)
+
+
+def _torch_fwd(q, k, v, causal, scale):
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=True)
+    return out, _lse_chunked(q, k, causal, scale)
+
+
+def _lse_chunked(q, k, causal, scale, rows: int = 1024):
+    """Row log-sum-exp of the masked scores in float32, 1024 query rows at a time."""
+    kf = k.float().repeat_interleave(q.shape[1] // k.shape[1], dim=1).transpose(-2, -1)
+    parts = []
+    for start in range(0, q.shape[2], rows):
+        s = torch.matmul(q[:, :, start : start + rows].float(), kf) * scale
+        if causal:
+            keep = reference.causal_mask(q.shape[2], k.shape[2], q.device)[start : start + rows]
+            s = s.masked_fill(~keep, float("-inf"))
+        parts.append(torch.logsumexp(s, dim=-1))
+    return torch.cat(parts, dim=-1)
+
+
+def _torch_bwd(dout, q, k, v, out, lse, causal, scale):
+    with torch.enable_grad():
+        qkv = [t.detach().requires_grad_() for t in (q, k, v)]
+        o = F.scaled_dot_product_attention(*qkv, is_causal=causal, scale=scale, enable_gqa=True)
+        return torch.autograd.grad(o, qkv, dout)
+
+
+def _reference_fwd(q, k, v, causal, scale):
+    out, lse = reference.attention_ref(q, k, v, causal, scale, upcast=True)
+    return out.to(q.dtype), lse.float()
+
+
+def _reference_bwd(dout, q, k, v, out, lse, causal, scale):
+    dq, dk, dv = reference.attention_bwd_ref(dout, q, k, v, causal, scale)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+TRITON = register_backend(
+    Backend(
+        name="triton",
+        fwd=_triton_fwd,
+        bwd=_triton_bwd,
+        description="FlashAttention-2 style Triton kernels (triton_impl/)",
+        dtypes=_FLOATS,
+        devices=_triton_devices,
+        head_dims=frozenset({16, 32, 64, 80, 96, 128, 256}),
+        min_capability=(8, 0),
+        unavailable=_triton_unavailable,
+    )
+)
+
+TORCH = register_backend(
+    Backend(
+        name="torch",
+        fwd=_torch_fwd,
+        bwd=_torch_bwd,
+        description="torch.nn.functional.scaled_dot_product_attention (its backward recomputes "
+        "the forward under autograd; lse from a chunked float32 matmul)",
+        dtypes=_FLOATS | {torch.float64},
+        devices=lambda: frozenset({"cpu", "cuda"}),
+    )
+)
+
+REFERENCE = register_backend(
+    Backend(
+        name="reference",
+        fwd=_reference_fwd,
+        bwd=_reference_bwd,
+        description="float64 math that materializes the scores (reference/)",
+        dtypes=_FLOATS | {torch.float64},
+        devices=lambda: frozenset({"cpu", "cuda"}),
+    )
+)

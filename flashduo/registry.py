@@ -1,0 +1,134 @@
+"""Backend registry: what each backend supports, and which one a call uses.
+
+A backend is a pair of functions with one contract (see ``Backend``) plus the facts needed to
+refuse inputs it cannot take with a readable reason. Selection, highest priority first: the
+``backend=`` argument, ``with use_backend(name):``, the ``FLASHDUO_BACKEND`` environment variable,
+then the default (``triton`` where a GPU or the Triton interpreter is present, else ``reference``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+FwdFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+BwdFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def triton_interpreting() -> bool:
+    """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One attention implementation and what it can take.
+
+    ``fwd(q, k, v, causal, scale) -> (out, lse)`` with q (B, Hq, Nq, D), k and v (B, Hkv, Nk, D),
+    out like q, lse float32 (B, Hq, Nq) in natural log.
+    ``bwd(dout, q, k, v, out, lse, causal, scale) -> (dq, dk, dv)`` shaped like q, k, v.
+    Inputs arrive validated, non-empty and with last-dim stride 1; other strides are free.
+    """
+
+    name: str
+    fwd: FwdFn
+    bwd: BwdFn
+    description: str
+    dtypes: frozenset[torch.dtype]
+    devices: Callable[[], frozenset[str]]
+    head_dims: frozenset[int] | None = None
+    min_capability: tuple[int, int] | None = None
+    unavailable: Callable[[], str | None] = field(default=lambda: None)
+
+    def not_supported_reasons(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
+    ) -> list[str]:
+        """Why this backend cannot run on these inputs; empty when it can."""
+        reasons = []
+        why = self.unavailable()
+        if why:
+            reasons.append(why)
+        if q.dtype not in self.dtypes:
+            names = ", ".join(sorted(str(d).removeprefix("torch.") for d in self.dtypes))
+            reasons.append(f"dtype={str(q.dtype).removeprefix('torch.')} not in {{{names}}}")
+        devices = self.devices()
+        if q.device.type not in devices:
+            reasons.append(f"device={q.device.type} not in {{{', '.join(sorted(devices))}}}")
+        d = q.shape[-1]
+        if self.head_dims is not None and d not in self.head_dims:
+            dims = ", ".join(str(x) for x in sorted(self.head_dims))
+            reasons.append(f"head_dim={d} not in {{{dims}}}")
+        if self.min_capability and q.device.type == "cuda":
+            cap = torch.cuda.get_device_capability(q.device)
+            if cap < self.min_capability:
+                reasons.append(f"compute capability {cap} < {self.min_capability}")
+        return reasons
+
+    def check(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> None:
+        """Raise ``ValueError`` listing every reason this backend cannot take the inputs."""
+        reasons = self.not_supported_reasons(q, k, v, causal)
+        if reasons:
+            raise ValueError(f"backend {self.name!r} cannot run these inputs: " + "; ".join(reasons))
+
+
+_REGISTRY: dict[str, Backend] = {}
+_STACK: list[str] = []
+
+
+def register_backend(backend: Backend) -> Backend:
+    """Add a backend under its name (replacing one of the same name) and return it."""
+    _REGISTRY[backend.name] = backend
+    return backend
+
+
+def registered_backends() -> list[str]:
+    """Names of every registered backend, in registration order."""
+    return list(_REGISTRY)
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name``; ``ValueError`` listing the registered names otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(_REGISTRY)
+        raise ValueError(f"backend={name!r} is not registered; registered: {known}") from None
+
+
+def available_backends() -> dict[str, str | None]:
+    """Every registered backend mapped to None when usable here, else the reason it is not."""
+    return {name: b.unavailable() for name, b in _REGISTRY.items()}
+
+
+def default_backend() -> str:
+    """``triton`` on a GPU or under the Triton interpreter, ``reference`` otherwise."""
+    if torch.cuda.is_available() or triton_interpreting():
+        return "triton"
+    return "reference"
+
+
+def resolve_backend(name: str | None) -> str:
+    """Apply the selection order (argument > use_backend > FLASHDUO_BACKEND > default)."""
+    if name is None and _STACK:
+        name = _STACK[-1]
+    if name is None:
+        name = os.environ.get("FLASHDUO_BACKEND") or default_backend()
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a str or None, got {type(name).__name__}")
+    get_backend(name)
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Make ``name`` the backend for calls inside the ``with`` block that pass no ``backend=``."""
+    get_backend(name)
+    _STACK.append(name)
+    try:
+        yield
+    finally:
+        _STACK.pop()

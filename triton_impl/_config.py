@@ -1,0 +1,91 @@
+"""Autotuning configurations shared by the Triton kernels.
+
+Tuning is keyed on a *shape class*: sequence lengths bucketed to powers of two (so a new length
+does not trigger a new search), head dim, causal and dtype (Triton adds the tensors' dtypes to
+the key itself). Configs are listed best-first for the common head dims; ``prune`` drops those
+that cannot fit in shared memory and, when tuning is switched off (``FLASHDUO_AUTOTUNE=0``, used
+by the test suite) or under the interpreter, keeps only the first survivor.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+
+SMEM_BUDGET = 200 * 1024
+
+
+def interpreting() -> bool:
+    """True when kernels run in Triton's CPU interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def autotuning() -> bool:
+    """False under the interpreter or with ``FLASHDUO_AUTOTUNE=0``: one config per shape class."""
+    return not interpreting() and os.environ.get("FLASHDUO_AUTOTUNE", "1") != "0"
+
+
+def bucket(n: int) -> int:
+    """Sequence-length class used as an autotune key: next power of two in [64, 16384]."""
+    return min(max(triton.next_power_of_2(n), 64), 16384)
+
+
+def block_d(head_dim: int) -> int:
+    """Head dim padded to the power of two the kernels tile with (80, 96 -> 128)."""
+    return max(triton.next_power_of_2(head_dim), 16)
+
+
+def _cfg(bm: int, bn: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
+
+
+_INTERPRETER = [_cfg(32, 16, 4, 1)]
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M tiles queries, BLOCK_N keys.
+FWD = [
+    (128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2),
+    (128, 64, 8, 4), (64, 64, 4, 3), (64, 128, 4, 3), (64, 32, 4, 2),
+]
+BWD_DKDV = [
+    (64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 4, 3), (64, 64, 4, 3),
+    (128, 128, 8, 2), (32, 64, 4, 2), (16, 64, 4, 2),
+]
+BWD_DQ = [
+    (128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (128, 128, 8, 2),
+    (64, 32, 4, 2), (32, 32, 4, 2),
+]
+
+
+def configs(table: list[tuple[int, int, int, int]]) -> list[triton.Config]:
+    """The autotune candidates for one kernel (a single small config under the interpreter)."""
+    return list(_INTERPRETER) if interpreting() else [_cfg(*row) for row in table]
+
+
+def _smem_bytes(cfg: triton.Config, bd: int, elt: int, resident: str) -> int:
+    bm, bn, stages = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_stages
+    if resident == "m":
+        return (bm + 2 * bn * stages) * bd * elt
+    return (2 * bn + 2 * bm * stages) * bd * elt
+
+
+def make_prune(resident: str):
+    """Build an early-prune hook: drop configs over the shared-memory budget, keep one if not tuning.
+
+    ``resident`` says which tile stays in place while the other streams: "m" (queries, forward and
+    dQ) or "n" (keys and values, dK/dV).
+    """
+
+    def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+        bd = named_args.get("BLOCK_D", kwargs.get("BLOCK_D"))
+        elt = named_args["Q"].element_size()
+        fits = [c for c in configs if _smem_bytes(c, bd, elt, resident) <= SMEM_BUDGET]
+        if bd >= 256:
+            fits = [c for c in fits if c.kwargs["BLOCK_M"] <= 64 and c.kwargs["BLOCK_N"] <= 64]
+        fits = fits or configs[-1:]
+        if autotuning():
+            return fits
+        warps = 8 if bd >= 128 else 4
+        return sorted(fits, key=lambda c: c.num_warps != warps)[:1]
+
+    return prune

@@ -1,0 +1,261 @@
+"""FlashAttention-2 backward in Triton: preprocess, dK/dV pass, dQ pass, launcher.
+
+With ``P = exp(S - lse)`` rebuilt tile by tile from the saved log-sum-exp (never stored):
+``dV = P^T dO``, ``dP = dO V^T``, ``dS = P * (dP - delta)`` with ``delta = rowsum(dO * O)``,
+``dK = scale dS^T Q``, ``dQ = scale dS K``.
+
+Two passes and no atomics, so two runs give bit-identical gradients:
+
+* dK/dV: a program keeps one BLOCK_N tile of K and V resident and loops over every query head
+  of its GQA group and over their query tiles, summing the group's gradients in registers;
+* dQ: a program keeps one BLOCK_M tile of Q, dO resident and loops over key tiles.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from triton_impl._common import load_tile
+from triton_impl._config import BWD_DKDV, BWD_DQ, block_d, bucket, configs, make_prune
+from triton_impl.fwd import LOG2E
+
+PREPROCESS_BLOCK = 64
+
+
+@triton.jit
+def _preprocess_kernel(
+    O, DO, Delta,
+    stride_ob, stride_oh, stride_om, stride_db, stride_dh, stride_dm,
+    H, NQ,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """delta[b, h, i] = sum_d dO[b, h, i, d] * O[b, h, i, d] in float32."""
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
+    do_ptrs = DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dm + offs_d[None, :]
+    o = load_tile(o_ptrs, offs_m, NQ, offs_d, HEAD_DIM, BLOCK_D, True).to(tl.float32)
+    do = load_tile(do_ptrs, offs_m, NQ, offs_d, HEAD_DIM, BLOCK_D, True).to(tl.float32)
+    tl.store(Delta + bh.to(tl.int64) * NQ + offs_m, tl.sum(o * do, 1), mask=offs_m < NQ)
+
+
+@triton.jit
+def _dkdv_inner(
+    dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dm,
+    offs_n, offs_d, lo, hi, NQ, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    CAUSAL_MASK: tl.constexpr,
+):
+    """Accumulate dK, dV of one key tile over query tiles [lo, hi) of one query head."""
+    for start_m in range(lo, hi, BLOCK_M):
+        rows = start_m + tl.arange(0, BLOCK_M)
+        q = load_tile(q_base + rows[:, None] * stride_qm + offs_d[None, :],
+                      rows, NQ, offs_d, HEAD_DIM, BLOCK_D, True)
+        do = load_tile(do_base + rows[:, None] * stride_dm + offs_d[None, :],
+                       rows, NQ, offs_d, HEAD_DIM, BLOCK_D, True)
+        # Rows past NQ get lse = +inf, so their probabilities are exactly 0.
+        lse2 = tl.load(lse_base + rows, mask=rows < NQ, other=float("inf")) * 1.4426950408889634
+        delta = tl.load(delta_base + rows, mask=rows < NQ, other=0.0)
+        p_t = tl.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse2[None, :])
+        if CAUSAL_MASK:
+            p_t = tl.where(rows[None, :] >= offs_n[:, None], p_t, 0.0)
+        dv = tl.dot(p_t.to(do.dtype), do, dv)
+        dp_t = tl.dot(v, tl.trans(do))
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = tl.dot(ds_t.to(q.dtype), q, dk)
+    return dk, dv
+
+
+@triton.autotune(
+    configs=configs(BWD_DKDV),
+    key=["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "CAUSAL"],
+    prune_configs_by={"early_config_prune": make_prune("n")},
+)
+@triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET"])
+def _dkdv_kernel(
+    Q, K, V, DO, Lse, Delta, DK, DV,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_db, stride_dh, stride_dm,
+    stride_gb, stride_gh, stride_gn,
+    H, HKV, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # Key tiles fastest in the 1-D grid; with causal the first key tiles carry the most work.
+    num_n = tl.cdiv(NK, BLOCK_N)
+    pid = tl.program_id(0)
+    bh = pid // num_n
+    start_n = (pid % num_n) * BLOCK_N
+    b = (bh // HKV).to(tl.int64)
+    hk = (bh % HKV).to(tl.int64)
+
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    k = load_tile(K + b * stride_kb + hk * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
+                  offs_n, NK, offs_d, HEAD_DIM, BLOCK_D, True)
+    v = load_tile(V + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :],
+                  offs_n, NK, offs_d, HEAD_DIM, BLOCK_D, True)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+
+    q_end = tl.cdiv(NQ, BLOCK_M) * BLOCK_M
+    if CAUSAL:
+        # Query tiles before lo see none of these keys; tiles in [lo, mid) cross the diagonal.
+        lo = (start_n // BLOCK_M) * BLOCK_M
+        mid = tl.minimum(tl.cdiv(start_n + BLOCK_N, BLOCK_M) * BLOCK_M, q_end)
+    else:
+        lo = 0
+        mid = 0
+    for g in range(GROUP):
+        h = hk * GROUP + g
+        q_base = Q + b * stride_qb + h * stride_qh
+        do_base = DO + b * stride_db + h * stride_dh
+        row_base = (b * H + h) * NQ
+        dk, dv = _dkdv_inner(
+            dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base, stride_qm, stride_dm,
+            offs_n, offs_d, lo, mid, NQ, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, True,
+        )
+        dk, dv = _dkdv_inner(
+            dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base, stride_qm, stride_dm,
+            offs_n, offs_d, mid, q_end, NQ, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, False,
+        )
+
+    out_off = b * stride_gb + hk * stride_gh + offs_n[:, None] * stride_gn + offs_d[None, :]
+    ok = (offs_n[:, None] < NK) & (offs_d[None, :] < HEAD_DIM)
+    tl.store(DK + out_off, (dk * scale).to(DK.dtype.element_ty), mask=ok)
+    tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _dq_inner(
+    dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn,
+    offs_m, offs_d, lo, hi, NK, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+):
+    """Accumulate dQ of one query tile over key tiles [lo, hi)."""
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + tl.arange(0, BLOCK_N)
+        k = load_tile(k_base + cols[:, None] * stride_kn + offs_d[None, :],
+                      cols, NK, offs_d, HEAD_DIM, BLOCK_D, MASKED)
+        v = load_tile(v_base + cols[:, None] * stride_vn + offs_d[None, :],
+                      cols, NK, offs_d, HEAD_DIM, BLOCK_D, MASKED)
+        p = tl.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse2[:, None])
+        if MASKED:
+            keep = cols[None, :] < NK
+            if CAUSAL:
+                keep = keep & (cols[None, :] <= offs_m[:, None])
+            p = tl.where(keep, p, 0.0)
+        dp = tl.dot(do, tl.trans(v))
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq)
+    return dq
+
+
+@triton.autotune(
+    configs=configs(BWD_DQ),
+    key=["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "CAUSAL"],
+    prune_configs_by={"early_config_prune": make_prune("m")},
+)
+@triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET"])
+def _dq_kernel(
+    Q, K, V, DO, Lse, Delta, DQ,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_db, stride_dh, stride_dm,
+    stride_gb, stride_gh, stride_gm,
+    H, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    num_m = tl.cdiv(NQ, BLOCK_M)
+    pid = tl.program_id(0)
+    bh = pid // num_m
+    start_m = pid % num_m
+    if CAUSAL:
+        start_m = num_m - 1 - start_m
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    hk = h // GROUP
+
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = load_tile(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
+                  offs_m, NQ, offs_d, HEAD_DIM, BLOCK_D, True)
+    do = load_tile(DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dm + offs_d[None, :],
+                   offs_m, NQ, offs_d, HEAD_DIM, BLOCK_D, True)
+    row_ok = offs_m < NQ
+    lse2 = tl.load(Lse + bh.to(tl.int64) * NQ + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
+    delta = tl.load(Delta + bh.to(tl.int64) * NQ + offs_m, mask=row_ok, other=0.0)
+    k_base = K + b * stride_kb + hk * stride_kh
+    v_base = V + b * stride_vb + hk * stride_vh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    if CAUSAL:
+        full_hi = tl.minimum(start_m * BLOCK_M, NK)
+        hi = tl.minimum((start_m + 1) * BLOCK_M, NK)
+    else:
+        full_hi = NK
+        hi = NK
+    full_hi = (full_hi // BLOCK_N) * BLOCK_N
+    dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+                   0, full_hi, NK, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, False)
+    dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+                   full_hi, hi, NK, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, True)
+
+    out_off = b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gm + offs_d[None, :]
+    tl.store(DQ + out_off, (dq * scale).to(DQ.dtype.element_ty),
+             mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
+
+
+def attention_bwd(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    causal: bool,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch preprocess, dK/dV and dQ.
+
+    Args:
+        dout, q, out: (B, Hq, Nq, D); k, v: (B, Hkv, Nk, D); last-dim stride 1.
+        lse: (B, Hq, Nq) float32 from the forward. causal, scale: as in the forward.
+
+    Returns:
+        dq (B, Hq, Nq, D), dk and dv (B, Hkv, Nk, D), contiguous, in the inputs' dtype.
+    """
+    b, h, nq, d = q.shape
+    hkv, nk = k.shape[1], k.shape[2]
+    bd = block_d(d)
+    lse = lse.contiguous()
+    delta = torch.empty((b, h, nq), dtype=torch.float32, device=q.device)
+    _preprocess_kernel[(triton.cdiv(nq, PREPROCESS_BLOCK), b * h)](
+        out, dout, delta, *out.stride()[:3], *dout.stride()[:3], h, nq,
+        HEAD_DIM=d, BLOCK_D=bd, BLOCK_M=PREPROCESS_BLOCK,
+    )
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    common = dict(HEAD_DIM=d, BLOCK_D=bd, CAUSAL=causal)
+    _dkdv_kernel[lambda meta: (triton.cdiv(nk, meta["BLOCK_N"]) * b * hkv,)](
+        q, k, v, dout, lse, delta, dk, dv,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3], *dk.stride()[:3],
+        h, hkv, h // hkv, nq, nk, scale * LOG2E, scale, bucket(nq), bucket(nk), **common,
+    )
+    _dq_kernel[lambda meta: (triton.cdiv(nq, meta["BLOCK_M"]) * b * h,)](
+        q, k, v, dout, lse, delta, dq,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3], *dq.stride()[:3],
+        h, h // hkv, nq, nk, scale * LOG2E, scale, bucket(nq), bucket(nk), **common,
+    )
+    return dq, dk, dv

@@ -1,0 +1,143 @@
+"""FlashAttention-2 forward in Triton: inner loop, kernel, launcher.
+
+Each program owns BLOCK_M query rows of one (batch, head) and streams the keys and values of the
+matching K/V head in BLOCK_N tiles, keeping a running row max ``m``, row sum ``l`` and output
+accumulator in float32 (online softmax). Scores are scaled by ``scale * log2(e)`` so the
+exponentials are ``exp2``. With ``causal``, key tiles entirely visible to the query tile run
+without mask arithmetic, the tiles crossing the diagonal (and the key tail) run masked, and tiles
+entirely above the diagonal are never visited.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from triton_impl._common import load_tile
+from triton_impl._config import FWD, block_d, bucket, configs, make_prune
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _fwd_inner(
+    acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn,
+    offs_m, offs_d, lo, hi, NK, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+):
+    """Fold key tiles [lo, hi) into (acc, l_i, m_i); MASKED applies the key-tail and causal masks."""
+    offs_n = tl.arange(0, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        k_ptrs = k_base + cols[:, None] * stride_kn + offs_d[None, :]
+        k = load_tile(k_ptrs, cols, NK, offs_d, HEAD_DIM, BLOCK_D, MASKED)
+        qk = tl.dot(q, tl.trans(k)) * qk_scale
+        if MASKED:
+            keep = cols[None, :] < NK
+            if CAUSAL:
+                keep = keep & (cols[None, :] <= offs_m[:, None])
+            qk = tl.where(keep, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.exp2(qk - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v_ptrs = v_base + cols[:, None] * stride_vn + offs_d[None, :]
+        v = load_tile(v_ptrs, cols, NK, offs_d, HEAD_DIM, BLOCK_D, MASKED)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.autotune(
+    configs=configs(FWD),
+    key=["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "CAUSAL"],
+    prune_configs_by={"early_config_prune": make_prune("m")},
+)
+@triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET"])
+def _fwd_kernel(
+    Q, K, V, Out, Lse,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_om,
+    H, GROUP, NQ, NK, qk_scale, Q_BUCKET, K_BUCKET,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # 1-D grid, query tiles fastest: programs running together share one head's K/V in L2.
+    # Causal: the heaviest (last) query tiles of a head start first.
+    num_m = tl.cdiv(NQ, BLOCK_M)
+    pid = tl.program_id(0)
+    bh = pid // num_m
+    start_m = pid % num_m
+    if CAUSAL:
+        start_m = num_m - 1 - start_m
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    hk = h // GROUP
+
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m[:, None] < NQ
+    d_ok = offs_d[None, :] < HEAD_DIM
+    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
+    q = load_tile(q_ptrs, offs_m, NQ, offs_d, HEAD_DIM, BLOCK_D, True)
+    k_base = K + b * stride_kb + hk * stride_kh
+    v_base = V + b * stride_vb + hk * stride_vh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    if CAUSAL:
+        full_hi = tl.minimum(start_m * BLOCK_M, NK)
+        hi = tl.minimum((start_m + 1) * BLOCK_M, NK)
+    else:
+        full_hi = NK
+        hi = NK
+    full_hi = (full_hi // BLOCK_N) * BLOCK_N
+    acc, l_i, m_i = _fwd_inner(
+        acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+        0, full_hi, NK, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, False,
+    )
+    acc, l_i, m_i = _fwd_inner(
+        acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+        full_hi, hi, NK, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, True,
+    )
+
+    out = acc / l_i[:, None]
+    o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok & d_ok)
+    lse = (m_i + tl.log2(l_i)) * 0.6931471805599453
+    tl.store(Lse + bh.to(tl.int64) * NQ + offs_m, lse, mask=offs_m < NQ)
+
+
+def attention_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the forward kernel.
+
+    Args:
+        q: (B, Hq, Nq, D); k, v: (B, Hkv, Nk, D); last-dim stride 1, other strides free.
+        causal: top-left aligned causal mask. scale: score scale.
+
+    Returns:
+        out (B, Hq, Nq, D) contiguous in q's dtype; lse (B, Hq, Nq) float32, natural log.
+    """
+    b, h, nq, d = q.shape
+    hkv, nk = k.shape[1], k.shape[2]
+    out = torch.empty((b, h, nq, d), dtype=q.dtype, device=q.device)
+    lse = torch.empty((b, h, nq), dtype=torch.float32, device=q.device)
+
+    def grid(meta: dict) -> tuple[int]:
+        return (triton.cdiv(nq, meta["BLOCK_M"]) * b * h,)
+
+    _fwd_kernel[grid](
+        q, k, v, out, lse,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+        h, h // hkv, nq, nk, scale * LOG2E, bucket(nq), bucket(nk),
+        HEAD_DIM=d, BLOCK_D=block_d(d), CAUSAL=causal,
+    )
+    return out, lse
