@@ -61,10 +61,12 @@ def _lse_chunked(q, k, causal, scale, rows: int = 1024):
 
 
 def _torch_bwd(dout, q, k, v, out, lse, causal, scale):
-    with torch.enable_grad():
-        qkv = [t.detach().requires_grad_() for t in (q, k, v)]
-        o = F.scaled_dot_product_attention(*qkv, is_causal=causal, scale=scale, enable_gqa=True)
-        return torch.autograd.grad(o, qkv, dout)
+    # torch.func.vjp works inside a custom op, where tensor autograd is switched off.
+    def sdpa(q_, k_, v_):
+        return F.scaled_dot_product_attention(q_, k_, v_, is_causal=causal, scale=scale,
+                                              enable_gqa=True)
+
+    return torch.func.vjp(sdpa, q, k, v)[1](dout)
 
 
 def _reference_fwd(q, k, v, causal, scale):
@@ -97,7 +99,7 @@ TORCH = register_backend(
         fwd=_torch_fwd,
         bwd=_torch_bwd,
         description="torch.nn.functional.scaled_dot_product_attention (its backward recomputes "
-        "the forward under autograd; lse from a chunked float32 matmul)",
+        "the forward under torch.func.vjp; lse from a chunked float32 matmul)",
         dtypes=_FLOATS | {torch.float64},
         devices=lambda: frozenset({"cpu", "cuda"}),
     )

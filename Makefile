@@ -1,0 +1,34 @@
+# flashduo: `make bench` (benchmark on this GPU, or a CPU demo without one) and `make test`.
+# Both install what is missing (and nothing when torch, triton and pytest are already there).
+
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.14.1
+PYTEST_ARGS ?= -q
+BENCH_ARGS ?=
+
+.PHONY: all deps test bench info lint clean
+
+all: test
+
+deps:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
+	@$(PYTHON) -c "import triton" 2>/dev/null || $(PYTHON) -m pip install triton
+	@$(PYTHON) -c "import pytest" 2>/dev/null || $(PYTHON) -m pip install pytest
+
+# pytest's exit code 5 means "no tests collected": not a failure of the suite.
+test: deps
+	@$(PYTHON) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+bench: deps
+	$(PYTHON) -m flashduo bench $(BENCH_ARGS)
+
+info: deps
+	$(PYTHON) -m flashduo info
+
+lint:
+	$(PYTHON) -m ruff check .
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

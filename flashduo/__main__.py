@@ -1,0 +1,7 @@
+"""``python -m flashduo``: see ``flashduo.cli``."""
+
+import sys
+
+from flashduo.cli import main
+
+sys.exit(main())

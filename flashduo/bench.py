@@ -1,0 +1,678 @@
+"""Benchmark: flashduo backends against PyTorch SDPA (FlashAttention-2, cuDNN) and FlexAttention.
+
+Conventions (DESIGN.md section 4): TFLOPS by FlashAttention's count, 4·B·H·Nq·Nk·D, halved when
+causal, x1 for the forward and x3.5 for forward + backward; ``triton.testing.do_bench`` medians
+(it flushes L2 before every timed call); every implementation timed on the same inputs in the
+same run, so the ratios are the numbers to quote. Absolute numbers always travel with the GPU
+name and the torch / triton / CUDA / cuDNN versions printed in the header.
+
+Standard sweep: bf16, D in {64, 128}, causal in {False, True}, N in 512..16384 with B = 16384 // N
+and H = 2048 // D (16k tokens, hidden size 2048). A ViT-S row: B=256, H=6, N=197, D=64, in ms.
+
+Every timed cell is isolated: an exception prints an ``ERR`` line and leaves NaN in the table.
+Before timing, each flashduo backend's output and gradients are compared with SDPA's on the same
+inputs (a sanity check that catches broken kernels, not a precision test).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+import flashduo
+import reference
+
+Impl = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+SEQLENS = (512, 1024, 2048, 4096, 8192, 16384)
+QUICK_SEQLENS = (1024, 4096)
+FLEX_SEQLENS = (1024, 4096, 16384)
+HEAD_DIMS = (64, 128)
+MODES = ("fwd", "fwdbwd")
+TOKENS = 16384  # B * N of the sweep
+HIDDEN = 2048  # H * D of the sweep
+DTYPE = torch.bfloat16
+VIT_SHAPE = {"B": 256, "H": 6, "N": 197, "D": 64}
+SDPA_IMPLS = ("sdpa-flash", "sdpa-cudnn")
+FLEX = "flex"
+NAIVE = "naive"
+BASELINES = (*SDPA_IMPLS, FLEX)
+TARGET = 1.0  # flashduo / sdpa-flash speed ratio to reach ...
+TARGET_MIN_N = 1024  # ... at every sweep length from this one up
+WARMUP_MS, REP_MS = 25, 100
+CHECK_RTOL = 5e-2  # max |x - sdpa| / max |sdpa| above this marks a backend's result SUSPECT
+
+NO_GPU_MESSAGE = "no CUDA GPU visible (torch.cuda.is_available() is False): the benchmark needs one"
+
+_MODE_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwdbwd": 3.5}
+
+
+class NoGPUError(RuntimeError):
+    """Raised by the benchmark entry points when no CUDA GPU is visible."""
+
+
+def require_gpu() -> None:
+    """Raise ``NoGPUError`` with a readable message unless a CUDA GPU is visible."""
+    if not torch.cuda.is_available():
+        raise NoGPUError(NO_GPU_MESSAGE)
+
+
+def attention_flops(
+    b: int, h: int, nq: int, nk: int, d: int, causal: bool, mode: str = "fwd"
+) -> float:
+    """FLOPs of one attention call: 4·B·H·Nq·Nk·D, halved when causal; x1 fwd, x2.5 bwd, x3.5 both.
+
+    ``mode`` is "fwd", "bwd" or "fwdbwd" (FlashAttention's convention: the count is nominal, the
+    causal half is not adjusted for the diagonal, and recomputation in the backward is not counted).
+    """
+    if mode not in _MODE_FACTOR:
+        raise ValueError(f"mode must be one of {sorted(_MODE_FACTOR)}, got {mode!r}")
+    flops = 4.0 * b * h * nq * nk * d * _MODE_FACTOR[mode]
+    return flops / 2 if causal else flops
+
+
+def tflops(ms: float, flops: float) -> float:
+    """Throughput in TFLOPS of ``flops`` done in ``ms`` milliseconds (NaN stays NaN)."""
+    return flops / (ms * 1e-3) / 1e12 if ms > 0 else math.nan
+
+
+def sweep_shape(n: int, d: int) -> tuple[int, int]:
+    """(B, H) of the standard sweep at sequence length n and head dim d: B·N = 16384, H·D = 2048."""
+    return TOKENS // n, HIDDEN // d
+
+
+def parse_backends(values: Iterable[str] | None) -> list[str]:
+    """Flatten repeated / comma-separated ``--backend`` values in order; default [triton]."""
+    names: list[str] = []
+    for value in values or ():
+        for name in value.split(","):
+            name = name.strip()
+            if name and name not in names:
+                names.append(name)
+    return names or ["triton"]
+
+
+@dataclass
+class Row:
+    """One timed cell: impl at one shape and mode. ms and tflops are NaN when it failed."""
+
+    tag: str  # "sweep" or "vit"
+    impl: str
+    D: int
+    causal: bool
+    mode: str
+    N: int
+    B: int
+    H: int
+    ms: float
+    tflops: float
+
+
+@dataclass
+class Check:
+    """Largest relative error (max |x - sdpa| / max |sdpa| over out, dq, dk, dv) of one backend."""
+
+    tag: str
+    impl: str
+    D: int
+    causal: bool
+    N: int
+    rel_err: float
+
+    @property
+    def ok(self) -> bool:
+        return self.rel_err <= CHECK_RTOL  # False for NaN
+
+
+# ----------------------------------------------------------------------------- implementations
+
+
+def flashduo_impl(name: str, causal: bool) -> Impl:
+    """``flashduo.attention`` with backend ``name``; (B, H, N, D) -> (B, H, N, D)."""
+    return lambda q, k, v: flashduo.attention(q, k, v, causal=causal, backend=name)
+
+
+def sdpa_impl(kind: str, causal: bool) -> Impl:
+    """SDPA restricted to one backend: ``kind`` is "sdpa-flash" or "sdpa-cudnn"."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {
+        "sdpa-flash": SDPBackend.FLASH_ATTENTION,
+        "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION,
+    }[kind]
+
+    def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        with sdpa_kernel([backend]):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    return fn
+
+
+def naive_impl(causal: bool) -> Impl:
+    """``reference.attention_naive``: scores and probabilities materialized in memory."""
+    return lambda q, k, v: reference.attention_naive(q, k, v, causal)
+
+
+def _causal_mask_mod(b, h, q_idx, kv_idx):
+    return q_idx >= kv_idx
+
+
+class FlexFactory:
+    """``torch.compile``'d FlexAttention, one block mask per causal length.
+
+    Dynamo recompiles per shape and silently falls back to eager (~5 TFLOPS) once its recompile
+    limit is hit, so the limit is raised here before the first compile.
+    """
+
+    def __init__(self) -> None:
+        import torch._dynamo
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        cfg = torch._dynamo.config
+        cfg.cache_size_limit = max(cfg.cache_size_limit, 256)
+        if hasattr(cfg, "accumulated_cache_size_limit"):
+            cfg.accumulated_cache_size_limit = max(cfg.accumulated_cache_size_limit, 1024)
+        self._flex = torch.compile(flex_attention, dynamic=False)
+        self._create_block_mask = create_block_mask
+        self._masks: dict[tuple[int, str], object] = {}
+
+    def impl(self, causal: bool, n: int, device: torch.device | str = "cuda") -> Impl:
+        """Compiled flex_attention on (B, H, n, D); a causal block mask is built lazily."""
+
+        def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            mask = None
+            if causal:
+                key = (n, str(device))
+                if key not in self._masks:
+                    self._masks[key] = self._create_block_mask(
+                        _causal_mask_mod, None, None, n, n, device=device
+                    )
+                mask = self._masks[key]
+            return self._flex(q, k, v, block_mask=mask)
+
+        return fn
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """A progress bar on stderr: tqdm when importable, else a plain counter line."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.count = total, 0
+        self._tty = sys.stderr.isatty()
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            self._bar = None
+        else:
+            interval = 0.5 if self._tty else 30.0
+            self._bar = tqdm(total=total, file=sys.stderr, dynamic_ncols=True, mininterval=interval)
+
+    def describe(self, text: str) -> None:
+        """Show what runs now (before it runs, so a hang shows where)."""
+        if self._bar is not None:
+            self._bar.set_description_str(text, refresh=self._tty)
+        elif self._tty:
+            print(f"\r[{self.count}/{self.total}] {text:<60}", end="", file=sys.stderr, flush=True)
+
+    def advance(self, text: str = "") -> None:
+        """Count one finished cell."""
+        self.count += 1
+        if self._bar is not None:
+            self._bar.update(1)
+        elif not self._tty and (self.count % 10 == 0 or self.count == self.total):
+            print(f"[{self.count}/{self.total}] {text}", file=sys.stderr, flush=True)
+
+    def write(self, message: str) -> None:
+        """Print a line to stderr without breaking the bar."""
+        if self._bar is not None:
+            self._bar.write(message, file=sys.stderr)
+        else:
+            if self._tty:
+                print(file=sys.stderr)
+            print(message, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self._tty:
+            print(file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def time_ms(
+    fn: Impl,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mode: str,
+    dout: torch.Tensor | None = None,
+) -> float:
+    """Median time in ms of one call: "fwd" under no_grad, "fwdbwd" = forward + ``.backward(dout)``.
+
+    q, k, v: (B, H, N, D) leaves with requires_grad; dout like the output (fixed, random).
+    """
+    from triton.testing import do_bench
+
+    if mode == "fwd":
+        with torch.no_grad():
+            return do_bench(
+                lambda: fn(q, k, v), warmup=WARMUP_MS, rep=REP_MS, return_mode="median"
+            )
+    if mode != "fwdbwd":
+        raise ValueError(f"mode must be 'fwd' or 'fwdbwd', got {mode!r}")
+    if dout is None:
+        raise ValueError("mode='fwdbwd' needs dout")
+
+    def step() -> None:
+        fn(q, k, v).backward(dout)
+
+    return do_bench(
+        step, warmup=WARMUP_MS, rep=REP_MS, grad_to_none=[q, k, v], return_mode="median"
+    )
+
+
+def _rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    scale = ref.float().abs().max().clamp_min(1e-6)
+    return ((x.float() - ref.float()).abs().max() / scale).item()
+
+
+def check_vs_sdpa(
+    fn: Impl,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    dout: torch.Tensor,
+    causal: bool,
+) -> float:
+    """Largest relative error of fn's out, dq, dk, dv against SDPA's (its default backend).
+
+    q, k, v, dout: (B, H, N, D). NaN anywhere gives NaN.
+    """
+    a = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    b = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = fn(*a)
+    got = (out, *torch.autograd.grad(out, a, dout))
+    ref_out = F.scaled_dot_product_attention(*b, is_causal=causal)
+    ref = (ref_out, *torch.autograd.grad(ref_out, b, dout))
+    errs = [_rel_err(x, r) for x, r in zip(got, ref, strict=True)]
+    return math.nan if any(math.isnan(e) for e in errs) else max(errs)
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def bench_shape(
+    tag: str,
+    impls: dict[str, Impl | None],
+    b: int,
+    h: int,
+    n: int,
+    d: int,
+    causal: bool,
+    progress: Progress,
+    checked: Sequence[str] = (),
+    checks: list[Check] | None = None,
+) -> list[Row]:
+    """Time every impl in both modes on one (B, H, N, D) bf16 shape; one Row per (impl, mode).
+
+    ``None`` impls (unavailable, already reported) give NaN rows without running. Impls named in
+    ``checked`` are first compared with SDPA and the result appended to ``checks``.
+    """
+    rows: list[Row] = []
+
+    def add(name: str, mode: str, ms: float) -> None:
+        tf = tflops(ms, attention_flops(b, h, n, n, d, causal, mode))
+        rows.append(Row(tag, name, d, causal, mode, n, b, h, ms, tf))
+
+    where = f"{tag} D={d} causal={int(causal)} N={n}"
+    try:
+        gen = torch.Generator(device="cuda").manual_seed(n * 1000 + d * 10 + int(causal))
+        q, k, v = (
+            torch.randn(b, h, n, d, device="cuda", dtype=DTYPE, generator=gen).requires_grad_()
+            for _ in range(3)
+        )
+        dout = torch.randn(b, h, n, d, device="cuda", dtype=DTYPE, generator=gen)
+    except Exception as exc:  # one failing shape must not end the run
+        progress.write(f"ERR inputs {where}: {_short(exc)}")
+        for name in impls:
+            for mode in MODES:
+                add(name, mode, math.nan)
+                progress.advance()
+        torch.cuda.empty_cache()
+        return rows
+
+    for name in checked:
+        fn = impls.get(name)
+        if fn is None or checks is None:
+            continue
+        try:
+            err = check_vs_sdpa(fn, q, k, v, dout, causal)
+        except Exception as exc:
+            progress.write(f"ERR check {name} {where}: {_short(exc)}")
+            err = math.nan
+        check = Check(tag, name, d, causal, n, err)
+        checks.append(check)
+        if not check.ok:
+            progress.write(f"WARN {name} {where}: rel err vs SDPA {err:.3g} > {CHECK_RTOL}")
+
+    for name, fn in impls.items():
+        for mode in MODES:
+            progress.describe(f"{where} {name} {mode}")
+            ms = math.nan
+            if fn is not None:
+                try:
+                    ms = time_ms(fn, q, k, v, mode, dout)
+                except Exception as exc:
+                    progress.write(f"ERR {name} {where} {mode}: {_short(exc)}")
+                    torch.cuda.empty_cache()
+            add(name, mode, ms)
+            progress.advance(f"{where} {name} {mode}")
+    del q, k, v, dout
+    torch.cuda.empty_cache()
+    return rows
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def _fmt_tflops(x: float) -> str:
+    if math.isnan(x):
+        return "nan"
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.1f}"
+
+
+def _fmt_ratio(x: float) -> str:
+    return "nan" if math.isnan(x) else f"{x:.2f}"
+
+
+def _fmt_ms(x: float) -> str:
+    return "nan" if math.isnan(x) else f"{x:.3f}"
+
+
+def _impl_order(present: Iterable[str], backends: Sequence[str]) -> list[str]:
+    present = list(dict.fromkeys(present))
+    known = [*backends, *BASELINES, NAIVE]
+    return [x for x in known if x in present] + [x for x in present if x not in known]
+
+
+def ratio_label(backend: str, baseline: str) -> str:
+    """Name of a ratio row, e.g. "triton / sdpa-flash" (speed ratio: > 1 means backend faster)."""
+    return f"{backend} / {baseline}"
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def format_sweep_table(rows: Sequence[Row], backends: Sequence[str]) -> str:
+    """Markdown table of the sweep: TFLOPS per N for each (D, causal, mode, impl), then ratio rows.
+
+    Ratio rows divide a flashduo backend's TFLOPS by a baseline's at each N of the same run;
+    empty cells were not run (flex only runs at some N), "nan" cells failed.
+    """
+    sweep = [r for r in rows if r.tag == "sweep"]
+    if not sweep:
+        return "(no sweep results)"
+    ns = sorted({r.N for r in sweep})
+    cell = {(r.D, r.causal, r.mode, r.impl, r.N): r.tflops for r in sweep}
+    lines = [
+        _md_row(["D", "causal", "mode", "impl", *map(str, ns)]),
+        _md_row(["---"] * (4 + len(ns))),
+    ]
+    blocks = sorted({(r.D, r.causal, r.mode) for r in sweep}, key=lambda x: (x[0], x[1], x[2]))
+    for d, causal, mode in blocks:
+        head = [str(d), str(int(causal)), mode]
+        impls = _impl_order((r.impl for r in sweep if (r.D, r.causal, r.mode) == (d, causal, mode)),
+                            backends)
+        for impl in impls:
+            vals = [cell.get((d, causal, mode, impl, n)) for n in ns]
+            text = ["" if x is None else _fmt_tflops(x) for x in vals]
+            lines.append(_md_row([*head, impl, *text]))
+        for be in backends:
+            if be not in impls:
+                continue
+            for base in BASELINES:
+                if base not in impls:
+                    continue
+                out = []
+                for n in ns:
+                    x, y = cell.get((d, causal, mode, be, n)), cell.get((d, causal, mode, base, n))
+                    out.append("" if x is None or y is None else _fmt_ratio(x / y))
+                lines.append(_md_row([*head, ratio_label(be, base), *out]))
+    return "\n".join(lines)
+
+
+def format_vit_table(rows: Sequence[Row], backends: Sequence[str]) -> str:
+    """Markdown table of the ViT row: ms per mode for each impl, then speed-ratio rows."""
+    vit = [r for r in rows if r.tag == "vit"]
+    if not vit:
+        return "(no ViT results)"
+    r0 = vit[0]
+    cell = {(r.impl, r.mode): r.ms for r in vit}
+    modes = [m for m in MODES if any(r.mode == m for r in vit)]
+    title = (f"ViT: B={r0.B} H={r0.H} N={r0.N} D={r0.D} bf16 causal={int(r0.causal)}, ms "
+             "(ratio rows: speed ratio, > 1 means the flashduo backend is faster)")
+    lines = [title, "", _md_row(["impl", *(f"{m} ms" for m in modes)]),
+             _md_row(["---"] * (1 + len(modes)))]
+    impls = _impl_order((r.impl for r in vit), backends)
+    for impl in impls:
+        lines.append(_md_row([impl, *(_fmt_ms(cell.get((impl, m), math.nan)) for m in modes)]))
+    for be in backends:
+        if be not in impls:
+            continue
+        for base in (*BASELINES, NAIVE):
+            if base not in impls:
+                continue
+            vals = [cell.get((base, m), math.nan) / cell.get((be, m), math.nan) for m in modes]
+            lines.append(_md_row([ratio_label(be, base), *map(_fmt_ratio, vals)]))
+    return "\n".join(lines)
+
+
+def summary_lines(
+    rows: Sequence[Row], backends: Sequence[str], checks: Sequence[Check] = ()
+) -> list[str]:
+    """Per backend and mode: the min speed ratio vs sdpa-flash over sweep N >= 1024; target met?
+
+    A NaN or missing ratio counts against the target (it is reported, not skipped silently).
+    """
+    sweep = [r for r in rows if r.tag == "sweep"]
+    cell = {(r.impl, r.D, r.causal, r.mode, r.N): r.tflops for r in sweep}
+    base = "sdpa-flash"
+    lines = []
+    for be in backends:
+        for mode in MODES:
+            keys = sorted({(r.D, r.causal, r.N) for r in sweep
+                           if r.mode == mode and r.N >= TARGET_MIN_N and r.impl in (be, base)})
+            ratios = []
+            for d, causal, n in keys:
+                x, y = cell.get((be, d, causal, mode, n)), cell.get((base, d, causal, mode, n))
+                ratios.append((math.nan if x is None or y is None else x / y, d, causal, n))
+            good = [t for t in ratios if not math.isnan(t[0])]
+            missing = len(ratios) - len(good)
+            label = f"{be} {mode}: min {ratio_label(be, base)} over N >= {TARGET_MIN_N}"
+            if not good:
+                lines.append(f"{label}: no data -> target >= {TARGET} NOT met")
+                continue
+            r, d, causal, n = min(good)
+            met = r >= TARGET and missing == 0
+            extra = f", {missing} cell(s) missing/failed" if missing else ""
+            lines.append(f"{label} = {r:.2f} (D={d} causal={int(causal)} N={n}{extra}) -> "
+                         f"target >= {TARGET} {'met' if met else 'NOT met'}")
+        mine = [c for c in checks if c.impl == be]
+        if mine:
+            worst = max(mine, key=lambda c: math.inf if math.isnan(c.rel_err) else c.rel_err)
+            bad = sum(not c.ok for c in mine)
+            lines.append(f"{be} check vs SDPA: worst rel err {worst.rel_err:.3g} ({worst.tag} "
+                         f"D={worst.D} causal={int(worst.causal)} N={worst.N}); "
+                         f"{bad} of {len(mine)} shape(s) over {CHECK_RTOL}")
+    return lines
+
+
+def environment() -> dict[str, object]:
+    """GPU name and library versions for the header and results.json."""
+    import triton
+
+    cuda = torch.cuda.is_available()
+    return {
+        "gpu": torch.cuda.get_device_name() if cuda else "no GPU",
+        "capability": list(torch.cuda.get_device_capability()) if cuda else None,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": triton.__version__,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "flashduo": flashduo.__version__,
+        "autotune": os.environ.get("FLASHDUO_AUTOTUNE", "1") != "0",
+    }
+
+
+def header_line(env: dict[str, object]) -> str:
+    """One line naming the GPU and versions: absolute numbers mean nothing without it."""
+    return (f"GPU: {env['gpu']} | torch {env['torch']} (CUDA {env['cuda']}) | "
+            f"triton {env['triton']} | cuDNN {env['cudnn']}")
+
+
+def write_outputs(
+    out_dir: str, rows: Sequence[Row], checks: Sequence[Check], env: dict, table: str
+) -> None:
+    """Write results.json (env, rows, checks; NaN as null) and table.md into out_dir."""
+    os.makedirs(out_dir, exist_ok=True)
+
+    def clean(d: dict) -> dict:
+        return {k: (None if isinstance(x, float) and math.isnan(x) else x) for k, x in d.items()}
+
+    data = {
+        "env": env,
+        "dtype": str(DTYPE).removeprefix("torch."),
+        "rows": [clean(asdict(r)) for r in rows],
+        "checks": [clean({**asdict(c), "ok": c.ok}) for c in checks],
+    }
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(data, f, indent=1)
+    with open(os.path.join(out_dir, "table.md"), "w") as f:
+        f.write(table + "\n")
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _sweep_impls(
+    backends: Sequence[str],
+    usable: dict[str, bool],
+    causal: bool,
+    n: int,
+    flex: FlexFactory | None,
+    with_flex: bool,
+) -> dict[str, Impl | None]:
+    impls: dict[str, Impl | None] = {
+        be: flashduo_impl(be, causal) if usable[be] else None for be in backends
+    }
+    for kind in SDPA_IMPLS:
+        impls[kind] = sdpa_impl(kind, causal)
+    if with_flex:
+        impls[FLEX] = flex.impl(causal, n) if flex is not None else None
+    return impls
+
+
+def run_benchmark(
+    backends: Sequence[str] = ("triton",),
+    quick: bool = False,
+    flex: bool = True,
+    out_dir: str | None = None,
+    head_dims: Sequence[int] = HEAD_DIMS,
+    seqlens: Sequence[int] | None = None,
+    vit: bool = True,
+) -> int:
+    """Run the sweep and the ViT row, print the tables and summary to stdout; return an exit code.
+
+    Returns 0 when every flashduo cell ran and passed the SDPA check, 1 otherwise (missing the
+    speed target does not fail the run: it is a measurement). Raises ``NoGPUError`` without a GPU
+    and ``ValueError`` for an unregistered backend name.
+    """
+    require_gpu()
+    backends = list(backends)
+    for be in backends:
+        flashduo.get_backend(be)  # ValueError naming the registered backends
+    t0 = time.time()
+    env = environment()
+    print(header_line(env), flush=True)
+
+    usable = {}
+    for be, why in flashduo.available_backends().items():
+        if be in backends:
+            usable[be] = why is None
+            if why:
+                print(f"WARN backend {be!r} unavailable ({why}): its cells will be NaN", flush=True)
+    seqlens = tuple(seqlens or (QUICK_SEQLENS if quick else SEQLENS))
+    flex = flex and not quick
+    factory = None
+    if flex:
+        try:
+            factory = FlexFactory()
+        except Exception as exc:
+            print(f"WARN flex unavailable ({_short(exc)}): its cells will be NaN", flush=True)
+
+    flex_ns = [n for n in seqlens if flex and n in FLEX_SEQLENS]
+    per_shape = len(backends) + len(SDPA_IMPLS)
+    total = len(MODES) * 2 * len(head_dims) * (len(seqlens) * per_shape + len(flex_ns))
+    if vit:
+        total += len(MODES) * (per_shape + 1 + int(flex))
+    progress = Progress(total)
+    rows: list[Row] = []
+    checks: list[Check] = []
+    checked = [be for be in backends if usable[be]]
+    try:
+        for d in head_dims:
+            for causal in (False, True):
+                for n in seqlens:
+                    b, h = sweep_shape(n, d)
+                    impls = _sweep_impls(backends, usable, causal, n, factory, n in flex_ns)
+                    rows += bench_shape("sweep", impls, b, h, n, d, causal, progress, checked,
+                                        checks)
+        if vit:
+            s = VIT_SHAPE
+            impls = _sweep_impls(backends, usable, False, s["N"], factory, flex)
+            impls[NAIVE] = naive_impl(False)
+            rows += bench_shape("vit", impls, s["B"], s["H"], s["N"], s["D"], False, progress,
+                                checked, checks)
+    finally:
+        progress.close()
+
+    sweep_table = format_sweep_table(rows, backends)
+    parts = [
+        header_line(env),
+        "",
+        f"TFLOPS, {str(DTYPE).removeprefix('torch.')}, B*N = {TOKENS}, H*D = {HIDDEN}; "
+        "FLOPs 4*B*H*N^2*D (/2 causal), x3.5 fwdbwd; do_bench median "
+        f"(warmup {WARMUP_MS} ms, rep {REP_MS} ms). Ratio rows: speed ratio, > 1 = faster.",
+        "",
+        sweep_table,
+    ]
+    if vit:
+        parts += ["", format_vit_table(rows, backends)]
+    summary = summary_lines(rows, backends, checks)
+    parts += ["", "Summary:", *(f"- {line}" for line in summary),
+              f"- wall time {time.time() - t0:.0f} s"]
+    text = "\n".join(parts)
+    print()
+    print(text, flush=True)
+    if out_dir:
+        write_outputs(out_dir, rows, checks, env, text)
+        print(f"wrote {os.path.join(out_dir, 'results.json')} and table.md", flush=True)
+
+    failed = [r for r in rows if r.impl in backends and math.isnan(r.ms)]
+    return 1 if failed or any(not c.ok for c in checks) else 0

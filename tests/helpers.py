@@ -1,0 +1,63 @@
+"""Running a backend and the references on one case."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+import flashduo
+import reference
+from flashduo.registry import triton_interpreting
+from tests.cases import ON_GPU, Case, make_inputs, poison_allocator
+
+
+def skip_if_unrunnable(backend: str, case: Case) -> None:
+    """Skip (with the reason) only what this machine cannot run; never on a GPU machine."""
+    why = flashduo.get_backend(backend).unavailable()
+    if why:
+        pytest.skip(f"{backend}: {why}")
+    if backend == "triton" and triton_interpreting() and case.dtype == torch.bfloat16:
+        pytest.skip("the Triton interpreter computes bf16 dots wrongly; bf16 is tested on the GPU")
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool):
+    """Let float32 matmuls use TF32, as the kernels' float32 dots do."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def run_backend(backend: str, q, k, v, causal: bool, dout: torch.Tensor):
+    """out, lse, dq, dk, dv from ``backend``, with NaN-poisoned output buffers."""
+    poison_allocator((q.shape, q.dtype), (q.shape[:3], torch.float32))
+    out, lse = flashduo.attention_with_lse(q, k, v, causal=causal, backend=backend)
+    poison_allocator(
+        (q.shape, q.dtype), (k.shape, k.dtype), (v.shape, v.dtype), (q.shape[:3], torch.float32)
+    )
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
+    return out, lse, dq, dk, dv
+
+
+def run_reference(q, k, v, causal: bool, dout: torch.Tensor):
+    """(float64 truth, PyTorch-in-input-dtype baseline), each as (out, lse, dq, dk, dv)."""
+    out, lse = reference.attention_ref(q, k, v, causal, upcast=True)
+    truth = (out, lse, *reference.attention_bwd_ref(dout, q, k, v, causal))
+    with tf32(ON_GPU):
+        qb, kb, vb = (t.detach().requires_grad_() for t in (q, k, v))
+        out_b, lse_b = reference.attention_ref(qb, kb, vb, causal, upcast=False)
+        grads_b = torch.autograd.grad(out_b, (qb, kb, vb), dout)
+    return truth, (out_b, lse_b, *grads_b)
+
+
+def case_inputs(case: Case, seed: int = 0):
+    """q, k, v for the case plus a random output gradient (never zeros)."""
+    q, k, v = make_inputs(case, seed)
+    g = torch.Generator(device=q.device).manual_seed(seed + 1)
+    dout = torch.randn(q.shape, generator=g, device=q.device).to(q.dtype)
+    return q, k, v, dout

@@ -1,0 +1,115 @@
+"""The front door: backend selection, torch.library registration, torch.compile, seed names."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import flashduo
+import triton_impl
+from flashduo import registry
+from tests.cases import DEVICE, ON_GPU
+
+
+def qkv(dtype=torch.float16, n=64, d=64, grad=False):
+    t = [torch.randn(2, 4, n, d, device=DEVICE).to(dtype) for _ in range(3)]
+    return [x.requires_grad_(grad) for x in t]
+
+
+def test_selection_priority(monkeypatch) -> None:
+    monkeypatch.delenv("FLASHDUO_BACKEND", raising=False)
+    assert registry.resolve_backend(None) == registry.default_backend()
+    monkeypatch.setenv("FLASHDUO_BACKEND", "reference")
+    assert registry.resolve_backend(None) == "reference"
+    with flashduo.use_backend("torch"):
+        assert registry.resolve_backend(None) == "torch"
+        assert registry.resolve_backend("triton") == "triton"
+        with flashduo.use_backend("reference"):
+            assert registry.resolve_backend(None) == "reference"
+        assert registry.resolve_backend(None) == "torch"
+    assert registry.resolve_backend(None) == "reference"
+
+
+def test_env_backend_is_used(monkeypatch) -> None:
+    calls = []
+    ref = flashduo.get_backend("reference")
+    spy = registry.Backend(
+        name="spy", fwd=lambda *a: (calls.append("fwd"), ref.fwd(*a))[1], bwd=ref.bwd,
+        description="test double", dtypes=ref.dtypes, devices=ref.devices,
+    )
+    flashduo.register_backend(spy)
+    try:
+        monkeypatch.setenv("FLASHDUO_BACKEND", "spy")
+        flashduo.attention(*qkv())
+        assert calls == ["fwd"]
+    finally:
+        registry._REGISTRY.pop("spy")
+
+
+def test_default_backend() -> None:
+    expected = "triton" if ON_GPU or registry.triton_interpreting() else "reference"
+    assert registry.default_backend() == expected
+
+
+def test_available_backends_reports_reasons() -> None:
+    avail = flashduo.available_backends()
+    assert set(avail) == set(flashduo.registered_backends())
+    assert avail["reference"] is None and avail["torch"] is None
+    if ON_GPU:
+        assert avail["triton"] is None
+
+
+def test_seed_compatible_names() -> None:
+    if flashduo.get_backend("triton").unavailable():
+        pytest.skip(flashduo.get_backend("triton").unavailable())
+    q, k, v = qkv(torch.float32 if not ON_GPU else torch.float16, n=40, d=32)
+    want = flashduo.attention(q, k, v, causal=True, scale=0.3, backend="reference")
+    got1 = triton_impl.sdpa_triton_fa(q, k, v, causal=True, sm_scale=0.3)
+    got2 = triton_impl.flash_attention(q, k, v, 0.3, True)
+    torch.testing.assert_close(got1, want, atol=2e-3, rtol=0)
+    torch.testing.assert_close(got2, want, atol=2e-3, rtol=0)
+
+
+def _opcheck_backends() -> list[str]:
+    names = ["reference"]
+    if ON_GPU:
+        names += ["triton", "torch"]
+    return names
+
+
+@pytest.mark.parametrize("backend", _opcheck_backends())
+def test_opcheck(backend: str) -> None:
+    dtype = torch.float16 if ON_GPU else torch.float32
+    q, k, v = qkv(dtype, n=48, d=32, grad=True)
+    torch.library.opcheck(torch.ops.flashduo.fwd.default, (q, k, v, True, 0.2, backend))
+    out, lse = torch.ops.flashduo.fwd(q, k, v, True, 0.2, backend)
+    dout = torch.randn_like(out)
+    saved = [t.detach() for t in (q, k, v, out, lse)]
+    args = (dout, *saved, True, 0.2, backend)
+    torch.library.opcheck(torch.ops.flashduo.bwd.default, args)
+
+
+def _compile_params():
+    if ON_GPU:
+        return [("triton", "inductor"), ("torch", "inductor")]
+    return [("reference", "aot_eager")]
+
+
+@pytest.mark.parametrize("backend, compiler", _compile_params())
+def test_torch_compile_fullgraph(backend: str, compiler: str) -> None:
+    """fullgraph=True fails on any graph break; compiled forward and grads equal eager."""
+    torch._dynamo.reset()
+
+    def block(q, k, v):
+        return flashduo.attention(q * 1.5, k, v, causal=True, backend=backend).float().square().sum()
+
+    compiled = torch.compile(block, fullgraph=True, backend=compiler)
+    dtype = torch.bfloat16 if ON_GPU else torch.float32
+    q, k, v = qkv(dtype, n=80, d=64, grad=True)
+    loss_c = compiled(q, k, v)
+    grads_c = torch.autograd.grad(loss_c, (q, k, v))
+    loss_e = block(q, k, v)
+    grads_e = torch.autograd.grad(loss_e, (q, k, v))
+    torch.testing.assert_close(loss_c, loss_e)
+    for gc, ge in zip(grads_c, grads_e):
+        torch.testing.assert_close(gc, ge)

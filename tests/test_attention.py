@@ -1,0 +1,68 @@
+"""Every registered backend against the float64 reference, and every pair of GPU backends."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import flashduo
+from tests.cases import CASES, ON_GPU, assert_close
+from tests.helpers import case_inputs, run_backend, run_reference, skip_if_unrunnable
+
+BACKENDS = flashduo.registered_backends()
+NAMES = ("out", "lse", "dq", "dk", "dv")
+KINDS = ("out", "lse", "grad", "grad", "grad")
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_matches_reference(backend: str, case) -> None:
+    skip_if_unrunnable(backend, case)
+    q, k, v, dout = case_inputs(case)
+    reasons = flashduo.get_backend(backend).not_supported_reasons(q, k, v, case.causal)
+    if reasons:
+        with pytest.raises(ValueError, match=backend):
+            flashduo.attention(q, k, v, causal=case.causal, backend=backend)
+        return
+    got = run_backend(backend, q, k, v, case.causal, dout)
+    truth, baseline = run_reference(q, k, v, case.causal, dout)
+    for name, kind, x, ref, base in zip(NAMES, KINDS, got, truth, baseline):
+        assert x.shape == ref.shape, f"{name}: shape {tuple(x.shape)} != {tuple(ref.shape)}"
+        assert_close(f"{backend} {name}", x, ref, base, kind, case.dtype)
+    assert got[0].dtype == q.dtype and got[1].dtype == torch.float32
+
+
+GPU_BACKENDS = [b for b in BACKENDS if b != "reference"]
+PAIR_CASES = [c for c in CASES if c.layout == "contiguous" and c.dtype != torch.float32][::3]
+
+
+@pytest.mark.skipif(not ON_GPU, reason="cross-implementation checks compare GPU kernels")
+@pytest.mark.parametrize("case", PAIR_CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("pair", list(itertools.combinations(GPU_BACKENDS, 2)), ids="-vs-".join)
+def test_backends_agree(pair: tuple[str, str], case) -> None:
+    """Backends compared directly: each result within the pass rule of the other."""
+    a, b = pair
+    q, k, v, dout = case_inputs(case, seed=7)
+    for name in pair:
+        if flashduo.get_backend(name).not_supported_reasons(q, k, v, case.causal):
+            pytest.skip(f"{name} does not take {case.id} (refusal tested in test_matches_reference)")
+    got_a = run_backend(a, q, k, v, case.causal, dout)
+    got_b = run_backend(b, q, k, v, case.causal, dout)
+    truth, baseline = run_reference(q, k, v, case.causal, dout)
+    for name, kind, xa, xb, ref, base in zip(NAMES, KINDS, got_a, got_b, truth, baseline):
+        assert_close(f"{a} vs {b} {name}", xa, xb, base, kind, case.dtype)
+        del ref
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backward_deterministic(backend: str) -> None:
+    """Two backward runs on the same inputs give bit-identical gradients (no atomics)."""
+    case = next(c for c in CASES if c.hq != c.hkv and c.causal)
+    skip_if_unrunnable(backend, case)
+    q, k, v, dout = case_inputs(case, seed=3)
+    first = run_backend(backend, q, k, v, True, dout)
+    second = run_backend(backend, q, k, v, True, dout)
+    for name, x, y in zip(NAMES, first, second):
+        assert torch.equal(x, y), f"{backend} {name} differs between two runs"
