@@ -4,6 +4,8 @@
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.14.1
 PYTEST_ARGS ?= -q
+# On a GPU machine with pytest-xdist, spread the suite (mostly Triton compilation) over 8 workers.
+XDIST := $(shell $(PYTHON) -c "import torch, xdist; print('-n 8' if torch.cuda.is_available() else '')" 2>/dev/null)
 BENCH_ARGS ?=
 
 .PHONY: all deps test bench info lint clean
@@ -17,7 +19,7 @@ deps:
 
 # pytest's exit code 5 means "no tests collected": not a failure of the suite.
 test: deps
-	@$(PYTHON) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(PYTHON) -m pytest $(XDIST) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 bench: deps

@@ -30,6 +30,13 @@ def _triton_devices() -> frozenset[str]:
     return frozenset({"cuda", "cpu"}) if triton_interpreting() else frozenset({"cuda"})
 
 
+def _triton_limits(q, k, v, causal) -> list[str]:
+    if q.dtype == torch.float32 and q.shape[-1] > 128:
+        return [f"head_dim={q.shape[-1]} in float32 needs more shared memory than one SM has "
+                "(use float16/bfloat16, or head_dim <= 128)"]
+    return []
+
+
 def _triton_fwd(q, k, v, causal, scale):
     from triton_impl import attention_fwd
 
@@ -90,6 +97,7 @@ TRITON = register_backend(
         head_dims=frozenset({16, 32, 64, 80, 96, 128, 256}),
         min_capability=(8, 0),
         unavailable=_triton_unavailable,
+        extra_reasons=_triton_limits,
     )
 )
 

@@ -40,6 +40,7 @@ MODES = ("fwd", "fwdbwd")
 TOKENS = 16384  # B * N of the sweep
 HIDDEN = 2048  # H * D of the sweep
 DTYPE = torch.bfloat16
+DEVICE = "cuda"
 VIT_SHAPE = {"B": 256, "H": 6, "N": 197, "D": 64}
 SDPA_IMPLS = ("sdpa-flash", "sdpa-cudnn")
 FLEX = "flex"
@@ -311,6 +312,20 @@ def check_vs_sdpa(
     return math.nan if any(math.isnan(e) for e in errs) else max(errs)
 
 
+class CudaContextLost(RuntimeError):
+    """A sticky CUDA error (illegal address, launch failure): every later CUDA call would fail."""
+
+
+_STICKY = ("illegal memory access", "unspecified launch failure", "illegal instruction",
+           "misaligned address", "device-side assert", "AcceleratorError")
+
+
+def _raise_if_sticky(exc: BaseException, where: str) -> None:
+    text = f"{type(exc).__name__}: {exc}"
+    if any(s in text for s in _STICKY):
+        raise CudaContextLost(f"{where}: {_short(exc)}") from exc
+
+
 def _short(exc: BaseException, limit: int = 200) -> str:
     text = " ".join(f"{type(exc).__name__}: {exc}".split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -327,13 +342,18 @@ def bench_shape(
     progress: Progress,
     checked: Sequence[str] = (),
     checks: list[Check] | None = None,
+    device: str | None = None,
+    rows: list[Row] | None = None,
 ) -> list[Row]:
     """Time every impl in both modes on one (B, H, N, D) bf16 shape; one Row per (impl, mode).
 
     ``None`` impls (unavailable, already reported) give NaN rows without running. Impls named in
-    ``checked`` are first compared with SDPA and the result appended to ``checks``.
+    ``checked`` are first compared with SDPA and the result appended to ``checks``. Rows are
+    appended to ``rows`` (a new list if None) as they finish, and that list is returned; a sticky
+    CUDA error raises ``CudaContextLost`` after the rows so far are in it.
     """
-    rows: list[Row] = []
+    rows = [] if rows is None else rows
+    device = DEVICE if device is None else device
 
     def add(name: str, mode: str, ms: float) -> None:
         tf = tflops(ms, attention_flops(b, h, n, n, d, causal, mode))
@@ -341,14 +361,15 @@ def bench_shape(
 
     where = f"{tag} D={d} causal={int(causal)} N={n}"
     try:
-        gen = torch.Generator(device="cuda").manual_seed(n * 1000 + d * 10 + int(causal))
+        gen = torch.Generator(device=device).manual_seed(n * 1000 + d * 10 + int(causal))
         q, k, v = (
-            torch.randn(b, h, n, d, device="cuda", dtype=DTYPE, generator=gen).requires_grad_()
+            torch.randn(b, h, n, d, device=device, dtype=DTYPE, generator=gen).requires_grad_()
             for _ in range(3)
         )
-        dout = torch.randn(b, h, n, d, device="cuda", dtype=DTYPE, generator=gen)
+        dout = torch.randn(b, h, n, d, device=device, dtype=DTYPE, generator=gen)
     except Exception as exc:  # one failing shape must not end the run
         progress.write(f"ERR inputs {where}: {_short(exc)}")
+        _raise_if_sticky(exc, f"inputs {where}")
         for name in impls:
             for mode in MODES:
                 add(name, mode, math.nan)
@@ -364,6 +385,7 @@ def bench_shape(
             err = check_vs_sdpa(fn, q, k, v, dout, causal)
         except Exception as exc:
             progress.write(f"ERR check {name} {where}: {_short(exc)}")
+            _raise_if_sticky(exc, f"check {name} {where}")
             err = math.nan
         check = Check(tag, name, d, causal, n, err)
         checks.append(check)
@@ -373,15 +395,18 @@ def bench_shape(
     for name, fn in impls.items():
         for mode in MODES:
             progress.describe(f"{where} {name} {mode}")
-            ms = math.nan
+            ms, error = math.nan, None
             if fn is not None:
                 try:
                     ms = time_ms(fn, q, k, v, mode, dout)
                 except Exception as exc:
                     progress.write(f"ERR {name} {where} {mode}: {_short(exc)}")
-                    torch.cuda.empty_cache()
+                    error = exc
             add(name, mode, ms)
             progress.advance(f"{where} {name} {mode}")
+            if error is not None:
+                _raise_if_sticky(error, f"{name} {where} {mode}")
+                torch.cuda.empty_cache()  # e.g. after an out-of-memory error
     del q, k, v, dout
     torch.cuda.empty_cache()
     return rows
@@ -525,15 +550,19 @@ def summary_lines(
 
 def environment() -> dict[str, object]:
     """GPU name and library versions for the header and results.json."""
-    import triton
+    try:
+        import triton
 
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "not installed"
     cuda = torch.cuda.is_available()
     return {
         "gpu": torch.cuda.get_device_name() if cuda else "no GPU",
         "capability": list(torch.cuda.get_device_capability()) if cuda else None,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "triton": triton.__version__,
+        "triton": triton_version,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "flashduo": flashduo.__version__,
         "autotune": os.environ.get("FLASHDUO_AUTOTUNE", "1") != "0",
@@ -542,8 +571,9 @@ def environment() -> dict[str, object]:
 
 def header_line(env: dict[str, object]) -> str:
     """One line naming the GPU and versions: absolute numbers mean nothing without it."""
+    tune = {True: "on", False: "off (FLASHDUO_AUTOTUNE=0)"}.get(env.get("autotune"), "?")
     return (f"GPU: {env['gpu']} | torch {env['torch']} (CUDA {env['cuda']}) | "
-            f"triton {env['triton']} | cuDNN {env['cudnn']}")
+            f"triton {env['triton']} | cuDNN {env['cudnn']} | flashduo autotune {tune}")
 
 
 def write_outputs(
@@ -635,20 +665,23 @@ def run_benchmark(
     rows: list[Row] = []
     checks: list[Check] = []
     checked = [be for be in backends if usable[be]]
+    aborted = None
     try:
         for d in head_dims:
             for causal in (False, True):
                 for n in seqlens:
                     b, h = sweep_shape(n, d)
                     impls = _sweep_impls(backends, usable, causal, n, factory, n in flex_ns)
-                    rows += bench_shape("sweep", impls, b, h, n, d, causal, progress, checked,
-                                        checks)
+                    bench_shape("sweep", impls, b, h, n, d, causal, progress, checked, checks,
+                                rows=rows)
         if vit:
             s = VIT_SHAPE
             impls = _sweep_impls(backends, usable, False, s["N"], factory, flex)
             impls[NAIVE] = naive_impl(False)
-            rows += bench_shape("vit", impls, s["B"], s["H"], s["N"], s["D"], False, progress,
-                                checked, checks)
+            bench_shape("vit", impls, s["B"], s["H"], s["N"], s["D"], False, progress, checked,
+                        checks, rows=rows)
+    except CudaContextLost as exc:
+        aborted = f"ABORTED, the CUDA context is lost after {exc}; the tables hold what ran before"
     finally:
         progress.close()
 
@@ -665,6 +698,8 @@ def run_benchmark(
     if vit:
         parts += ["", format_vit_table(rows, backends)]
     summary = summary_lines(rows, backends, checks)
+    if aborted:
+        summary.insert(0, aborted)
     parts += ["", "Summary:", *(f"- {line}" for line in summary),
               f"- wall time {time.time() - t0:.0f} s"]
     text = "\n".join(parts)
@@ -675,4 +710,4 @@ def run_benchmark(
         print(f"wrote {os.path.join(out_dir, 'results.json')} and table.md", flush=True)
 
     failed = [r for r in rows if r.impl in backends and math.isnan(r.ms)]
-    return 1 if failed or any(not c.ok for c in checks) else 0
+    return 1 if aborted or failed or any(not c.ok for c in checks) else 0

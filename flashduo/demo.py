@@ -20,7 +20,7 @@ import torch
 # max abs error allowed, by dtype: (out, lse, grads)
 TOLERANCES = {
     torch.float32: (1e-4, 1e-4, 2e-4),
-    torch.float16: (2e-3, 1e-3, 1e-2),
+    torch.float16: (2e-3, 1e-3, 5e-3),
 }
 
 

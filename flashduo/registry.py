@@ -43,6 +43,9 @@ class Backend:
     head_dims: frozenset[int] | None = None
     min_capability: tuple[int, int] | None = None
     unavailable: Callable[[], str | None] = field(default=lambda: None)
+    extra_reasons: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], list[str]] = field(
+        default=lambda q, k, v, causal: []
+    )
 
     def not_supported_reasons(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
@@ -66,7 +69,7 @@ class Backend:
             cap = torch.cuda.get_device_capability(q.device)
             if cap < self.min_capability:
                 reasons.append(f"compute capability {cap} < {self.min_capability}")
-        return reasons
+        return reasons + self.extra_reasons(q, k, v, causal)
 
     def check(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> None:
         """Raise ``ValueError`` listing every reason this backend cannot take the inputs."""

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 
 import flashduo
 import reference
 from flashduo.registry import triton_interpreting
-from tests.cases import ON_GPU, Case, make_inputs, poison_allocator
+from tests.cases import Case, make_inputs, poison_allocator
 
 
 def skip_if_unrunnable(backend: str, case: Case) -> None:
@@ -20,17 +18,6 @@ def skip_if_unrunnable(backend: str, case: Case) -> None:
         pytest.skip(f"{backend}: {why}")
     if backend == "triton" and triton_interpreting() and case.dtype == torch.bfloat16:
         pytest.skip("the Triton interpreter computes bf16 dots wrongly; bf16 is tested on the GPU")
-
-
-@contextlib.contextmanager
-def tf32(enabled: bool):
-    """Let float32 matmuls use TF32, as the kernels' float32 dots do."""
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def run_backend(backend: str, q, k, v, causal: bool, dout: torch.Tensor):
@@ -48,10 +35,9 @@ def run_reference(q, k, v, causal: bool, dout: torch.Tensor):
     """(float64 truth, PyTorch-in-input-dtype baseline), each as (out, lse, dq, dk, dv)."""
     out, lse = reference.attention_ref(q, k, v, causal, upcast=True)
     truth = (out, lse, *reference.attention_bwd_ref(dout, q, k, v, causal))
-    with tf32(ON_GPU):
-        qb, kb, vb = (t.detach().requires_grad_() for t in (q, k, v))
-        out_b, lse_b = reference.attention_ref(qb, kb, vb, causal, upcast=False)
-        grads_b = torch.autograd.grad(out_b, (qb, kb, vb), dout)
+    qb, kb, vb = (t.detach().requires_grad_() for t in (q, k, v))
+    out_b, lse_b = reference.attention_ref(qb, kb, vb, causal, upcast=False)
+    grads_b = torch.autograd.grad(out_b, (qb, kb, vb), dout)
     return truth, (out_b, lse_b, *grads_b)
 
 

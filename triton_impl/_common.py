@@ -27,3 +27,23 @@ def load_tile(
         else:
             x = tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
     return x
+
+
+@triton.jit
+def dot(a, b):
+    """``a @ b`` in float32; float32 operands use 3xTF32 (near-float32 accuracy)."""
+    if a.dtype == tl.float32:
+        out = tl.dot(a, b, input_precision="tf32x3")
+    else:
+        out = tl.dot(a, b)
+    return out
+
+
+@triton.jit
+def dot_acc(a, b, acc):
+    """``acc + a @ b`` in float32, with the same precision rule as :func:`dot`."""
+    if a.dtype == tl.float32:
+        out = tl.dot(a, b, acc, input_precision="tf32x3")
+    else:
+        out = tl.dot(a, b, acc)
+    return out

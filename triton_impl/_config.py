@@ -45,15 +45,15 @@ _INTERPRETER = [_cfg(32, 16, 4, 1)]
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M tiles queries, BLOCK_N keys.
 FWD = [
     (128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2),
-    (128, 64, 8, 4), (64, 64, 4, 3), (64, 128, 4, 3), (64, 32, 4, 2),
+    (128, 64, 8, 4), (64, 64, 4, 3), (64, 128, 4, 3), (64, 32, 4, 2), (32, 32, 4, 1),
 ]
 BWD_DKDV = [
     (64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 4, 3), (64, 64, 4, 3),
-    (128, 128, 8, 2), (32, 64, 4, 2), (16, 64, 4, 2),
+    (128, 128, 8, 2), (32, 64, 4, 2), (16, 64, 4, 2), (16, 32, 4, 1),
 ]
 BWD_DQ = [
     (128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (128, 128, 8, 2),
-    (64, 32, 4, 2), (32, 32, 4, 2),
+    (64, 32, 4, 2), (32, 32, 4, 2), (16, 32, 4, 1),
 ]
 
 
@@ -63,10 +63,12 @@ def configs(table: list[tuple[int, int, int, int]]) -> list[triton.Config]:
 
 
 def _smem_bytes(cfg: triton.Config, bd: int, elt: int, resident: str) -> int:
+    """Rough shared memory of a config: resident tile, pipelined streamed tiles, one score tile."""
     bm, bn, stages = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_stages
+    scores = 2 * bm * bn * elt
     if resident == "m":
-        return (bm + 2 * bn * stages) * bd * elt
-    return (2 * bn + 2 * bm * stages) * bd * elt
+        return (bm + 2 * bn * stages) * bd * elt + scores
+    return (2 * bn + 2 * bm * stages) * bd * elt + scores
 
 
 def make_prune(resident: str):

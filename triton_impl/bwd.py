@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from triton_impl._common import load_tile
+from triton_impl._common import dot, dot_acc, load_tile
 from triton_impl._config import BWD_DKDV, BWD_DQ, block_d, bucket, configs, make_prune
 from triton_impl.fwd import LOG2E
 
@@ -61,13 +61,13 @@ def _dkdv_inner(
         # Rows past NQ get lse = +inf, so their probabilities are exactly 0.
         lse2 = tl.load(lse_base + rows, mask=rows < NQ, other=float("inf")) * 1.4426950408889634
         delta = tl.load(delta_base + rows, mask=rows < NQ, other=0.0)
-        p_t = tl.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse2[None, :])
+        p_t = tl.exp2(dot(k, tl.trans(q)) * qk_scale - lse2[None, :])
         if CAUSAL_MASK:
             p_t = tl.where(rows[None, :] >= offs_n[:, None], p_t, 0.0)
-        dv = tl.dot(p_t.to(do.dtype), do, dv)
-        dp_t = tl.dot(v, tl.trans(do))
+        dv = dot_acc(p_t.to(do.dtype), do, dv)
+        dp_t = dot(v, tl.trans(do))
         ds_t = p_t * (dp_t - delta[None, :])
-        dk = tl.dot(ds_t.to(q.dtype), q, dk)
+        dk = dot_acc(ds_t.to(q.dtype), q, dk)
     return dk, dv
 
 
@@ -147,15 +147,15 @@ def _dq_inner(
                       cols, NK, offs_d, HEAD_DIM, BLOCK_D, MASKED)
         v = load_tile(v_base + cols[:, None] * stride_vn + offs_d[None, :],
                       cols, NK, offs_d, HEAD_DIM, BLOCK_D, MASKED)
-        p = tl.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse2[:, None])
+        p = tl.exp2(dot(q, tl.trans(k)) * qk_scale - lse2[:, None])
         if MASKED:
             keep = cols[None, :] < NK
             if CAUSAL:
                 keep = keep & (cols[None, :] <= offs_m[:, None])
             p = tl.where(keep, p, 0.0)
-        dp = tl.dot(do, tl.trans(v))
+        dp = dot(do, tl.trans(v))
         ds = p * (dp - delta[:, None])
-        dq = tl.dot(ds.to(k.dtype), k, dq)
+        dq = dot_acc(ds.to(k.dtype), k, dq)
     return dq
 
 

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from triton_impl._common import load_tile
+from triton_impl._common import dot, dot_acc, load_tile
 from triton_impl._config import FWD, block_d, bucket, configs, make_prune
 
 LOG2E = 1.4426950408889634
@@ -33,7 +33,7 @@ def _fwd_inner(
         cols = start_n + offs_n
         k_ptrs = k_base + cols[:, None] * stride_kn + offs_d[None, :]
         k = load_tile(k_ptrs, cols, NK, offs_d, HEAD_DIM, BLOCK_D, MASKED)
-        qk = tl.dot(q, tl.trans(k)) * qk_scale
+        qk = dot(q, tl.trans(k)) * qk_scale
         if MASKED:
             keep = cols[None, :] < NK
             if CAUSAL:
@@ -45,7 +45,7 @@ def _fwd_inner(
         l_i = l_i * alpha + tl.sum(p, 1)
         v_ptrs = v_base + cols[:, None] * stride_vn + offs_d[None, :]
         v = load_tile(v_ptrs, cols, NK, offs_d, HEAD_DIM, BLOCK_D, MASKED)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+        acc = dot_acc(p.to(v.dtype), v, acc * alpha[:, None])
         m_i = m_new
     return acc, l_i, m_i
 
