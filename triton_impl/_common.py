@@ -47,3 +47,33 @@ def dot_acc(a, b, acc):
     else:
         out = tl.dot(a, b, acc)
     return out
+
+
+@triton.jit
+def query_tile(NQ, H, GROUP, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
+    """Map this program to (bh, b, h, hk, start_m) for kernels with a query tile resident.
+
+    1-D grid with query tiles fastest, so programs running together share one head's K/V in L2;
+    with CAUSAL the heaviest (last) query tiles of a head start first. b, h, hk are int64.
+    """
+    num_m = tl.cdiv(NQ, BLOCK_M)
+    pid = tl.program_id(0)
+    bh = pid // num_m
+    start_m = pid % num_m
+    if CAUSAL:
+        start_m = num_m - 1 - start_m
+    h = (bh % H).to(tl.int64)
+    return bh, (bh // H).to(tl.int64), h, h // GROUP, start_m
+
+
+@triton.jit
+def key_ranges(start_m, NK, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    """Key bounds (full_hi, hi) for query tile start_m: tiles in [0, full_hi) need no mask, tiles
+    in [full_hi, hi) cross the causal diagonal or the key tail, keys from hi on are never seen."""
+    if CAUSAL:
+        full_hi = tl.minimum(start_m * BLOCK_M, NK)
+        hi = tl.minimum((start_m + 1) * BLOCK_M, NK)
+    else:
+        full_hi = NK
+        hi = NK
+    return (full_hi // BLOCK_N) * BLOCK_N, hi

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from triton_impl._common import dot, dot_acc, load_tile
+from triton_impl._common import dot, dot_acc, key_ranges, load_tile, query_tile
 from triton_impl._config import FWD, block_d, bucket, configs, make_prune
 
 LOG2E = 1.4426950408889634
@@ -66,17 +66,7 @@ def _fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    # 1-D grid, query tiles fastest: programs running together share one head's K/V in L2.
-    # Causal: the heaviest (last) query tiles of a head start first.
-    num_m = tl.cdiv(NQ, BLOCK_M)
-    pid = tl.program_id(0)
-    bh = pid // num_m
-    start_m = pid % num_m
-    if CAUSAL:
-        start_m = num_m - 1 - start_m
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    hk = h // GROUP
+    bh, b, h, hk, start_m = query_tile(NQ, H, GROUP, BLOCK_M, CAUSAL)
 
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -91,13 +81,7 @@ def _fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    if CAUSAL:
-        full_hi = tl.minimum(start_m * BLOCK_M, NK)
-        hi = tl.minimum((start_m + 1) * BLOCK_M, NK)
-    else:
-        full_hi = NK
-        hi = NK
-    full_hi = (full_hi // BLOCK_N) * BLOCK_N
+    full_hi, hi = key_ranges(start_m, NK, BLOCK_M, BLOCK_N, CAUSAL)
     acc, l_i, m_i = _fwd_inner(
         acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
         0, full_hi, NK, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, False,
