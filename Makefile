@@ -16,6 +16,7 @@ deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
 	@$(PYTHON) -c "import triton" 2>/dev/null || $(PYTHON) -m pip install triton
 	@$(PYTHON) -c "import pytest" 2>/dev/null || $(PYTHON) -m pip install pytest
+	@$(PYTHON) -c "import numpy" 2>/dev/null || $(PYTHON) -m pip install numpy  # Triton's interpreter
 
 # pytest's exit code 5 means "no tests collected": not a failure of the suite.
 test: deps

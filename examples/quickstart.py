@@ -1,5 +1,7 @@
 """flashduo in a few lines: attention, backends, GQA, a packed qkv projection, gradients.
 
+After `pip install -e .` (or with PYTHONPATH set to the repository root):
+
 Run on a GPU:            python examples/quickstart.py
 Run on a CPU (slowly):   TRITON_INTERPRET=1 python examples/quickstart.py
 """
