@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from triton_impl._common import dot, dot_acc, key_ranges, load_tile, query_tile
-from triton_impl._config import BWD_DKDV, BWD_DQ, block_d, bucket, configs, make_prune
+from triton_impl._config import BWD_DKDV, BWD_DQ, block_d, bucket, configs, launch, make_prune
 from triton_impl.fwd import LOG2E
 
 PREPROCESS_BLOCK = 64
@@ -234,14 +234,18 @@ def attention_bwd(
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     common = dict(HEAD_DIM=d, BLOCK_D=bd, CAUSAL=causal)
-    _dkdv_kernel[lambda meta: (triton.cdiv(nk, meta["BLOCK_N"]) * b * hkv,)](
+    qb, kb = bucket(nq), bucket(nk)
+    shape_class = (qb, kb, d, causal, q.dtype)
+    launch(
+        _dkdv_kernel, lambda meta: (triton.cdiv(nk, meta["BLOCK_N"]) * b * hkv,), shape_class,
         q, k, v, dout, lse, delta, dk, dv,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3], *dk.stride()[:3],
-        h, hkv, h // hkv, nq, nk, scale * LOG2E, scale, bucket(nq), bucket(nk), **common,
+        h, hkv, h // hkv, nq, nk, scale * LOG2E, scale, qb, kb, **common,
     )
-    _dq_kernel[lambda meta: (triton.cdiv(nq, meta["BLOCK_M"]) * b * h,)](
+    launch(
+        _dq_kernel, lambda meta: (triton.cdiv(nq, meta["BLOCK_M"]) * b * h,), shape_class,
         q, k, v, dout, lse, delta, dq,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3], *dq.stride()[:3],
-        h, h // hkv, nq, nk, scale * LOG2E, scale, bucket(nq), bucket(nk), **common,
+        h, h // hkv, nq, nk, scale * LOG2E, scale, qb, kb, **common,
     )
     return dq, dk, dv

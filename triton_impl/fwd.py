@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from triton_impl._common import dot, dot_acc, key_ranges, load_tile, query_tile
-from triton_impl._config import FWD, block_d, bucket, configs, make_prune
+from triton_impl._config import FWD, block_d, bucket, configs, launch, make_prune
 
 LOG2E = 1.4426950408889634
 
@@ -118,10 +118,12 @@ def attention_fwd(
     def grid(meta: dict) -> tuple[int]:
         return (triton.cdiv(nq, meta["BLOCK_M"]) * b * h,)
 
-    _fwd_kernel[grid](
+    qb, kb = bucket(nq), bucket(nk)
+    launch(
+        _fwd_kernel, grid, (qb, kb, d, causal, q.dtype),
         q, k, v, out, lse,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-        h, h // hkv, nq, nk, scale * LOG2E, bucket(nq), bucket(nk),
+        h, h // hkv, nq, nk, scale * LOG2E, qb, kb,
         HEAD_DIM=d, BLOCK_D=block_d(d), CAUSAL=causal,
     )
     return out, lse
