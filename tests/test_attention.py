@@ -50,10 +50,11 @@ def test_backends_agree(pair: tuple[str, str], case) -> None:
             pytest.skip(f"{name} does not take {case.id} (refusal tested in test_matches_reference)")
     got_a = run_backend(a, q, k, v, case.causal, dout)
     got_b = run_backend(b, q, k, v, case.causal, dout)
-    truth, baseline = run_reference(q, k, v, case.causal, dout)
-    for name, kind, xa, xb, ref, base in zip(NAMES, KINDS, got_a, got_b, truth, baseline):
+    _, baseline = run_reference(q, k, v, case.causal, dout)
+    # b stands in for the truth: a must be within the pass rule of b, the tolerance measured from
+    # PyTorch's own input-dtype error against b.
+    for name, kind, xa, xb, base in zip(NAMES, KINDS, got_a, got_b, baseline):
         assert_close(f"{a} vs {b} {name}", xa, xb, base, kind, case.dtype)
-        del ref
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
