@@ -1,5 +1,6 @@
 # flashduo: `make bench` (benchmark on this GPU, or a CPU demo without one) and `make test`.
 # Both install what is missing (and nothing when torch, triton and pytest are already there).
+# `make` alone builds the CUDA warm-up examples into build/; `make run-examples` runs them.
 
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.14.1
@@ -8,9 +9,27 @@ PYTEST_ARGS ?= -q
 XDIST := $(shell $(PYTHON) -c "import torch, xdist; print('-n 8' if torch.cuda.is_available() else '')" 2>/dev/null)
 BENCH_ARGS ?=
 
-.PHONY: all deps test bench info lint clean
+# CUDA examples: the visible GPU's architecture, sm_90 when none is visible.
+NVCC ?= nvcc
+GPU_CC := $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' .')
+ARCH ?= sm_$(if $(GPU_CC),$(GPU_CC),90)
+NVCC_FLAGS ?= -O3 -lineinfo -std=c++17
+BUILD ?= build
+EXAMPLES := vector_add_simple vector_add matrix_add matmul_tiled online_softmax
+EXAMPLE_BINS := $(addprefix $(BUILD)/,$(EXAMPLES))
 
-all: test
+.PHONY: all examples run-examples deps test bench info lint clean
+
+all: examples
+
+examples: $(EXAMPLE_BINS)
+
+$(BUILD)/%: cuda/examples/%.cu cuda/examples/cuda_common.cuh
+	@mkdir -p $(BUILD)
+	$(NVCC) $(NVCC_FLAGS) -arch=$(ARCH) -o $@ $<
+
+run-examples: examples
+	@set -e; for x in $(EXAMPLE_BINS); do ./$$x; done
 
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"

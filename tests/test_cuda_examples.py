@@ -1,0 +1,44 @@
+"""The CUDA warm-up examples: they build with `make` wherever nvcc is; on a GPU each one passes.
+
+Each example checks its own result against a host computation and exits non-zero on a mismatch.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+EXAMPLES = ["vector_add_simple", "vector_add", "matrix_add", "matmul_tiled", "online_softmax"]
+NVCC = shutil.which(os.environ.get("NVCC", "nvcc"))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    if NVCC is None:
+        pytest.skip("nvcc not found: the CUDA examples cannot be built here")
+    build = tmp_path_factory.mktemp("examples")  # one per test worker: no concurrent makes
+    proc = subprocess.run(
+        ["make", "-j2", "examples", f"NVCC={NVCC}", f"BUILD={build}"], cwd=ROOT,
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return build
+
+
+def test_examples_build(built: pathlib.Path) -> None:
+    for name in EXAMPLES:
+        assert (built / name).is_file(), f"{name} was not built"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="running the examples needs a CUDA GPU")
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_runs(built: pathlib.Path, name: str) -> None:
+    proc = subprocess.run([str(built / name)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}{proc.stderr}"
+    assert "0 mismatches" in proc.stdout
