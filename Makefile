@@ -18,7 +18,7 @@ BUILD ?= build
 EXAMPLES := vector_add_simple vector_add matrix_add matmul_tiled online_softmax
 EXAMPLE_BINS := $(addprefix $(BUILD)/,$(EXAMPLES))
 
-.PHONY: all examples run-examples deps test bench info lint clean
+.PHONY: all examples run-examples flash-check deps test bench info lint clean
 
 all: examples
 
@@ -30,6 +30,14 @@ $(BUILD)/%: cuda/examples/%.cu cuda/examples/cuda_common.cuh
 
 run-examples: examples
 	@set -e; for x in $(EXAMPLE_BINS); do ./$$x; done
+
+# Standalone check of the CUDA FlashAttention forward kernel against a host reference (GPU).
+$(BUILD)/check_fwd: cuda/flash/check_fwd.cu cuda/flash/fwd_kernel.cuh cuda/flash/common.cuh cuda/examples/cuda_common.cuh
+	@mkdir -p $(BUILD)
+	$(NVCC) $(NVCC_FLAGS) -arch=$(ARCH) -Xptxas -v -o $@ $<
+
+flash-check: $(BUILD)/check_fwd
+	./$(BUILD)/check_fwd
 
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"

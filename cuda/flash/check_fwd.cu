@@ -1,0 +1,167 @@
+// Standalone check of the CUDA forward kernel (no torch): awkward shapes against a float64 host
+// reference (output and lse), then the speed at one large shape. Exits non-zero on a mismatch.
+#include <cmath>
+#include <cstdio>
+#include <type_traits>
+#include <vector>
+
+#include "../examples/cuda_common.cuh"
+#include "fwd_kernel.cuh"
+
+using flashduo::FwdParams;
+
+template <typename T>
+float to_float(T x);
+template <>
+float to_float<__half>(__half x) { return __half2float(x); }
+template <>
+float to_float<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T>
+T from_float(float x);
+template <>
+__half from_float<__half>(float x) { return __float2half(x); }
+template <>
+__nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
+
+struct Shape {
+  int b, hq, hkv, nq, nk;
+  bool causal;
+};
+
+// Runs one case; returns the number of output/lse elements outside tolerance.
+template <typename T, int D>
+int check_case(const Shape& s, const char* tname) {
+  const size_t nq_el = size_t(s.b) * s.hq * s.nq * D, nk_el = size_t(s.b) * s.hkv * s.nk * D;
+  std::vector<float> qf(nq_el), kf(nk_el), vf(nk_el);
+  fill_random(qf.data(), nq_el, 11 + s.nq);
+  fill_random(kf.data(), nk_el, 13 + s.nk);
+  fill_random(vf.data(), nk_el, 17 + s.nk);
+  std::vector<T> qh(nq_el), kh(nk_el), vh(nk_el), oh(nq_el);
+  for (size_t i = 0; i < nq_el; ++i) qh[i] = from_float<T>(qf[i] * 2.f), qf[i] = to_float(qh[i]);
+  for (size_t i = 0; i < nk_el; ++i) kh[i] = from_float<T>(kf[i] * 2.f), kf[i] = to_float(kh[i]);
+  for (size_t i = 0; i < nk_el; ++i) vh[i] = from_float<T>(vf[i]), vf[i] = to_float(vh[i]);
+
+  T *dq, *dk, *dv, *dout;
+  float* dlse;
+  CUDA_CHECK(cudaMalloc(&dq, nq_el * sizeof(T)));
+  CUDA_CHECK(cudaMalloc(&dk, nk_el * sizeof(T)));
+  CUDA_CHECK(cudaMalloc(&dv, nk_el * sizeof(T)));
+  CUDA_CHECK(cudaMalloc(&dout, nq_el * sizeof(T)));
+  CUDA_CHECK(cudaMalloc(&dlse, size_t(s.b) * s.hq * s.nq * sizeof(float)));
+  CUDA_CHECK(cudaMemcpy(dq, qh.data(), nq_el * sizeof(T), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(dk, kh.data(), nk_el * sizeof(T), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(dv, vh.data(), nk_el * sizeof(T), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemset(dout, 0xff, nq_el * sizeof(T)));  // NaN poison
+  CUDA_CHECK(cudaMemset(dlse, 0xff, size_t(s.b) * s.hq * s.nq * sizeof(float)));
+
+  const float scale = 1.f / std::sqrt(float(D));
+  FwdParams p{dq, dk, dv, dout, dlse,
+              int64_t(s.hq) * s.nq * D, int64_t(s.nq) * D, D,
+              int64_t(s.hkv) * s.nk * D, int64_t(s.nk) * D, D,
+              int64_t(s.hkv) * s.nk * D, int64_t(s.nk) * D, D,
+              int64_t(s.hq) * s.nq * D, int64_t(s.nq) * D, D,
+              s.b, s.hq, s.hkv, s.nq, s.nk, scale * 1.4426950408889634f};
+  CUDA_CHECK((flashduo::launch_flash_fwd<T, D>(p, s.causal, 0)));
+  CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<float> lse(size_t(s.b) * s.hq * s.nq);
+  CUDA_CHECK(cudaMemcpy(oh.data(), dout, nq_el * sizeof(T), cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpy(lse.data(), dlse, lse.size() * sizeof(float), cudaMemcpyDeviceToHost));
+
+  int bad = 0;
+  double worst_o = 0, worst_l = 0;
+  const double tol_o = sizeof(T) == 2 && std::is_same<T, __half>::value ? 2e-3 : 1.6e-2;
+  std::vector<double> srow(s.nk);
+  for (int b = 0; b < s.b; ++b)
+    for (int h = 0; h < s.hq; ++h) {
+      const int hk = h / (s.hq / s.hkv);
+      for (int i = 0; i < s.nq; ++i) {
+        const float* qi = &qf[((size_t(b) * s.hq + h) * s.nq + i) * D];
+        double mx = -1e300;
+        const int jend = s.causal ? std::min(s.nk, i + 1) : s.nk;
+        for (int j = 0; j < jend; ++j) {
+          const float* kj = &kf[((size_t(b) * s.hkv + hk) * s.nk + j) * D];
+          double dot = 0;
+          for (int d = 0; d < D; ++d) dot += double(qi[d]) * kj[d];
+          srow[j] = dot * scale;
+          mx = std::max(mx, srow[j]);
+        }
+        double sum = 0;
+        for (int j = 0; j < jend; ++j) sum += std::exp(srow[j] - mx);
+        const size_t orow = ((size_t(b) * s.hq + h) * s.nq + i);
+        const double lerr = std::fabs(lse[orow] - (mx + std::log(sum)));
+        worst_l = std::max(worst_l, lerr);
+        if (!(lerr <= 1e-3)) ++bad;
+        for (int d = 0; d < D; ++d) {
+          double ref = 0;
+          for (int j = 0; j < jend; ++j)
+            ref += std::exp(srow[j] - mx) / sum * vf[((size_t(b) * s.hkv + hk) * s.nk + j) * D + d];
+          const double err = std::fabs(to_float(oh[orow * D + d]) - ref);
+          worst_o = std::max(worst_o, err);
+          if (!(err <= tol_o)) ++bad;
+        }
+      }
+    }
+  std::printf("%-5s D=%-3d b%d h%dx%d nq=%-4d nk=%-4d causal=%d  max err out %.2e lse %.2e  %s\n",
+              tname, D, s.b, s.hq, s.hkv, s.nq, s.nk, int(s.causal), worst_o, worst_l,
+              bad ? "FAIL" : "ok");
+  cudaFree(dq);
+  cudaFree(dk);
+  cudaFree(dv);
+  cudaFree(dout);
+  cudaFree(dlse);
+  return bad;
+}
+
+// TFLOPS at B*N = 16384, H*D = 2048 (the benchmark's shape family), non-causal and causal.
+template <typename T, int D>
+void time_case(int n) {
+  const int b = 16384 / n, h = 2048 / D;
+  const size_t el = size_t(b) * h * n * D;
+  std::vector<T> host(el);
+  std::vector<float> f(el);
+  fill_random(f.data(), el, 23);
+  for (size_t i = 0; i < el; ++i) host[i] = from_float<T>(f[i]);
+  T *q, *o;
+  float* lse;
+  CUDA_CHECK(cudaMalloc(&q, el * sizeof(T)));
+  CUDA_CHECK(cudaMalloc(&o, el * sizeof(T)));
+  CUDA_CHECK(cudaMalloc(&lse, size_t(b) * h * n * sizeof(float)));
+  CUDA_CHECK(cudaMemcpy(q, host.data(), el * sizeof(T), cudaMemcpyHostToDevice));
+  const int64_t sb = int64_t(h) * n * D, sh = int64_t(n) * D;
+  FwdParams p{q, q, q, o, lse, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D,
+              b, h, h, n, n, 1.4426950408889634f / std::sqrt(float(D))};
+  for (int causal = 0; causal < 2; ++causal) {
+    CUDA_CHECK((flashduo::launch_flash_fwd<T, D>(p, causal, 0)));
+    CUDA_CHECK(cudaDeviceSynchronize());
+    EventTimer timer;
+    const int reps = 20;
+    timer.start();
+    for (int r = 0; r < reps; ++r) CUDA_CHECK((flashduo::launch_flash_fwd<T, D>(p, causal, 0)));
+    const float ms = timer.stop_ms() / reps;
+    const double flops = 4.0 * b * h * double(n) * n * D / (causal ? 2 : 1);
+    std::printf("time  D=%-3d N=%-5d causal=%d  %.3f ms  %.0f TFLOPS\n", D, n, causal, ms,
+                flops / (ms * 1e-3) / 1e12);
+  }
+  cudaFree(q);
+  cudaFree(o);
+  cudaFree(lse);
+}
+
+int main() {
+  const Shape shapes[] = {{1, 2, 2, 1, 1, false},     {2, 4, 2, 17, 203, false},
+                          {2, 4, 2, 203, 17, true},   {1, 8, 2, 197, 197, true},
+                          {1, 4, 1, 113, 1025, false}, {1, 2, 2, 1025, 1023, true}};
+  int bad = 0;
+  for (const Shape& s : shapes) {
+    bad += check_case<__half, 64>(s, "fp16");
+    bad += check_case<__nv_bfloat16, 64>(s, "bf16");
+    bad += check_case<__half, 128>(s, "fp16");
+    bad += check_case<__nv_bfloat16, 128>(s, "bf16");
+  }
+  for (int n : {1024, 4096, 16384}) {
+    time_case<__nv_bfloat16, 64>(n);
+    time_case<__nv_bfloat16, 128>(n);
+  }
+  std::printf("check_fwd: %s\n", bad ? "FAILED" : "all cases passed");
+  return bad ? 1 : 0;
+}

@@ -1,0 +1,209 @@
+// FlashAttention-2 forward on tensor cores (mma.sync m16n8k16, ldmatrix, cp.async).
+//
+// One block of 4 warps owns BM = 64 query rows of one (batch, head); each warp owns 16 of them.
+// Key/value tiles of BN = 64 rows stream through two shared-memory stages with cp.async, so the
+// next tile loads while this one is used. Per tile and warp: S = Q K^T (16 x 64) in registers,
+// masking (key tail, causal), online softmax in fp32 with exp2, then O += P V with P reused from
+// the S accumulators as the A operand. Causal: tiles above the diagonal are never loaded.
+#pragma once
+
+#include <cmath>
+
+#include "common.cuh"
+
+namespace flashduo {
+
+constexpr int kFwdBlockM = 64;
+constexpr int kFwdBlockN = 64;
+constexpr int kFwdThreads = 128;
+
+template <int D>
+constexpr int fwd_smem_bytes() {
+  return (kFwdBlockM + 4 * kFwdBlockN) * D * 2;  // Q + two stages of K and V, 16-bit elements
+}
+
+// Copy rows [row0, row0 + 64) of a (N, D) matrix into a swizzled tile; rows >= n become zeros.
+template <typename T, int D>
+__device__ __forceinline__ void load_tile_async(T* tile, const T* g, int64_t stride, int row0,
+                                                int n) {
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  for (int c = threadIdx.x; c < kFwdBlockN * kChunks; c += kFwdThreads) {
+    const int r = c / kChunks, col = (c % kChunks) * 8;
+    const bool ok = row0 + r < n;
+    const T* src = ok ? g + static_cast<int64_t>(row0 + r) * stride + col : g;
+    cp_async_16(smem_addr(tile + swizzle<D>(r, col)), src, ok);
+  }
+}
+
+template <typename T, int D, bool kCausal>
+__global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const FwdParams p) {
+  static_assert(D % 16 == 0 && D <= 256, "head dim must be a multiple of 16");
+  constexpr int BM = kFwdBlockM, BN = kFwdBlockN;
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* sQ = reinterpret_cast<T*>(smem);
+  T* sK = sQ + BM * D;
+  T* sV = sK + 2 * BN * D;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  // 1-D grid, query tiles fastest (blocks running together share a head's K/V in L2); causal
+  // runs the heaviest (last) query tiles of a head first.
+  const int num_m = (p.nq + BM - 1) / BM;
+  const int bh = blockIdx.x / num_m;
+  const int m_blk = kCausal ? num_m - 1 - static_cast<int>(blockIdx.x % num_m)
+                            : static_cast<int>(blockIdx.x % num_m);
+  const int b = bh / p.hq, h = bh % p.hq, hk = h / (p.hq / p.hkv);
+  const int m0 = m_blk * BM;
+  const T* q = static_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
+  const T* k = static_cast<const T*>(p.k) + b * p.k_sb + hk * p.k_sh;
+  const T* v = static_cast<const T*>(p.v) + b * p.v_sb + hk * p.v_sh;
+  const int n_end = kCausal ? min(p.nk, m0 + BM) : p.nk;
+  const int n_tiles = (n_end + BN - 1) / BN;
+
+  load_tile_async<T, D>(sQ, q, p.q_sn, m0, p.nq);
+  load_tile_async<T, D>(sK, k, p.k_sn, 0, p.nk);
+  load_tile_async<T, D>(sV, v, p.v_sn, 0, p.nk);
+  cp_async_commit();
+
+  float acc_o[D / 8][4] = {};
+  float row_max[2] = {-INFINITY, -INFINITY};  // log2 units; rows lane/4 and lane/4 + 8
+  float row_sum[2] = {0.f, 0.f};              // this thread's share; reduced over the quad at the end
+  uint32_t q_frag[D / 16][4];
+  const int row_lo = m0 + warp * 16 + lane / 4;
+
+  for (int j = 0; j < n_tiles; ++j) {
+    const int stage = j & 1;
+    if (j + 1 < n_tiles) {
+      load_tile_async<T, D>(sK + (stage ^ 1) * BN * D, k, p.k_sn, (j + 1) * BN, p.nk);
+      load_tile_async<T, D>(sV + (stage ^ 1) * BN * D, v, p.v_sn, (j + 1) * BN, p.nk);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    if (j == 0) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const int r = warp * 16 + lane % 16, c = kk * 16 + (lane / 16) * 8;
+        ldmatrix_x4(smem_addr(sQ + swizzle<D>(r, c)), q_frag[kk]);
+      }
+    }
+    const T* tK = sK + stage * BN * D;
+    const T* tV = sV + stage * BN * D;
+
+    // S = Q K^T for this warp's 16 rows and the tile's 64 keys.
+    float s[BN / 8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+      for (int np = 0; np < BN / 16; ++np) {
+        uint32_t kf[4];
+        const int r = np * 16 + (lane / 16) * 8 + lane % 8, c = kk * 16 + ((lane / 8) % 2) * 8;
+        ldmatrix_x4(smem_addr(tK + swizzle<D>(r, c)), kf);
+        mma_16816<T>(s[2 * np], q_frag[kk], kf[0], kf[1]);
+        mma_16816<T>(s[2 * np + 1], q_frag[kk], kf[2], kf[3]);
+      }
+    }
+
+    // Scale into log2 units; mask the key tail and, with causal, keys after the row.
+    const int n0 = j * BN;
+    const bool masked = n0 + BN > p.nk || (kCausal && n0 + BN - 1 > m0);
+#pragma unroll
+    for (int t = 0; t < BN / 8; ++t) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float x = s[t][e] * p.scale_log2;
+        if (masked) {
+          const int col = n0 + t * 8 + (lane % 4) * 2 + (e & 1);
+          const int row = row_lo + (e >> 1) * 8;
+          if (col >= p.nk || (kCausal && col > row)) x = -INFINITY;
+        }
+        s[t][e] = x;
+      }
+    }
+
+    // Online softmax: new row max over the quad, rescale the running sum and the output.
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      float mx = row_max[i];
+#pragma unroll
+      for (int t = 0; t < BN / 8; ++t) mx = fmaxf(mx, fmaxf(s[t][2 * i], s[t][2 * i + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+      const float m_use = mx == -INFINITY ? 0.f : mx;  // a row with nothing visible yet
+      const float alpha = exp2f(row_max[i] - m_use);
+      row_max[i] = mx;
+      float sum = 0.f;
+#pragma unroll
+      for (int t = 0; t < BN / 8; ++t) {
+        s[t][2 * i] = exp2f(s[t][2 * i] - m_use);
+        s[t][2 * i + 1] = exp2f(s[t][2 * i + 1] - m_use);
+        sum += s[t][2 * i] + s[t][2 * i + 1];
+      }
+      row_sum[i] = row_sum[i] * alpha + sum;
+#pragma unroll
+      for (int t = 0; t < D / 8; ++t) {
+        acc_o[t][2 * i] *= alpha;
+        acc_o[t][2 * i + 1] *= alpha;
+      }
+    }
+
+    // O += P V: the S accumulators of two adjacent key n-tiles form one A fragment.
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      const uint32_t a[4] = {
+          pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+          pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+          pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        uint32_t vf[4];
+        const int r = kk * 16 + ((lane / 8) % 2) * 8 + lane % 8, c = dp * 16 + (lane / 16) * 8;
+        ldmatrix_x4_trans(smem_addr(tV + swizzle<D>(r, c)), vf);
+        mma_16816<T>(acc_o[2 * dp], a, vf[0], vf[1]);
+        mma_16816<T>(acc_o[2 * dp + 1], a, vf[2], vf[3]);
+      }
+    }
+    __syncthreads();  // this stage is refilled two tiles from now
+  }
+
+  // Normalize, write O (two 16-bit values per store) and the natural-log lse.
+  T* o = static_cast<T*>(p.o) + b * p.o_sb + h * p.o_sh;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    float l = row_sum[i];
+    l += __shfl_xor_sync(0xffffffff, l, 1);
+    l += __shfl_xor_sync(0xffffffff, l, 2);
+    const int row = row_lo + i * 8;
+    if (row >= p.nq) continue;
+    const float inv = 1.f / l;
+#pragma unroll
+    for (int t = 0; t < D / 8; ++t) {
+      const uint32_t pair = pack2<T>(acc_o[t][2 * i] * inv, acc_o[t][2 * i + 1] * inv);
+      *reinterpret_cast<uint32_t*>(o + row * p.o_sn + t * 8 + (lane % 4) * 2) = pair;
+    }
+    if (lane % 4 == 0) {
+      p.lse[static_cast<int64_t>(bh) * p.nq + row] = (row_max[i] + log2f(l)) * 0.69314718f;
+    }
+  }
+}
+
+// Launch on `stream`; requires nq, nk >= 1 and hq % hkv == 0 (checked by the caller).
+template <typename T, int D>
+cudaError_t launch_flash_fwd(const FwdParams& p, bool causal, cudaStream_t stream) {
+  constexpr int smem = fwd_smem_bytes<D>();
+  const int num_m = (p.nq + kFwdBlockM - 1) / kFwdBlockM;
+  const dim3 grid(static_cast<unsigned>(num_m) * p.b * p.hq);
+  if (causal) {
+    cudaFuncSetAttribute(flash_fwd_kernel<T, D, true>,
+                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    flash_fwd_kernel<T, D, true><<<grid, kFwdThreads, smem, stream>>>(p);
+  } else {
+    cudaFuncSetAttribute(flash_fwd_kernel<T, D, false>,
+                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    flash_fwd_kernel<T, D, false><<<grid, kFwdThreads, smem, stream>>>(p);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace flashduo
