@@ -44,6 +44,7 @@ deps:
 	@$(PYTHON) -c "import triton" 2>/dev/null || $(PYTHON) -m pip install triton
 	@$(PYTHON) -c "import pytest" 2>/dev/null || $(PYTHON) -m pip install pytest
 	@$(PYTHON) -c "import numpy" 2>/dev/null || $(PYTHON) -m pip install numpy  # Triton's interpreter
+	@$(PYTHON) -c "import ninja" 2>/dev/null || $(PYTHON) -m pip install ninja  # CUDA extension build
 
 # pytest's exit code 5 means "no tests collected": not a failure of the suite.
 test: deps

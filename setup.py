@@ -1,6 +1,29 @@
-"""Installs the Python packages of flashduo: flashduo, triton_impl, reference, bindings."""
+"""Installs the Python packages of flashduo: flashduo, triton_impl, reference, bindings.
+
+``FLASHDUO_BUILD_CUDA=1 pip install --no-build-isolation .`` also builds the CUDA extension ahead
+of time from the same source list the JIT loader uses (``bindings/sources.py``); without it the
+extension is built on first use.
+"""
+
+import os
 
 from setuptools import setup
+
+ext_modules, cmdclass = [], {}
+if os.environ.get("FLASHDUO_BUILD_CUDA") == "1":
+    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+
+    from bindings import sources
+
+    ext_modules = [
+        CUDAExtension(
+            sources.NAME,
+            sources.SOURCES,
+            include_dirs=[str(sources.ROOT)],
+            extra_compile_args={"cxx": sources.CXX_FLAGS, "nvcc": sources.NVCC_FLAGS},
+        )
+    ]
+    cmdclass = {"build_ext": BuildExtension}
 
 setup(
     name="flashduo",
@@ -11,4 +34,6 @@ setup(
     install_requires=["torch>=2.5"],
     extras_require={"triton": ["triton>=3.1"], "test": ["pytest"]},
     entry_points={"console_scripts": ["flashduo=flashduo.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
 )

@@ -1,4 +1,4 @@
-// Building blocks of the CUDA FlashAttention kernels: parameters, PTX wrappers for cp.async,
+// Building blocks of the CUDA FlashAttention kernels: PTX wrappers for cp.async,
 // ldmatrix and mma.sync m16n8k16, and the XOR swizzle of shared-memory tiles.
 #pragma once
 
@@ -7,23 +7,9 @@
 
 #include <cstdint>
 
-namespace flashduo {
+#include "params.h"
 
-// Forward problem: q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D), o like q, lse fp32 (B, Hq, Nq).
-// Strides are in elements; the last dimension is contiguous.
-struct FwdParams {
-  const void* q;
-  const void* k;
-  const void* v;
-  void* o;
-  float* lse;
-  int64_t q_sb, q_sh, q_sn;
-  int64_t k_sb, k_sh, k_sn;
-  int64_t v_sb, v_sh, v_sn;
-  int64_t o_sb, o_sh, o_sn;
-  int b, hq, hkv, nq, nk;
-  float scale_log2;  // softmax scale * log2(e): scores go through exp2
-};
+namespace flashduo {
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));

@@ -1,0 +1,81 @@
+// pybind11 bindings of the CUDA FlashAttention kernels for torch tensors.
+//
+// fwd(q, k, v, causal, scale) -> (out, lse): q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D), fp16 or bf16,
+// last-dim stride 1, D in {64, 128}, Hq % Hkv == 0; out (B, Hq, Nq, D) contiguous, lse fp32
+// (B, Hq, Nq). Launches on the current CUDA stream of the tensors' device.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/extension.h>
+
+#include <cmath>
+#include <tuple>
+
+#include "../cuda/flash/api.h"
+
+namespace {
+
+void check_input(const at::Tensor& t, const char* name, const at::Tensor& q) {
+  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got device ", t.device());
+  TORCH_CHECK(t.dim() == 4, name, " must be 4-D (B, H, N, D), got ", t.dim(), "-D");
+  TORCH_CHECK(t.scalar_type() == q.scalar_type(), name, " dtype ", t.scalar_type(),
+              " differs from q dtype ", q.scalar_type());
+  TORCH_CHECK(t.device() == q.device(), name, " is on ", t.device(), ", q on ", q.device());
+  TORCH_CHECK(t.stride(-1) == 1, name, " must have last-dim stride 1, got ", t.stride(-1));
+  TORCH_CHECK(t.size(-1) == q.size(-1), name, " head dim ", t.size(-1), " != q head dim ",
+              q.size(-1));
+}
+
+template <typename T>
+cudaError_t dispatch_head_dim(const flashduo::FwdParams& p, int d, bool causal, cudaStream_t s) {
+  if (d == 64) return flashduo::launch_flash_fwd<T, 64>(p, causal, s);
+  return flashduo::launch_flash_fwd<T, 128>(p, causal, s);
+}
+
+std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
+                                       const at::Tensor& v, bool causal, double scale) {
+  check_input(q, "q", q);
+  check_input(k, "k", q);
+  check_input(v, "v", q);
+  const auto dtype = q.scalar_type();
+  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16,
+              "q dtype must be float16 or bfloat16, got ", dtype);
+  const int64_t b = q.size(0), hq = q.size(1), nq = q.size(2), d = q.size(3);
+  const int64_t hkv = k.size(1), nk = k.size(2);
+  TORCH_CHECK(d == 64 || d == 128, "head dim must be 64 or 128, got ", d);
+  TORCH_CHECK(k.sizes() == v.sizes(), "k and v must have the same shape, got ", k.sizes(),
+              " and ", v.sizes());
+  TORCH_CHECK(k.size(0) == b, "k batch ", k.size(0), " != q batch ", b);
+  TORCH_CHECK(hkv > 0 && hq % hkv == 0, "q heads (", hq, ") must be a multiple of k heads (", hkv,
+              ")");
+  TORCH_CHECK(nq > 0 && nk > 0 && b > 0, "empty inputs are handled before the kernel");
+  TORCH_CHECK(std::isfinite(scale) && scale > 0, "scale must be positive and finite, got ", scale);
+
+  const c10::cuda::CUDAGuard guard(q.device());
+  auto out = at::empty({b, hq, nq, d}, q.options());
+  auto lse = at::empty({b, hq, nq}, q.options().dtype(at::kFloat));
+  flashduo::FwdParams p{q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
+                        lse.data_ptr<float>(),
+                        q.stride(0), q.stride(1), q.stride(2),
+                        k.stride(0), k.stride(1), k.stride(2),
+                        v.stride(0), v.stride(1), v.stride(2),
+                        out.stride(0), out.stride(1), out.stride(2),
+                        static_cast<int>(b), static_cast<int>(hq), static_cast<int>(hkv),
+                        static_cast<int>(nq), static_cast<int>(nk),
+                        static_cast<float>(scale * 1.4426950408889634)};
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const cudaError_t err = dtype == at::kHalf
+                              ? dispatch_head_dim<__half>(p, static_cast<int>(d), causal, stream)
+                              : dispatch_head_dim<__nv_bfloat16>(p, static_cast<int>(d), causal,
+                                                                 stream);
+  TORCH_CHECK(err == cudaSuccess, "flash forward launch failed: ", cudaGetErrorString(err));
+  return {out, lse};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "flashduo CUDA FlashAttention kernels";
+  m.def("fwd", &fwd, "FlashAttention forward: (q, k, v, causal, scale) -> (out, lse)",
+        pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("causal"),
+        pybind11::arg("scale"));
+}

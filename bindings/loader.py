@@ -1,0 +1,86 @@
+"""JIT-build and load the CUDA extension with ``torch.utils.cpp_extension.load``.
+
+The build goes into a persistent cache directory (``FLASHDUO_BUILD_DIR``, default
+``~/.cache/flashduo/<torch version>-sm<arch>``): nothing is rebuilt unless a source or flag
+changes, and a second process reuses the build. The architecture is the visible GPU's;
+``TORCH_CUDA_ARCH_LIST`` wins when set, and ``9.0`` is used when no GPU is visible, so the
+extension also compiles on machines without one.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+from types import ModuleType
+
+import torch
+
+from bindings import sources
+
+_MODULE: ModuleType | None = None
+
+
+def cuda_home() -> str:
+    """The CUDA toolkit root: CUDA_HOME / CUDA_PATH, /usr/local/cuda, or the one nvcc lives in."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(str(pathlib.Path(nvcc).resolve().parent.parent))
+    for home in candidates:
+        if home and (pathlib.Path(home) / "include" / "cuda_runtime.h").is_file() and (
+            pathlib.Path(home) / "bin" / "nvcc"
+        ).exists():
+            return home
+    raise RuntimeError(
+        "the CUDA backend needs the CUDA toolkit (nvcc and its headers) to build its kernels, "
+        "and none was found: install it or set CUDA_HOME to its root"
+    )
+
+
+def arch_list() -> str:
+    """TORCH_CUDA_ARCH_LIST if set, else the visible GPU's compute capability, else 9.0."""
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return os.environ["TORCH_CUDA_ARCH_LIST"]
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        return f"{major}.{minor}"
+    return "9.0"
+
+
+def build_dir(arch: str) -> pathlib.Path:
+    """Where the extension is built and cached."""
+    root = os.environ.get("FLASHDUO_BUILD_DIR")
+    base = pathlib.Path(root) if root else pathlib.Path.home() / ".cache" / "flashduo"
+    tag = f"torch{torch.__version__.split('+')[0]}-sm{arch.replace('.', '').replace(';', '_')}"
+    path = base / tag
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def load(verbose: bool = False) -> ModuleType:
+    """Build (first time) and import the extension; later calls return the same module."""
+    global _MODULE
+    if _MODULE is not None:
+        return _MODULE
+    if torch.version.cuda is None:
+        raise RuntimeError(
+            f"torch {torch.__version__} is a CPU-only build: the CUDA backend needs a CUDA build"
+        )
+    home = cuda_home()
+    arch = arch_list()
+    os.environ["CUDA_HOME"] = home
+    os.environ["TORCH_CUDA_ARCH_LIST"] = arch
+    from torch.utils import cpp_extension
+
+    cpp_extension.CUDA_HOME = home
+    _MODULE = cpp_extension.load(
+        name=sources.NAME,
+        sources=sources.source_paths(),
+        extra_cflags=sources.CXX_FLAGS,
+        extra_cuda_cflags=sources.NVCC_FLAGS,
+        extra_include_paths=[str(sources.ROOT)],
+        build_directory=str(build_dir(arch)),
+        verbose=verbose,
+    )
+    return _MODULE

@@ -1,0 +1,25 @@
+"""The one list of sources and flags of the CUDA extension, used by the JIT loader and setup.py."""
+
+from __future__ import annotations
+
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+NAME = "flashduo_cuda"
+
+SOURCES = [
+    "bindings/flash_api.cpp",
+    "cuda/flash/fwd_fp16_hdim64.cu",
+    "cuda/flash/fwd_fp16_hdim128.cu",
+    "cuda/flash/fwd_bf16_hdim64.cu",
+    "cuda/flash/fwd_bf16_hdim128.cu",
+]
+DEPENDS = ["cuda/flash/api.h", "cuda/flash/params.h", "cuda/flash/common.cuh",
+           "cuda/flash/fwd_kernel.cuh"]
+CXX_FLAGS = ["-O3"]
+NVCC_FLAGS = ["-O3", "-lineinfo", "--use_fast_math"]
+
+
+def source_paths() -> list[str]:
+    """Absolute paths of SOURCES."""
+    return [str(ROOT / s) for s in SOURCES]

@@ -1,0 +1,24 @@
+// Kernel parameters, shared by the CUDA kernels and the host code that fills them.
+#pragma once
+
+#include <cstdint>
+
+namespace flashduo {
+
+// Forward problem: q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D), o like q, lse fp32 (B, Hq, Nq).
+// Strides are in elements; the last dimension is contiguous.
+struct FwdParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* o;
+  float* lse;
+  int64_t q_sb, q_sh, q_sn;
+  int64_t k_sb, k_sh, k_sn;
+  int64_t v_sb, v_sh, v_sn;
+  int64_t o_sb, o_sh, o_sn;
+  int b, hq, hkv, nq, nk;
+  float scale_log2;  // softmax scale * log2(e): scores go through exp2
+};
+
+}  // namespace flashduo

@@ -1,0 +1,72 @@
+"""The CUDA extension: it compiles, links and imports wherever the toolkit and a CUDA build of
+torch are (CI included); on a GPU its forward matches the float64 reference by the pass rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import reference
+from bindings import loader
+from tests.cases import ON_GPU, assert_close
+
+
+def _unbuildable() -> str | None:
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build"
+    try:
+        loader.cuda_home()
+    except RuntimeError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.fixture(scope="module")
+def ext():
+    why = _unbuildable()
+    if why:
+        pytest.skip(why)
+    return loader.load()
+
+
+def test_extension_builds_and_imports(ext) -> None:
+    assert callable(ext.fwd)
+    assert "FlashAttention forward" in ext.fwd.__doc__
+
+
+FWD_CASES = [
+    # (b, hq, hkv, nq, nk, d, dtype, causal)
+    (2, 4, 4, 197, 197, 64, torch.bfloat16, False),
+    (2, 4, 4, 197, 197, 64, torch.float16, True),
+    (1, 8, 2, 113, 1025, 128, torch.bfloat16, False),
+    (1, 4, 1, 1025, 1023, 128, torch.float16, True),
+    (2, 2, 2, 1, 17, 64, torch.bfloat16, True),
+    (2, 2, 2, 203, 17, 128, torch.bfloat16, True),
+]
+
+
+@pytest.mark.skipif(not ON_GPU, reason="running the CUDA kernels needs a CUDA GPU")
+@pytest.mark.parametrize("case", FWD_CASES, ids=lambda c: f"b{c[0]}h{c[1]}x{c[2]}q{c[3]}k{c[4]}"
+                         f"d{c[5]}-{str(c[6])[6:]}-{'causal' if c[7] else 'full'}")
+def test_cuda_forward_matches_reference(ext, case) -> None:
+    b, hq, hkv, nq, nk, d, dtype, causal = case
+    g = torch.Generator(device="cuda").manual_seed(nq * 7 + nk)
+    q = torch.randn(b, hq, nq, d, generator=g, device="cuda").to(dtype)
+    kv = torch.randn(b, nk, 2, hkv, d, generator=g, device="cuda").to(dtype)
+    k, v = (t.transpose(1, 2) for t in kv.unbind(2))  # strided views of a packed projection
+    scale = d**-0.5
+    out, lse = ext.fwd(q, k, v, causal, scale)
+    ref_out, ref_lse = reference.attention_ref(q, k, v, causal, scale)
+    base_out, base_lse = reference.attention_ref(q, k, v, causal, scale, upcast=False)
+    assert_close("cuda out", out, ref_out, base_out, "out", dtype)
+    assert_close("cuda lse", lse, ref_lse, base_lse, "lse", dtype)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="the argument checks run on CUDA tensors")
+def test_cuda_forward_checks_arguments(ext) -> None:
+    q = torch.randn(1, 2, 16, 48, device="cuda", dtype=torch.float16)
+    with pytest.raises(RuntimeError, match="head dim must be 64 or 128"):
+        ext.fwd(q, q, q, False, 0.1)
+    q = torch.randn(1, 2, 16, 64, device="cuda", dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="float16 or bfloat16"):
+        ext.fwd(q, q, q, False, 0.1)
