@@ -9,6 +9,7 @@ extension also compiles on machines without one.
 
 from __future__ import annotations
 
+import importlib
 import os
 import pathlib
 import shutil
@@ -63,6 +64,11 @@ def load(verbose: bool = False) -> ModuleType:
     global _MODULE
     if _MODULE is not None:
         return _MODULE
+    try:  # built ahead of time by `FLASHDUO_BUILD_CUDA=1 pip install .`
+        _MODULE = importlib.import_module(sources.NAME)
+        return _MODULE
+    except ImportError:
+        pass
     if torch.version.cuda is None:
         raise RuntimeError(
             f"torch {torch.__version__} is a CPU-only build: the CUDA backend needs a CUDA build"
