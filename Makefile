@@ -32,12 +32,12 @@ run-examples: examples
 	@set -e; for x in $(EXAMPLE_BINS); do ./$$x; done
 
 # Standalone check of the CUDA FlashAttention forward kernel against a host reference (GPU).
-$(BUILD)/check_fwd: cuda/flash/check_fwd.cu cuda/flash/fwd_kernel.cuh cuda/flash/common.cuh cuda/examples/cuda_common.cuh
+$(BUILD)/check_flash: cuda/flash/check_flash.cu cuda/flash/fwd_kernel.cuh cuda/flash/bwd_kernel.cuh cuda/flash/params.h cuda/flash/common.cuh cuda/examples/cuda_common.cuh
 	@mkdir -p $(BUILD)
 	$(NVCC) $(NVCC_FLAGS) -arch=$(ARCH) -Xptxas -v -o $@ $<
 
-flash-check: $(BUILD)/check_fwd
-	./$(BUILD)/check_fwd
+flash-check: $(BUILD)/check_flash
+	./$(BUILD)/check_flash
 
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"

@@ -2,7 +2,9 @@
 //
 // fwd(q, k, v, causal, scale) -> (out, lse): q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D), fp16 or bf16,
 // last-dim stride 1, D in {64, 128}, Hq % Hkv == 0; out (B, Hq, Nq, D) contiguous, lse fp32
-// (B, Hq, Nq). Launches on the current CUDA stream of the tensors' device.
+// (B, Hq, Nq).
+// bwd(dout, q, k, v, out, lse, causal, scale) -> (dq, dk, dv), contiguous, shaped like q, k, v.
+// Both launch on the current CUDA stream of the tensors' device.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
@@ -31,24 +33,39 @@ cudaError_t dispatch_head_dim(const flashduo::FwdParams& p, int d, bool causal, 
   return flashduo::launch_flash_fwd<T, 128>(p, causal, s);
 }
 
-std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
-                                       const at::Tensor& v, bool causal, double scale) {
+template <typename T>
+cudaError_t dispatch_head_dim(const flashduo::BwdParams& p, int d, bool causal, cudaStream_t s) {
+  if (d == 64) return flashduo::launch_flash_bwd<T, 64>(p, causal, s);
+  return flashduo::launch_flash_bwd<T, 128>(p, causal, s);
+}
+
+// Checks shared by fwd and bwd; returns the head dim.
+int64_t check_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                      double scale) {
   check_input(q, "q", q);
   check_input(k, "k", q);
   check_input(v, "v", q);
   const auto dtype = q.scalar_type();
   TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16,
               "q dtype must be float16 or bfloat16, got ", dtype);
-  const int64_t b = q.size(0), hq = q.size(1), nq = q.size(2), d = q.size(3);
-  const int64_t hkv = k.size(1), nk = k.size(2);
+  const int64_t d = q.size(3);
   TORCH_CHECK(d == 64 || d == 128, "head dim must be 64 or 128, got ", d);
   TORCH_CHECK(k.sizes() == v.sizes(), "k and v must have the same shape, got ", k.sizes(),
               " and ", v.sizes());
-  TORCH_CHECK(k.size(0) == b, "k batch ", k.size(0), " != q batch ", b);
-  TORCH_CHECK(hkv > 0 && hq % hkv == 0, "q heads (", hq, ") must be a multiple of k heads (", hkv,
-              ")");
-  TORCH_CHECK(nq > 0 && nk > 0 && b > 0, "empty inputs are handled before the kernel");
+  TORCH_CHECK(k.size(0) == q.size(0), "k batch ", k.size(0), " != q batch ", q.size(0));
+  TORCH_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0, "q heads (", q.size(1),
+              ") must be a multiple of k heads (", k.size(1), ")");
+  TORCH_CHECK(q.size(0) > 0 && q.size(2) > 0 && k.size(2) > 0,
+              "empty inputs are handled before the kernel");
   TORCH_CHECK(std::isfinite(scale) && scale > 0, "scale must be positive and finite, got ", scale);
+  return d;
+}
+
+std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
+                                       const at::Tensor& v, bool causal, double scale) {
+  const int64_t d = check_problem(q, k, v, scale);
+  const auto dtype = q.scalar_type();
+  const int64_t b = q.size(0), hq = q.size(1), nq = q.size(2), hkv = k.size(1), nk = k.size(2);
 
   const c10::cuda::CUDAGuard guard(q.device());
   auto out = at::empty({b, hq, nq, d}, q.options());
@@ -71,11 +88,57 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
   return {out, lse};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const at::Tensor& q,
+                                                   const at::Tensor& k, const at::Tensor& v,
+                                                   const at::Tensor& out, const at::Tensor& lse,
+                                                   bool causal, double scale) {
+  const int64_t d = check_problem(q, k, v, scale);
+  check_input(dout, "dout", q);
+  check_input(out, "out", q);
+  TORCH_CHECK(dout.sizes() == q.sizes() && out.sizes() == q.sizes(),
+              "dout and out must have q's shape ", q.sizes());
+  const int64_t b = q.size(0), hq = q.size(1), nq = q.size(2), hkv = k.size(1), nk = k.size(2);
+  TORCH_CHECK(lse.is_cuda() && lse.scalar_type() == at::kFloat && lse.is_contiguous() &&
+                  lse.dim() == 3 && lse.size(0) == b && lse.size(1) == hq && lse.size(2) == nq,
+              "lse must be a contiguous float32 CUDA tensor of shape (B, Hq, Nq)");
+
+  const c10::cuda::CUDAGuard guard(q.device());
+  auto dq = at::empty_like(q, at::MemoryFormat::Contiguous);
+  auto dk = at::empty_like(k, at::MemoryFormat::Contiguous);
+  auto dv = at::empty_like(v, at::MemoryFormat::Contiguous);
+  auto delta = at::empty({b, hq, nq}, q.options().dtype(at::kFloat));
+  flashduo::BwdParams p{q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), dout.data_ptr(),
+                        lse.data_ptr<float>(), delta.data_ptr<float>(),
+                        dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+                        q.stride(0), q.stride(1), q.stride(2),
+                        k.stride(0), k.stride(1), k.stride(2),
+                        v.stride(0), v.stride(1), v.stride(2),
+                        out.stride(0), out.stride(1), out.stride(2),
+                        dout.stride(0), dout.stride(1), dout.stride(2),
+                        dq.stride(0), dq.stride(1), dq.stride(2),
+                        dk.stride(0), dk.stride(1), dk.stride(2),
+                        static_cast<int>(b), static_cast<int>(hq), static_cast<int>(hkv),
+                        static_cast<int>(nq), static_cast<int>(nk), static_cast<float>(scale),
+                        static_cast<float>(scale * 1.4426950408889634)};
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const cudaError_t err =
+      q.scalar_type() == at::kHalf
+          ? dispatch_head_dim<__half>(p, static_cast<int>(d), causal, stream)
+          : dispatch_head_dim<__nv_bfloat16>(p, static_cast<int>(d), causal, stream);
+  TORCH_CHECK(err == cudaSuccess, "flash backward launch failed: ", cudaGetErrorString(err));
+  return {dq, dk, dv};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "flashduo CUDA FlashAttention kernels";
   m.def("fwd", &fwd, "FlashAttention forward: (q, k, v, causal, scale) -> (out, lse)",
         pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("causal"),
+        pybind11::arg("scale"));
+  m.def("bwd", &bwd,
+        "FlashAttention backward: (dout, q, k, v, out, lse, causal, scale) -> (dq, dk, dv)",
+        pybind11::arg("dout"), pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"),
+        pybind11::arg("out"), pybind11::arg("lse"), pybind11::arg("causal"),
         pybind11::arg("scale"));
 }

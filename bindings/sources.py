@@ -13,9 +13,13 @@ SOURCES = [
     "cuda/flash/fwd_fp16_hdim128.cu",
     "cuda/flash/fwd_bf16_hdim64.cu",
     "cuda/flash/fwd_bf16_hdim128.cu",
+    "cuda/flash/bwd_fp16_hdim64.cu",
+    "cuda/flash/bwd_fp16_hdim128.cu",
+    "cuda/flash/bwd_bf16_hdim64.cu",
+    "cuda/flash/bwd_bf16_hdim128.cu",
 ]
 DEPENDS = ["cuda/flash/api.h", "cuda/flash/params.h", "cuda/flash/common.cuh",
-           "cuda/flash/fwd_kernel.cuh"]
+           "cuda/flash/fwd_kernel.cuh", "cuda/flash/bwd_kernel.cuh"]
 CXX_FLAGS = ["-O3"]
 NVCC_FLAGS = ["-O3", "-lineinfo", "--use_fast_math"]
 

@@ -20,4 +20,14 @@ extern template cudaError_t launch_flash_fwd<__nv_bfloat16, 64>(const FwdParams&
 extern template cudaError_t launch_flash_fwd<__nv_bfloat16, 128>(const FwdParams&, bool,
                                                                  cudaStream_t);
 
+template <typename T, int D>
+cudaError_t launch_flash_bwd(const BwdParams& p, bool causal, cudaStream_t stream);
+
+extern template cudaError_t launch_flash_bwd<__half, 64>(const BwdParams&, bool, cudaStream_t);
+extern template cudaError_t launch_flash_bwd<__half, 128>(const BwdParams&, bool, cudaStream_t);
+extern template cudaError_t launch_flash_bwd<__nv_bfloat16, 64>(const BwdParams&, bool,
+                                                                cudaStream_t);
+extern template cudaError_t launch_flash_bwd<__nv_bfloat16, 128>(const BwdParams&, bool,
+                                                                 cudaStream_t);
+
 }  // namespace flashduo

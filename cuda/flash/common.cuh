@@ -79,6 +79,9 @@ __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float x, float y) {
   return *reinterpret_cast<uint32_t*>(&h);
 }
 
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+
 // Element offset of (row, col) in a [rows][D] tile whose 16-byte chunks are XOR-swizzled by
 // row % 8: the 8 rows an ldmatrix phase reads at one logical chunk land in 8 different bank
 // groups. col must be a multiple of 8.

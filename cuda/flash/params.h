@@ -22,3 +22,32 @@ struct FwdParams {
 };
 
 }  // namespace flashduo
+
+namespace flashduo {
+
+// Backward problem: the forward's tensors plus dout (like q), delta fp32 (B, Hq, Nq) scratch, and
+// dq (like q), dk/dv (like k/v) outputs. Strides in elements, last dimension contiguous.
+struct BwdParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  const void* o;
+  const void* dout;
+  const float* lse;
+  float* delta;
+  void* dq;
+  void* dk;
+  void* dv;
+  int64_t q_sb, q_sh, q_sn;
+  int64_t k_sb, k_sh, k_sn;
+  int64_t v_sb, v_sh, v_sn;
+  int64_t o_sb, o_sh, o_sn;
+  int64_t do_sb, do_sh, do_sn;
+  int64_t dq_sb, dq_sh, dq_sn;
+  int64_t dk_sb, dk_sh, dk_sn;  // dv shares dk's strides
+  int b, hq, hkv, nq, nk;
+  float scale;       // softmax scale
+  float scale_log2;  // scale * log2(e)
+};
+
+}  // namespace flashduo

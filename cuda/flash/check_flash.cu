@@ -1,13 +1,16 @@
-// Standalone check of the CUDA forward kernel (no torch): awkward shapes against a float64 host
-// reference (output and lse), then the speed at one large shape. Exits non-zero on a mismatch.
+// Standalone check of the CUDA kernels (no torch): forward (output, lse) and backward (dq, dk, dv)
+// on awkward shapes against a float64 host reference, then the forward's speed at large shapes.
+// Exits non-zero on a mismatch.
 #include <cmath>
 #include <cstdio>
 #include <type_traits>
 #include <vector>
 
 #include "../examples/cuda_common.cuh"
+#include "bwd_kernel.cuh"
 #include "fwd_kernel.cuh"
 
+using flashduo::BwdParams;
 using flashduo::FwdParams;
 
 template <typename T>
@@ -27,6 +30,101 @@ struct Shape {
   int b, hq, hkv, nq, nk;
   bool causal;
 };
+
+// Backward of one case with a random dO: dq, dk, dv against float64 host formulas
+// (P = softmax(S), dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)), dQ = scale dS K,
+// dK = scale dS^T Q, GQA gradients summed over the group). Returns the count of bad elements.
+template <typename T, int D>
+int check_backward(const Shape& s, const char* tname, const std::vector<float>& qf,
+                   const std::vector<float>& kf, const std::vector<float>& vf, const T* dq_in,
+                   const T* dk_in, const T* dv_in, const T* out, const float* lse) {
+  const size_t nq_el = size_t(s.b) * s.hq * s.nq * D, nk_el = size_t(s.b) * s.hkv * s.nk * D;
+  std::vector<float> dof(nq_el);
+  fill_random(dof.data(), nq_el, 29 + s.nq);
+  std::vector<T> doh(nq_el);
+  for (size_t i = 0; i < nq_el; ++i) doh[i] = from_float<T>(dof[i]), dof[i] = to_float(doh[i]);
+  T *ddo, *ddq, *ddk, *ddv;
+  float* delta;
+  CUDA_CHECK(cudaMalloc(&ddo, nq_el * sizeof(T)));
+  CUDA_CHECK(cudaMalloc(&ddq, nq_el * sizeof(T)));
+  CUDA_CHECK(cudaMalloc(&ddk, nk_el * sizeof(T)));
+  CUDA_CHECK(cudaMalloc(&ddv, nk_el * sizeof(T)));
+  CUDA_CHECK(cudaMalloc(&delta, size_t(s.b) * s.hq * s.nq * sizeof(float)));
+  CUDA_CHECK(cudaMemcpy(ddo, doh.data(), nq_el * sizeof(T), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemset(ddq, 0xff, nq_el * sizeof(T)));
+  CUDA_CHECK(cudaMemset(ddk, 0xff, nk_el * sizeof(T)));
+  CUDA_CHECK(cudaMemset(ddv, 0xff, nk_el * sizeof(T)));
+  const float scale = 1.f / std::sqrt(float(D));
+  const int64_t qsb = int64_t(s.hq) * s.nq * D, qsh = int64_t(s.nq) * D;
+  const int64_t ksb = int64_t(s.hkv) * s.nk * D, ksh = int64_t(s.nk) * D;
+  BwdParams p{dq_in, dk_in, dv_in, out, ddo, lse, delta, ddq, ddk, ddv,
+              qsb, qsh, D, ksb, ksh, D, ksb, ksh, D, qsb, qsh, D, qsb, qsh, D, qsb, qsh, D,
+              ksb, ksh, D, s.b, s.hq, s.hkv, s.nq, s.nk, scale, scale * 1.4426950408889634f};
+  CUDA_CHECK((flashduo::launch_flash_bwd<T, D>(p, s.causal, 0)));
+  CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<T> gq(nq_el), gk(nk_el), gv(nk_el);
+  CUDA_CHECK(cudaMemcpy(gq.data(), ddq, nq_el * sizeof(T), cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpy(gk.data(), ddk, nk_el * sizeof(T), cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpy(gv.data(), ddv, nk_el * sizeof(T), cudaMemcpyDeviceToHost));
+
+  std::vector<double> rq(nq_el, 0.0), rk(nk_el, 0.0), rv(nk_el, 0.0);
+  std::vector<double> prow(s.nk), dprow(s.nk);
+  for (int b = 0; b < s.b; ++b)
+    for (int h = 0; h < s.hq; ++h) {
+      const int hk = h / (s.hq / s.hkv);
+      const size_t qh = (size_t(b) * s.hq + h) * s.nq, kh = (size_t(b) * s.hkv + hk) * s.nk;
+      for (int i = 0; i < s.nq; ++i) {
+        const int jend = s.causal ? std::min(s.nk, i + 1) : s.nk;
+        const float* qi = &qf[(qh + i) * D];
+        const float* doi = &dof[(qh + i) * D];
+        double mx = -1e300, sum = 0;
+        for (int j = 0; j < jend; ++j) {
+          double dot = 0;
+          for (int d = 0; d < D; ++d) dot += double(qi[d]) * kf[(kh + j) * D + d];
+          prow[j] = dot * scale;
+          mx = std::max(mx, prow[j]);
+        }
+        for (int j = 0; j < jend; ++j) sum += (prow[j] = std::exp(prow[j] - mx));
+        double delta_i = 0;
+        for (int j = 0; j < jend; ++j) {
+          prow[j] /= sum;
+          double dp = 0;
+          for (int d = 0; d < D; ++d) dp += double(doi[d]) * vf[(kh + j) * D + d];
+          dprow[j] = dp;
+          delta_i += prow[j] * dp;  // rowsum(dO * O) = sum_j P_ij (dO_i . V_j)
+        }
+        for (int j = 0; j < jend; ++j) {
+          const double ds = prow[j] * (dprow[j] - delta_i) * scale;
+          for (int d = 0; d < D; ++d) {
+            rq[(qh + i) * D + d] += ds * kf[(kh + j) * D + d];
+            rk[(kh + j) * D + d] += ds * qi[d];
+            rv[(kh + j) * D + d] += prow[j] * doi[d];
+          }
+        }
+      }
+    }
+  auto compare = [&](const char* name, const std::vector<T>& got, const std::vector<double>& ref) {
+    double peak = 1e-6, worst = 0;
+    for (double r : ref) peak = std::max(peak, std::fabs(r));
+    int n_bad = 0;
+    const double tol = (std::is_same<T, __half>::value ? 5e-3 : 2e-2) * peak;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      const double err = std::fabs(to_float(got[i]) - ref[i]);
+      worst = std::max(worst, err);
+      if (!(err <= tol)) ++n_bad;
+    }
+    std::printf("  %s max err %.2e (peak %.2e)%s", name, worst, peak, n_bad ? " FAIL" : "");
+    return n_bad;
+  };
+  int bad = compare("dq", gq, rq) + compare("dk", gk, rk) + compare("dv", gv, rv);
+  std::printf("  <- %s backward\n", tname);
+  cudaFree(ddo);
+  cudaFree(ddq);
+  cudaFree(ddk);
+  cudaFree(ddv);
+  cudaFree(delta);
+  return bad;
+}
 
 // Runs one case; returns the number of output/lse elements outside tolerance.
 template <typename T, int D>
@@ -104,6 +202,7 @@ int check_case(const Shape& s, const char* tname) {
   std::printf("%-5s D=%-3d b%d h%dx%d nq=%-4d nk=%-4d causal=%d  max err out %.2e lse %.2e  %s\n",
               tname, D, s.b, s.hq, s.hkv, s.nq, s.nk, int(s.causal), worst_o, worst_l,
               bad ? "FAIL" : "ok");
+  bad += check_backward<T, D>(s, tname, qf, kf, vf, dq, dk, dv, dout, dlse);
   cudaFree(dq);
   cudaFree(dk);
   cudaFree(dv);

@@ -1,0 +1,317 @@
+// FlashAttention-2 backward on tensor cores, in three kernels and without atomics:
+//
+// 1. preprocess: delta = rowsum(dO * O), one warp per query row;
+// 2. dK/dV: a block keeps 64 keys of K and V in shared memory (16 per warp) and loops over every
+//    query head of its GQA group and their query tiles, rebuilding P^T = exp(S^T - lse) and
+//    accumulating dV += P^T dO and dK += dS^T Q with dS^T = P^T * (V dO^T - delta);
+// 3. dQ: a block keeps 64 query rows of Q and dO in registers and loops over key tiles,
+//    accumulating dQ += dS K.
+// Causal tiles that see nothing are skipped; rows past Nq / Nk are zero-filled and not stored.
+#pragma once
+
+#include <cmath>
+
+#include "common.cuh"
+
+namespace flashduo {
+
+constexpr int kBwdThreads = 128;
+constexpr int kBwdKeys = 64;   // keys per dK/dV block (16 per warp)
+constexpr int kBwdRows = 64;   // query rows per dQ block (16 per warp)
+constexpr float kLog2e = 1.4426950408889634f;
+
+// Query rows per step of the dK/dV loop: fewer at D = 128 to leave registers for dK and dV.
+template <int D>
+__host__ __device__ constexpr int dkdv_query_tile() { return D <= 64 ? 64 : 32; }
+
+template <int D>
+constexpr int dkdv_smem_bytes() { return (2 * kBwdKeys + 4 * dkdv_query_tile<D>()) * D * 2; }
+template <int D>
+constexpr int dq_smem_bytes() { return (2 * kBwdRows + 4 * kBwdKeys) * D * 2; }
+
+// Copy rows [row0, row0 + ROWS) of a (N, D) matrix into a swizzled tile; rows >= n become zeros.
+template <typename T, int D, int ROWS>
+__device__ __forceinline__ void load_rows_async(T* tile, const T* g, int64_t stride, int row0,
+                                                int n) {
+  constexpr int kChunks = D / 8;
+  for (int c = threadIdx.x; c < ROWS * kChunks; c += kBwdThreads) {
+    const int r = c / kChunks, col = (c % kChunks) * 8;
+    const bool ok = row0 + r < n;
+    const T* src = ok ? g + static_cast<int64_t>(row0 + r) * stride + col : g;
+    cp_async_16(smem_addr(tile + swizzle<D>(r, col)), src, ok);
+  }
+}
+
+// acc (16 x N) += A[a_row0 .. a_row0 + 16) (from a swizzled (rows, D) tile) * B^T, B being an
+// (N, D) swizzled tile. A fragments are loaded per k-step, so only four registers of A are live.
+template <typename T, int D, int N>
+__device__ __forceinline__ void mma_a_bt(float (&acc)[N / 8][4], const T* a_tile, int a_row0,
+                                         const T* b_tile) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t af[4];
+    const int ar = a_row0 + lane % 16, ac = kk * 16 + (lane / 16) * 8;
+    ldmatrix_x4(smem_addr(a_tile + swizzle<D>(ar, ac)), af);
+#pragma unroll
+    for (int np = 0; np < N / 16; ++np) {
+      uint32_t bf[4];
+      const int r = np * 16 + (lane / 16) * 8 + lane % 8, c = kk * 16 + ((lane / 8) % 2) * 8;
+      ldmatrix_x4(smem_addr(b_tile + swizzle<D>(r, c)), bf);
+      mma_16816<T>(acc[2 * np], af, bf[0], bf[1]);
+      mma_16816<T>(acc[2 * np + 1], af, bf[2], bf[3]);
+    }
+  }
+}
+
+// acc (16 x D) += X (16 x K, fp32 accumulators) * tile, tile being (K, D) row-major in shared memory.
+template <typename T, int D, int K>
+__device__ __forceinline__ void mma_acc_b(float (&acc)[D / 8][4], const float (&x)[K / 8][4],
+                                          const T* tile) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int kk = 0; kk < K / 16; ++kk) {
+    const uint32_t a[4] = {pack2<T>(x[2 * kk][0], x[2 * kk][1]),
+                           pack2<T>(x[2 * kk][2], x[2 * kk][3]),
+                           pack2<T>(x[2 * kk + 1][0], x[2 * kk + 1][1]),
+                           pack2<T>(x[2 * kk + 1][2], x[2 * kk + 1][3])};
+#pragma unroll
+    for (int dp = 0; dp < D / 16; ++dp) {
+      uint32_t bf[4];
+      const int r = kk * 16 + ((lane / 8) % 2) * 8 + lane % 8, c = dp * 16 + (lane / 16) * 8;
+      ldmatrix_x4_trans(smem_addr(tile + swizzle<D>(r, c)), bf);
+      mma_16816<T>(acc[2 * dp], a, bf[0], bf[1]);
+      mma_16816<T>(acc[2 * dp + 1], a, bf[2], bf[3]);
+    }
+  }
+}
+
+// Store a warp's 16 x D fp32 accumulator (times `mult`) to rows row0.. of a (N, D) matrix.
+template <typename T, int D>
+__device__ __forceinline__ void store_rows(T* g, int64_t stride, int row0, int n,
+                                           const float (&acc)[D / 8][4], float mult) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int row = row0 + lane / 4 + i * 8;
+    if (row >= n) continue;
+#pragma unroll
+    for (int t = 0; t < D / 8; ++t) {
+      *reinterpret_cast<uint32_t*>(g + row * stride + t * 8 + (lane % 4) * 2) =
+          pack2<T>(acc[t][2 * i] * mult, acc[t][2 * i + 1] * mult);
+    }
+  }
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kBwdThreads) flash_bwd_preprocess_kernel(const BwdParams p) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kBwdThreads / 32) + warp;
+  const int64_t rows = static_cast<int64_t>(p.b) * p.hq * p.nq;
+  if (row >= rows) return;
+  const int i = static_cast<int>(row % p.nq);
+  const int64_t bh = row / p.nq;
+  const int b = static_cast<int>(bh / p.hq), h = static_cast<int>(bh % p.hq);
+  const T* o = static_cast<const T*>(p.o) + b * p.o_sb + h * p.o_sh + i * p.o_sn;
+  const T* d = static_cast<const T*>(p.dout) + b * p.do_sb + h * p.do_sh + i * p.do_sn;
+  float sum = 0.f;
+  for (int c = lane; c < D; c += 32) sum += to_f32(o[c]) * to_f32(d[c]);
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffff, sum, off);
+  if (lane == 0) p.delta[row] = sum;
+}
+
+template <typename T, int D, bool kCausal>
+__global__ void __launch_bounds__(kBwdThreads) flash_bwd_dkdv_kernel(const BwdParams p) {
+  constexpr int BN = kBwdKeys, BM = dkdv_query_tile<D>();
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* sK = reinterpret_cast<T*>(smem);
+  T* sV = sK + BN * D;
+  T* sQ = sV + BN * D;    // two stages
+  T* sDO = sQ + 2 * BM * D;  // two stages
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int num_n = (p.nk + BN - 1) / BN;
+  const int bh = blockIdx.x / num_n;  // over B * Hkv
+  const int n0 = static_cast<int>(blockIdx.x % num_n) * BN;
+  const int b = bh / p.hkv, hk = bh % p.hkv, group = p.hq / p.hkv;
+  const T* k = static_cast<const T*>(p.k) + b * p.k_sb + hk * p.k_sh;
+  const T* v = static_cast<const T*>(p.v) + b * p.v_sb + hk * p.v_sh;
+
+  // Work items: (query head in the group, query tile), flattened; causal starts at the first
+  // query tile holding a row >= n0 (earlier rows see none of these keys).
+  const int num_m = (p.nq + BM - 1) / BM;
+  const int m_first = kCausal ? min(n0 / BM, num_m) : 0;
+  const int per_head = num_m - m_first;
+  const int items = group * per_head;
+
+  auto item_ptrs = [&](int it, const T*& q, const T*& dout, int& h, int& m0) {
+    h = hk * group + it / per_head;
+    m0 = (m_first + it % per_head) * BM;
+    q = static_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
+    dout = static_cast<const T*>(p.dout) + b * p.do_sb + h * p.do_sh;
+  };
+
+  load_rows_async<T, D, BN>(sK, k, p.k_sn, n0, p.nk);
+  load_rows_async<T, D, BN>(sV, v, p.v_sn, n0, p.nk);
+  if (items > 0) {
+    const T *q, *dout;
+    int h, m0;
+    item_ptrs(0, q, dout, h, m0);
+    load_rows_async<T, D, BM>(sQ, q, p.q_sn, m0, p.nq);
+    load_rows_async<T, D, BM>(sDO, dout, p.do_sn, m0, p.nq);
+  }
+  cp_async_commit();
+
+  float acc_dk[D / 8][4] = {}, acc_dv[D / 8][4] = {};
+  const int key_lo = n0 + warp * 16 + lane / 4;  // keys key_lo and key_lo + 8
+  for (int it = 0; it < items; ++it) {
+    const int stage = it & 1;
+    if (it + 1 < items) {
+      const T *q, *dout;
+      int h, m0;
+      item_ptrs(it + 1, q, dout, h, m0);
+      load_rows_async<T, D, BM>(sQ + (stage ^ 1) * BM * D, q, p.q_sn, m0, p.nq);
+      load_rows_async<T, D, BM>(sDO + (stage ^ 1) * BM * D, dout, p.do_sn, m0, p.nq);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const T *q_unused, *do_unused;
+    int h, m0;
+    item_ptrs(it, q_unused, do_unused, h, m0);
+    const T* tQ = sQ + stage * BM * D;
+    const T* tDO = sDO + stage * BM * D;
+    const int64_t row_base = (static_cast<int64_t>(b) * p.hq + h) * p.nq;
+
+    // P^T (16 keys x BM queries) = exp2(S^T * scale_log2 - lse_log2), masked.
+    float pt[BM / 8][4] = {}, dpt[BM / 8][4] = {};
+    mma_a_bt<T, D, BM>(pt, sK, warp * 16, tQ);    // S^T = K Q^T
+    mma_a_bt<T, D, BM>(dpt, sV, warp * 16, tDO);  // dP^T = V dO^T
+#pragma unroll
+    for (int t = 0; t < BM / 8; ++t) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int qi = m0 + t * 8 + (lane % 4) * 2 + (e & 1);
+        const int kj = key_lo + (e >> 1) * 8;
+        float pv = 0.f, dl = 0.f;
+        if (qi < p.nq && (!kCausal || qi >= kj)) {
+          pv = exp2f(pt[t][e] * p.scale_log2 - p.lse[row_base + qi] * kLog2e);
+          dl = p.delta[row_base + qi];
+        }
+        pt[t][e] = pv;
+        dpt[t][e] = pv * (dpt[t][e] - dl);  // dS^T
+      }
+    }
+    mma_acc_b<T, D, BM>(acc_dv, pt, tDO);  // dV += P^T dO
+    mma_acc_b<T, D, BM>(acc_dk, dpt, tQ);  // dK += dS^T Q
+    __syncthreads();
+  }
+  T* dk = static_cast<T*>(p.dk) + b * p.dk_sb + hk * p.dk_sh;
+  T* dv = static_cast<T*>(p.dv) + b * p.dk_sb + hk * p.dk_sh;
+  store_rows<T, D>(dk, p.dk_sn, n0 + warp * 16, p.nk, acc_dk, p.scale);
+  store_rows<T, D>(dv, p.dk_sn, n0 + warp * 16, p.nk, acc_dv, 1.f);
+}
+
+template <typename T, int D, bool kCausal>
+__global__ void __launch_bounds__(kBwdThreads) flash_bwd_dq_kernel(const BwdParams p) {
+  constexpr int BM = kBwdRows, BN = kBwdKeys;
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* sQ = reinterpret_cast<T*>(smem);
+  T* sDO = sQ + BM * D;
+  T* sK = sDO + BM * D;      // two stages
+  T* sV = sK + 2 * BN * D;   // two stages
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int num_m = (p.nq + BM - 1) / BM;
+  const int bh = blockIdx.x / num_m;
+  const int m_blk = kCausal ? num_m - 1 - static_cast<int>(blockIdx.x % num_m)
+                            : static_cast<int>(blockIdx.x % num_m);
+  const int b = bh / p.hq, h = bh % p.hq, hk = h / (p.hq / p.hkv);
+  const int m0 = m_blk * BM;
+  const T* q = static_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
+  const T* dout = static_cast<const T*>(p.dout) + b * p.do_sb + h * p.do_sh;
+  const T* k = static_cast<const T*>(p.k) + b * p.k_sb + hk * p.k_sh;
+  const T* v = static_cast<const T*>(p.v) + b * p.v_sb + hk * p.v_sh;
+  const int n_end = kCausal ? min(p.nk, m0 + BM) : p.nk;
+  const int n_tiles = (n_end + BN - 1) / BN;
+
+  load_rows_async<T, D, BM>(sQ, q, p.q_sn, m0, p.nq);
+  load_rows_async<T, D, BM>(sDO, dout, p.do_sn, m0, p.nq);
+  load_rows_async<T, D, BN>(sK, k, p.k_sn, 0, p.nk);
+  load_rows_async<T, D, BN>(sV, v, p.v_sn, 0, p.nk);
+  cp_async_commit();
+
+  const int row_lo = m0 + warp * 16 + lane / 4;
+  const int64_t row_base = static_cast<int64_t>(bh) * p.nq;
+  float lse2[2], dl[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = row_lo + i * 8;
+    lse2[i] = r < p.nq ? p.lse[row_base + r] * kLog2e : 0.f;
+    dl[i] = r < p.nq ? p.delta[row_base + r] : 0.f;
+  }
+  float acc_dq[D / 8][4] = {};
+  for (int j = 0; j < n_tiles; ++j) {
+    const int stage = j & 1;
+    if (j + 1 < n_tiles) {
+      load_rows_async<T, D, BN>(sK + (stage ^ 1) * BN * D, k, p.k_sn, (j + 1) * BN, p.nk);
+      load_rows_async<T, D, BN>(sV + (stage ^ 1) * BN * D, v, p.v_sn, (j + 1) * BN, p.nk);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const T* tK = sK + stage * BN * D;
+    const T* tV = sV + stage * BN * D;
+    float s[BN / 8][4] = {}, dp[BN / 8][4] = {};
+    mma_a_bt<T, D, BN>(s, sQ, warp * 16, tK);    // S = Q K^T
+    mma_a_bt<T, D, BN>(dp, sDO, warp * 16, tV);  // dP = dO V^T
+    const int n0 = j * BN;
+#pragma unroll
+    for (int t = 0; t < BN / 8; ++t) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = n0 + t * 8 + (lane % 4) * 2 + (e & 1);
+        const int row = row_lo + (e >> 1) * 8;
+        float pv = 0.f;
+        if (col < p.nk && (!kCausal || col <= row)) pv = exp2f(s[t][e] * p.scale_log2 - lse2[e >> 1]);
+        s[t][e] = pv * (dp[t][e] - dl[e >> 1]);  // dS
+      }
+    }
+    mma_acc_b<T, D, BN>(acc_dq, s, tK);  // dQ += dS K
+    __syncthreads();
+  }
+  T* dq = static_cast<T*>(p.dq) + b * p.dq_sb + h * p.dq_sh;
+  store_rows<T, D>(dq, p.dq_sn, m0 + warp * 16, p.nq, acc_dq, p.scale);
+}
+
+template <typename T, int D, bool kCausal>
+cudaError_t launch_flash_bwd_impl(const BwdParams& p, cudaStream_t stream) {
+  const int64_t rows = static_cast<int64_t>(p.b) * p.hq * p.nq;
+  const int warps = kBwdThreads / 32;
+  flash_bwd_preprocess_kernel<T, D>
+      <<<static_cast<unsigned>((rows + warps - 1) / warps), kBwdThreads, 0, stream>>>(p);
+  constexpr int smem_kv = dkdv_smem_bytes<D>(), smem_q = dq_smem_bytes<D>();
+  cudaFuncSetAttribute(flash_bwd_dkdv_kernel<T, D, kCausal>,
+                       cudaFuncAttributeMaxDynamicSharedMemorySize, smem_kv);
+  const unsigned grid_kv = static_cast<unsigned>((p.nk + kBwdKeys - 1) / kBwdKeys) * p.b * p.hkv;
+  flash_bwd_dkdv_kernel<T, D, kCausal><<<grid_kv, kBwdThreads, smem_kv, stream>>>(p);
+  cudaFuncSetAttribute(flash_bwd_dq_kernel<T, D, kCausal>,
+                       cudaFuncAttributeMaxDynamicSharedMemorySize, smem_q);
+  const unsigned grid_q = static_cast<unsigned>((p.nq + kBwdRows - 1) / kBwdRows) * p.b * p.hq;
+  flash_bwd_dq_kernel<T, D, kCausal><<<grid_q, kBwdThreads, smem_q, stream>>>(p);
+  return cudaGetLastError();
+}
+
+// Launch the three backward kernels on `stream`; nq, nk >= 1 (checked by the caller).
+template <typename T, int D>
+cudaError_t launch_flash_bwd(const BwdParams& p, bool causal, cudaStream_t stream) {
+  return causal ? launch_flash_bwd_impl<T, D, true>(p, stream)
+                : launch_flash_bwd_impl<T, D, false>(p, stream);
+}
+
+}  // namespace flashduo
