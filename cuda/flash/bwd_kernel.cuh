@@ -15,7 +15,7 @@
 
 namespace flashduo {
 
-constexpr int kBwdThreads = 128;
+constexpr int kBwdThreads = kThreads;
 constexpr int kBwdKeys = 64;   // keys per dK/dV block (16 per warp)
 constexpr int kBwdRows = 64;   // query rows per dQ block (16 per warp)
 constexpr float kLog2e = 1.4426950408889634f;
@@ -28,19 +28,6 @@ template <int D>
 constexpr int dkdv_smem_bytes() { return (2 * kBwdKeys + 4 * dkdv_query_tile<D>()) * D * 2; }
 template <int D>
 constexpr int dq_smem_bytes() { return (2 * kBwdRows + 4 * kBwdKeys) * D * 2; }
-
-// Copy rows [row0, row0 + ROWS) of a (N, D) matrix into a swizzled tile; rows >= n become zeros.
-template <typename T, int D, int ROWS>
-__device__ __forceinline__ void load_rows_async(T* tile, const T* g, int64_t stride, int row0,
-                                                int n) {
-  constexpr int kChunks = D / 8;
-  for (int c = threadIdx.x; c < ROWS * kChunks; c += kBwdThreads) {
-    const int r = c / kChunks, col = (c % kChunks) * 8;
-    const bool ok = row0 + r < n;
-    const T* src = ok ? g + static_cast<int64_t>(row0 + r) * stride + col : g;
-    cp_async_16(smem_addr(tile + swizzle<D>(r, col)), src, ok);
-  }
-}
 
 // acc (16 x N) += A[a_row0 .. a_row0 + 16) (from a swizzled (rows, D) tile) * B^T, B being an
 // (N, D) swizzled tile. A fragments are loaded per k-step, so only four registers of A are live.
@@ -60,28 +47,6 @@ __device__ __forceinline__ void mma_a_bt(float (&acc)[N / 8][4], const T* a_tile
       ldmatrix_x4(smem_addr(b_tile + swizzle<D>(r, c)), bf);
       mma_16816<T>(acc[2 * np], af, bf[0], bf[1]);
       mma_16816<T>(acc[2 * np + 1], af, bf[2], bf[3]);
-    }
-  }
-}
-
-// acc (16 x D) += X (16 x K, fp32 accumulators) * tile, tile being (K, D) row-major in shared memory.
-template <typename T, int D, int K>
-__device__ __forceinline__ void mma_acc_b(float (&acc)[D / 8][4], const float (&x)[K / 8][4],
-                                          const T* tile) {
-  const int lane = threadIdx.x % 32;
-#pragma unroll
-  for (int kk = 0; kk < K / 16; ++kk) {
-    const uint32_t a[4] = {pack2<T>(x[2 * kk][0], x[2 * kk][1]),
-                           pack2<T>(x[2 * kk][2], x[2 * kk][3]),
-                           pack2<T>(x[2 * kk + 1][0], x[2 * kk + 1][1]),
-                           pack2<T>(x[2 * kk + 1][2], x[2 * kk + 1][3])};
-#pragma unroll
-    for (int dp = 0; dp < D / 16; ++dp) {
-      uint32_t bf[4];
-      const int r = kk * 16 + ((lane / 8) % 2) * 8 + lane % 8, c = dp * 16 + (lane / 16) * 8;
-      ldmatrix_x4_trans(smem_addr(tile + swizzle<D>(r, c)), bf);
-      mma_16816<T>(acc[2 * dp], a, bf[0], bf[1]);
-      mma_16816<T>(acc[2 * dp + 1], a, bf[2], bf[3]);
     }
   }
 }

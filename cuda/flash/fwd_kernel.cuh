@@ -15,24 +15,11 @@ namespace flashduo {
 
 constexpr int kFwdBlockM = 64;
 constexpr int kFwdBlockN = 64;
-constexpr int kFwdThreads = 128;
+constexpr int kFwdThreads = kThreads;
 
 template <int D>
 constexpr int fwd_smem_bytes() {
   return (kFwdBlockM + 4 * kFwdBlockN) * D * 2;  // Q + two stages of K and V, 16-bit elements
-}
-
-// Copy rows [row0, row0 + 64) of a (N, D) matrix into a swizzled tile; rows >= n become zeros.
-template <typename T, int D>
-__device__ __forceinline__ void load_tile_async(T* tile, const T* g, int64_t stride, int row0,
-                                                int n) {
-  constexpr int kChunks = D / 8;  // 16-byte chunks per row
-  for (int c = threadIdx.x; c < kFwdBlockN * kChunks; c += kFwdThreads) {
-    const int r = c / kChunks, col = (c % kChunks) * 8;
-    const bool ok = row0 + r < n;
-    const T* src = ok ? g + static_cast<int64_t>(row0 + r) * stride + col : g;
-    cp_async_16(smem_addr(tile + swizzle<D>(r, col)), src, ok);
-  }
 }
 
 template <typename T, int D, bool kCausal>
@@ -59,9 +46,9 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const FwdParams 
   const int n_end = kCausal ? min(p.nk, m0 + BM) : p.nk;
   const int n_tiles = (n_end + BN - 1) / BN;
 
-  load_tile_async<T, D>(sQ, q, p.q_sn, m0, p.nq);
-  load_tile_async<T, D>(sK, k, p.k_sn, 0, p.nk);
-  load_tile_async<T, D>(sV, v, p.v_sn, 0, p.nk);
+  load_rows_async<T, D, BM>(sQ, q, p.q_sn, m0, p.nq);
+  load_rows_async<T, D, BN>(sK, k, p.k_sn, 0, p.nk);
+  load_rows_async<T, D, BN>(sV, v, p.v_sn, 0, p.nk);
   cp_async_commit();
 
   float acc_o[D / 8][4] = {};
@@ -73,8 +60,8 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const FwdParams 
   for (int j = 0; j < n_tiles; ++j) {
     const int stage = j & 1;
     if (j + 1 < n_tiles) {
-      load_tile_async<T, D>(sK + (stage ^ 1) * BN * D, k, p.k_sn, (j + 1) * BN, p.nk);
-      load_tile_async<T, D>(sV + (stage ^ 1) * BN * D, v, p.v_sn, (j + 1) * BN, p.nk);
+      load_rows_async<T, D, BN>(sK + (stage ^ 1) * BN * D, k, p.k_sn, (j + 1) * BN, p.nk);
+      load_rows_async<T, D, BN>(sV + (stage ^ 1) * BN * D, v, p.v_sn, (j + 1) * BN, p.nk);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -148,22 +135,7 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const FwdParams 
       }
     }
 
-    // O += P V: the S accumulators of two adjacent key n-tiles form one A fragment.
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      const uint32_t a[4] = {
-          pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-          pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-          pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        uint32_t vf[4];
-        const int r = kk * 16 + ((lane / 8) % 2) * 8 + lane % 8, c = dp * 16 + (lane / 16) * 8;
-        ldmatrix_x4_trans(smem_addr(tV + swizzle<D>(r, c)), vf);
-        mma_16816<T>(acc_o[2 * dp], a, vf[0], vf[1]);
-        mma_16816<T>(acc_o[2 * dp + 1], a, vf[2], vf[3]);
-      }
-    }
+    mma_acc_b<T, D, BN>(acc_o, s, tV);  // O += P V, P taken from the S accumulators
     __syncthreads();  // this stage is refilled two tiles from now
   }
 
