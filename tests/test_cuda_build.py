@@ -46,9 +46,13 @@ FWD_CASES = [
 ]
 
 
+def _case_id(c: tuple) -> str:
+    causal = "causal" if c[7] else "full"
+    return f"b{c[0]}h{c[1]}x{c[2]}q{c[3]}k{c[4]}d{c[5]}-{str(c[6])[6:]}-{causal}"
+
+
 @pytest.mark.skipif(not ON_GPU, reason="running the CUDA kernels needs a CUDA GPU")
-@pytest.mark.parametrize("case", FWD_CASES, ids=lambda c: f"b{c[0]}h{c[1]}x{c[2]}q{c[3]}k{c[4]}"
-                         f"d{c[5]}-{str(c[6])[6:]}-{'causal' if c[7] else 'full'}")
+@pytest.mark.parametrize("case", FWD_CASES, ids=_case_id)
 def test_cuda_forward_matches_reference(ext, case) -> None:
     b, hq, hkv, nq, nk, d, dtype, causal = case
     g = torch.Generator(device="cuda").manual_seed(nq * 7 + nk)
@@ -64,8 +68,7 @@ def test_cuda_forward_matches_reference(ext, case) -> None:
 
 
 @pytest.mark.skipif(not ON_GPU, reason="running the CUDA kernels needs a CUDA GPU")
-@pytest.mark.parametrize("case", FWD_CASES, ids=lambda c: f"b{c[0]}h{c[1]}x{c[2]}q{c[3]}k{c[4]}"
-                         f"d{c[5]}-{str(c[6])[6:]}-{'causal' if c[7] else 'full'}")
+@pytest.mark.parametrize("case", FWD_CASES, ids=_case_id)
 def test_cuda_backward_matches_reference(ext, case) -> None:
     b, hq, hkv, nq, nk, d, dtype, causal = case
     g = torch.Generator(device="cuda").manual_seed(nq * 5 + nk)

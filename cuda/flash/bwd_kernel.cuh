@@ -190,12 +190,8 @@ __global__ void __launch_bounds__(kBwdThreads) flash_bwd_dq_kernel(const BwdPara
   T* sV = sK + 2 * BN * D;   // two stages
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int num_m = (p.nq + BM - 1) / BM;
-  const int bh = blockIdx.x / num_m;
-  const int m_blk = kCausal ? num_m - 1 - static_cast<int>(blockIdx.x % num_m)
-                            : static_cast<int>(blockIdx.x % num_m);
-  const int b = bh / p.hq, h = bh % p.hq, hk = h / (p.hq / p.hkv);
-  const int m0 = m_blk * BM;
+  const QueryBlock blk = query_block<BM, kCausal>(p.nq, p.hq, p.hkv);
+  const int bh = blk.bh, b = blk.b, h = blk.h, hk = blk.hk, m0 = blk.m0;
   const T* q = static_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
   const T* dout = static_cast<const T*>(p.dout) + b * p.do_sb + h * p.do_sh;
   const T* k = static_cast<const T*>(p.k) + b * p.k_sb + hk * p.k_sh;

@@ -90,6 +90,23 @@ __device__ __forceinline__ int swizzle(int row, int col) {
   return row * D + ((((col >> 3) ^ (row & 7))) << 3);
 }
 
+// Which (batch, query head, K/V head, query tile) a block of a query-resident kernel owns: a 1-D
+// grid with query tiles fastest (blocks running together share a head's K/V in L2); causal runs
+// the heaviest (last) query tiles of a head first.
+struct QueryBlock {
+  int bh, b, h, hk, m0;
+};
+
+template <int BM, bool kCausal>
+__device__ __forceinline__ QueryBlock query_block(int nq, int hq, int hkv) {
+  const int num_m = (nq + BM - 1) / BM;
+  const int bh = blockIdx.x / num_m;
+  const int m_blk = kCausal ? num_m - 1 - static_cast<int>(blockIdx.x % num_m)
+                            : static_cast<int>(blockIdx.x % num_m);
+  const int h = bh % hq;
+  return {bh, bh / hq, h, h / (hq / hkv), m_blk * BM};
+}
+
 // Every flash kernel runs 4 warps: 16 rows of the resident tile per warp.
 constexpr int kThreads = 128;
 

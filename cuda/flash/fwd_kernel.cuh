@@ -32,14 +32,8 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const FwdParams 
   T* sV = sK + 2 * BN * D;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  // 1-D grid, query tiles fastest (blocks running together share a head's K/V in L2); causal
-  // runs the heaviest (last) query tiles of a head first.
-  const int num_m = (p.nq + BM - 1) / BM;
-  const int bh = blockIdx.x / num_m;
-  const int m_blk = kCausal ? num_m - 1 - static_cast<int>(blockIdx.x % num_m)
-                            : static_cast<int>(blockIdx.x % num_m);
-  const int b = bh / p.hq, h = bh % p.hq, hk = h / (p.hq / p.hkv);
-  const int m0 = m_blk * BM;
+  const QueryBlock blk = query_block<BM, kCausal>(p.nq, p.hq, p.hkv);
+  const int bh = blk.bh, b = blk.b, h = blk.h, hk = blk.hk, m0 = blk.m0;
   const T* q = static_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
   const T* k = static_cast<const T*>(p.k) + b * p.k_sb + hk * p.k_sh;
   const T* v = static_cast<const T*>(p.v) + b * p.v_sb + hk * p.v_sh;
