@@ -10,21 +10,70 @@
 #include <torch/extension.h>
 
 #include <cmath>
+#include <stdexcept>
+#include <string>
 #include <tuple>
 
 #include "../cuda/flash/api.h"
 
+// Argument checks return a message naming the bad argument ("" when all is well); `fwd_problem`
+// and `bwd_problem` are exposed so that bindings/flash.py raises ValueError from Python before any
+// launch, and `fwd` / `bwd` throw std::runtime_error with the same message for direct callers.
+// Messages are built by `cat` from plain std::string pieces, not with c10::str / TORCH_CHECK:
+// under the torch 2.11 CUDA 13 wheels, formatting a number through std::ostringstream inside a
+// JIT-built extension ended the interpreter with SIGSEGV (a one-line load_inline extension whose
+// TORCH_CHECK fails shows it).
+#define FLASHDUO_REQUIRE(cond, ...)              \
+  do {                                           \
+    if (!(cond)) return cat(__VA_ARGS__);        \
+  } while (0)
+#define FLASHDUO_PROPAGATE(expr)                 \
+  do {                                           \
+    std::string why_ = (expr);                   \
+    if (!why_.empty()) return why_;              \
+  } while (0)
+
 namespace {
 
-void check_input(const at::Tensor& t, const char* name, const at::Tensor& q) {
-  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got device ", t.device());
-  TORCH_CHECK(t.dim() == 4, name, " must be 4-D (B, H, N, D), got ", t.dim(), "-D");
-  TORCH_CHECK(t.scalar_type() == q.scalar_type(), name, " dtype ", t.scalar_type(),
-              " differs from q dtype ", q.scalar_type());
-  TORCH_CHECK(t.device() == q.device(), name, " is on ", t.device(), ", q on ", q.device());
-  TORCH_CHECK(t.stride(-1) == 1, name, " must have last-dim stride 1, got ", t.stride(-1));
-  TORCH_CHECK(t.size(-1) == q.size(-1), name, " head dim ", t.size(-1), " != q head dim ",
-              q.size(-1));
+std::string piece(const char* x) { return x; }
+std::string piece(const std::string& x) { return x; }
+std::string piece(int64_t x) { return std::to_string(x); }
+std::string piece(double x) { return std::to_string(x); }
+std::string piece(const c10::Device& x) { return x.str(); }
+std::string piece(at::ScalarType x) { return c10::toString(x); }
+std::string piece(at::IntArrayRef x) {
+  std::string out = "(";
+  for (size_t i = 0; i < x.size(); ++i) out += (i ? ", " : "") + std::to_string(x[i]);
+  return out + ")";
+}
+
+template <typename... Args>
+std::string cat(const Args&... args) {
+  std::string out;
+  ((out += piece(args)), ...);
+  return out;
+}
+
+void check_launch(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string(what) + " launch failed: " + cudaGetErrorString(err));
+  }
+}
+
+void require(const std::string& why) {
+  if (!why.empty()) throw std::runtime_error(why);
+}
+
+std::string input_problem(const at::Tensor& t, const char* name, const at::Tensor& q) {
+  FLASHDUO_REQUIRE(t.is_cuda(), name, " must be a CUDA tensor, got device ", t.device());
+  FLASHDUO_REQUIRE(t.dim() == 4, name, " must be 4-D (B, H, N, D), got ", t.dim(), "-D");
+  FLASHDUO_REQUIRE(t.scalar_type() == q.scalar_type(), name, " dtype ", t.scalar_type(),
+                   " differs from q dtype ", q.scalar_type());
+  FLASHDUO_REQUIRE(t.device() == q.device(), name, " is on ", t.device(), ", q on ", q.device());
+  FLASHDUO_REQUIRE(t.stride(-1) == 1, name, " must have last-dim stride 1, got ", t.stride(-1));
+  FLASHDUO_REQUIRE(t.size(-1) == q.size(-1), name, " head dim ", t.size(-1), " != q head dim ",
+                   q.size(-1));
+  return "";
 }
 
 template <typename T>
@@ -39,31 +88,49 @@ cudaError_t dispatch_head_dim(const flashduo::BwdParams& p, int d, bool causal, 
   return flashduo::launch_flash_bwd<T, 128>(p, causal, s);
 }
 
-// Checks shared by fwd and bwd; returns the head dim.
-int64_t check_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                      double scale) {
-  check_input(q, "q", q);
-  check_input(k, "k", q);
-  check_input(v, "v", q);
+// Why fwd cannot take these inputs; "" when it can.
+std::string fwd_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        double scale) {
+  FLASHDUO_PROPAGATE(input_problem(q, "q", q));
+  FLASHDUO_PROPAGATE(input_problem(k, "k", q));
+  FLASHDUO_PROPAGATE(input_problem(v, "v", q));
   const auto dtype = q.scalar_type();
-  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16,
-              "q dtype must be float16 or bfloat16, got ", dtype);
+  FLASHDUO_REQUIRE(dtype == at::kHalf || dtype == at::kBFloat16,
+                   "q dtype must be float16 or bfloat16, got ", dtype);
   const int64_t d = q.size(3);
-  TORCH_CHECK(d == 64 || d == 128, "head dim must be 64 or 128, got ", d);
-  TORCH_CHECK(k.sizes() == v.sizes(), "k and v must have the same shape, got ", k.sizes(),
-              " and ", v.sizes());
-  TORCH_CHECK(k.size(0) == q.size(0), "k batch ", k.size(0), " != q batch ", q.size(0));
-  TORCH_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0, "q heads (", q.size(1),
-              ") must be a multiple of k heads (", k.size(1), ")");
-  TORCH_CHECK(q.size(0) > 0 && q.size(2) > 0 && k.size(2) > 0,
-              "empty inputs are handled before the kernel");
-  TORCH_CHECK(std::isfinite(scale) && scale > 0, "scale must be positive and finite, got ", scale);
-  return d;
+  FLASHDUO_REQUIRE(d == 64 || d == 128, "head dim must be 64 or 128, got ", d);
+  FLASHDUO_REQUIRE(k.sizes() == v.sizes(), "k and v must have the same shape, got ", k.sizes(),
+                   " and ", v.sizes());
+  FLASHDUO_REQUIRE(k.size(0) == q.size(0), "k batch ", k.size(0), " != q batch ", q.size(0));
+  FLASHDUO_REQUIRE(k.size(1) > 0 && q.size(1) % k.size(1) == 0, "q heads (", q.size(1),
+                   ") must be a multiple of k heads (", k.size(1), ")");
+  FLASHDUO_REQUIRE(q.size(0) > 0 && q.size(2) > 0 && k.size(2) > 0,
+                   "empty inputs are handled before the kernel");
+  FLASHDUO_REQUIRE(std::isfinite(scale) && scale > 0, "scale must be positive and finite, got ",
+                   scale);
+  return "";
+}
+
+// Why bwd cannot take these inputs; "" when it can.
+std::string bwd_problem(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                        const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+                        double scale) {
+  FLASHDUO_PROPAGATE(fwd_problem(q, k, v, scale));
+  FLASHDUO_PROPAGATE(input_problem(dout, "dout", q));
+  FLASHDUO_PROPAGATE(input_problem(out, "out", q));
+  FLASHDUO_REQUIRE(dout.sizes() == q.sizes() && out.sizes() == q.sizes(),
+                   "dout and out must have q's shape ", q.sizes());
+  FLASHDUO_REQUIRE(lse.is_cuda() && lse.scalar_type() == at::kFloat && lse.is_contiguous() &&
+                       lse.dim() == 3 && lse.size(0) == q.size(0) && lse.size(1) == q.size(1) &&
+                       lse.size(2) == q.size(2),
+                   "lse must be a contiguous float32 CUDA tensor of shape (B, Hq, Nq)");
+  return "";
 }
 
 std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
                                        const at::Tensor& v, bool causal, double scale) {
-  const int64_t d = check_problem(q, k, v, scale);
+  require(fwd_problem(q, k, v, scale));
+  const int64_t d = q.size(3);
   const auto dtype = q.scalar_type();
   const int64_t b = q.size(0), hq = q.size(1), nq = q.size(2), hkv = k.size(1), nk = k.size(2);
 
@@ -84,7 +151,7 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
                               ? dispatch_head_dim<__half>(p, static_cast<int>(d), causal, stream)
                               : dispatch_head_dim<__nv_bfloat16>(p, static_cast<int>(d), causal,
                                                                  stream);
-  TORCH_CHECK(err == cudaSuccess, "flash forward launch failed: ", cudaGetErrorString(err));
+  check_launch(err, "flash forward");
   return {out, lse};
 }
 
@@ -92,15 +159,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const
                                                    const at::Tensor& k, const at::Tensor& v,
                                                    const at::Tensor& out, const at::Tensor& lse,
                                                    bool causal, double scale) {
-  const int64_t d = check_problem(q, k, v, scale);
-  check_input(dout, "dout", q);
-  check_input(out, "out", q);
-  TORCH_CHECK(dout.sizes() == q.sizes() && out.sizes() == q.sizes(),
-              "dout and out must have q's shape ", q.sizes());
+  require(bwd_problem(dout, q, k, v, out, lse, scale));
+  const int64_t d = q.size(3);
   const int64_t b = q.size(0), hq = q.size(1), nq = q.size(2), hkv = k.size(1), nk = k.size(2);
-  TORCH_CHECK(lse.is_cuda() && lse.scalar_type() == at::kFloat && lse.is_contiguous() &&
-                  lse.dim() == 3 && lse.size(0) == b && lse.size(1) == hq && lse.size(2) == nq,
-              "lse must be a contiguous float32 CUDA tensor of shape (B, Hq, Nq)");
 
   const c10::cuda::CUDAGuard guard(q.device());
   auto dq = at::empty_like(q, at::MemoryFormat::Contiguous);
@@ -125,7 +186,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const
       q.scalar_type() == at::kHalf
           ? dispatch_head_dim<__half>(p, static_cast<int>(d), causal, stream)
           : dispatch_head_dim<__nv_bfloat16>(p, static_cast<int>(d), causal, stream);
-  TORCH_CHECK(err == cudaSuccess, "flash backward launch failed: ", cudaGetErrorString(err));
+  check_launch(err, "flash backward");
   return {dq, dk, dv};
 }
 
@@ -133,6 +194,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "flashduo CUDA FlashAttention kernels";
+  m.def("fwd_problem", &fwd_problem, "why fwd cannot take (q, k, v, scale); '' when it can",
+        pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("scale"));
+  m.def("bwd_problem", &bwd_problem,
+        "why bwd cannot take (dout, q, k, v, out, lse, scale); '' when it can",
+        pybind11::arg("dout"), pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"),
+        pybind11::arg("out"), pybind11::arg("lse"), pybind11::arg("scale"));
   m.def("fwd", &fwd, "FlashAttention forward: (q, k, v, causal, scale) -> (out, lse)",
         pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("causal"),
         pybind11::arg("scale"));

@@ -1,4 +1,4 @@
-"""The built-in backends: ``triton``, ``torch`` (SDPA itself) and ``reference``.
+"""The built-in backends: ``triton``, ``cuda``, ``torch`` (SDPA itself) and ``reference``.
 
 Each is registered with its capabilities; kernels are imported on first use so that importing
 flashduo stays cheap and works where Triton is absent.
@@ -6,6 +6,7 @@ flashduo stays cheap and works where Triton is absent.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import torch
@@ -47,6 +48,35 @@ def _triton_bwd(dout, q, k, v, out, lse, causal, scale):
     from triton_impl import attention_bwd
 
     return attention_bwd(dout, q, k, v, out, lse, causal, scale)
+
+
+def _cuda_unavailable() -> str | None:
+    return _cuda_toolchain_missing() or (None if torch.cuda.is_available() else "no CUDA GPU visible")
+
+
+@functools.cache
+def _cuda_toolchain_missing() -> str | None:
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build"
+    from bindings import loader
+
+    try:
+        loader.cuda_home()
+    except RuntimeError as exc:
+        return str(exc)
+    return None
+
+
+def _cuda_fwd(q, k, v, causal, scale):
+    from bindings import flash
+
+    return flash.fwd(q, k, v, causal, scale)
+
+
+def _cuda_bwd(dout, q, k, v, out, lse, causal, scale):
+    from bindings import flash
+
+    return flash.bwd(dout, q, k, v, out, lse, causal, scale)
 
 
 def _torch_fwd(q, k, v, causal, scale):
@@ -98,6 +128,21 @@ TRITON = register_backend(
         min_capability=(8, 0),
         unavailable=_triton_unavailable,
         extra_reasons=_triton_limits,
+    )
+)
+
+CUDA = register_backend(
+    Backend(
+        name="cuda",
+        fwd=_cuda_fwd,
+        bwd=_cuda_bwd,
+        description="FlashAttention-2 style CUDA C++ kernels on mma.sync (cuda/flash/), "
+        "JIT-built on first use",
+        dtypes=_HALF,
+        devices=lambda: frozenset({"cuda"}),
+        head_dims=frozenset({64, 128}),
+        min_capability=(8, 0),
+        unavailable=_cuda_unavailable,
     )
 )
 

@@ -94,14 +94,14 @@ def sweep_shape(n: int, d: int) -> tuple[int, int]:
 
 
 def parse_backends(values: Iterable[str] | None) -> list[str]:
-    """Flatten repeated / comma-separated ``--backend`` values in order; default [triton]."""
+    """Flatten repeated / comma-separated ``--backend`` values in order; default [triton, cuda]."""
     names: list[str] = []
     for value in values or ():
         for name in value.split(","):
             name = name.strip()
             if name and name not in names:
                 names.append(name)
-    return names or ["triton"]
+    return names or ["triton", "cuda"]
 
 
 # ----------------------------------------------------------------------------- implementations

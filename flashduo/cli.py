@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         action="append",
         metavar="NAME[,NAME]",
-        help="flashduo backend(s) to time; repeat or comma-separate (default: triton)",
+        help="flashduo backend(s) to time; repeat or comma-separate (default: triton,cuda)",
     )
     bench.add_argument("--quick", action="store_true", help="smoke run: N in {1024, 4096}, no flex")
     bench.add_argument("--no-flex", action="store_true", help="skip FlexAttention (compile time)")

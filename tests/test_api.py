@@ -56,7 +56,7 @@ def test_available_backends_reports_reasons() -> None:
     assert set(avail) == set(flashduo.registered_backends())
     assert avail["reference"] is None and avail["torch"] is None
     if ON_GPU:
-        assert avail["triton"] is None
+        assert avail["triton"] is None and avail["cuda"] is None
 
 
 def test_seed_compatible_names() -> None:
@@ -73,14 +73,14 @@ def test_seed_compatible_names() -> None:
 def _opcheck_backends() -> list[str]:
     names = ["reference"]
     if ON_GPU:
-        names.append("triton")
+        names += ["triton", "cuda"]
     return names
 
 
 @pytest.mark.parametrize("backend", _opcheck_backends())
 def test_opcheck(backend: str) -> None:
     dtype = torch.float16 if ON_GPU else torch.float32
-    q, k, v = qkv(dtype, n=48, d=32, grad=True)
+    q, k, v = qkv(dtype, n=48, d=64, grad=True)
     torch.library.opcheck(torch.ops.flashduo.fwd.default, (q, k, v, True, 0.2, backend))
     out, lse = torch.ops.flashduo.fwd(q, k, v, True, 0.2, backend)
     dout = torch.randn_like(out)
@@ -91,7 +91,7 @@ def test_opcheck(backend: str) -> None:
 
 def _compile_params():
     if ON_GPU:
-        return [("triton", "inductor"), ("torch", "inductor")]
+        return [("triton", "inductor"), ("cuda", "inductor"), ("torch", "inductor")]
     return [("reference", "aot_eager")]
 
 

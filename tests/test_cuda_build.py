@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import reference
-from bindings import loader
+from bindings import flash, loader
 from tests.cases import ON_GPU, assert_close
 from tests.helpers import run_reference
 
@@ -33,6 +33,7 @@ def ext():
 def test_extension_builds_and_imports(ext) -> None:
     assert "FlashAttention forward" in ext.fwd.__doc__
     assert "FlashAttention backward" in ext.bwd.__doc__
+    assert callable(ext.fwd_problem) and callable(ext.bwd_problem)
 
 
 FWD_CASES = [
@@ -60,7 +61,7 @@ def test_cuda_forward_matches_reference(ext, case) -> None:
     kv = torch.randn(b, nk, 2, hkv, d, generator=g, device="cuda").to(dtype)
     k, v = (t.transpose(1, 2) for t in kv.unbind(2))  # strided views of a packed projection
     scale = d**-0.5
-    out, lse = ext.fwd(q, k, v, causal, scale)
+    out, lse = flash.fwd(q, k, v, causal, scale)
     ref_out, ref_lse = reference.attention_ref(q, k, v, causal, scale)
     base_out, base_lse = reference.attention_ref(q, k, v, causal, scale, upcast=False)
     assert_close("cuda out", out, ref_out, base_out, "out", dtype)
@@ -77,18 +78,29 @@ def test_cuda_backward_matches_reference(ext, case) -> None:
         for h, n in ((hq, nq), (hkv, nk), (hkv, nk), (hq, nq))
     )
     scale = d**-0.5
-    out, lse = ext.fwd(q, k, v, causal, scale)
-    dq, dk, dv = ext.bwd(dout, q, k, v, out, lse, causal, scale)
+    out, lse = flash.fwd(q, k, v, causal, scale)
+    dq, dk, dv = flash.bwd(dout, q, k, v, out, lse, causal, scale)
     truth, baseline = run_reference(q, k, v, causal, dout)
     for name, x, ref, base in zip(("dq", "dk", "dv"), (dq, dk, dv), truth[2:], baseline[2:]):
         assert_close(f"cuda {name}", x, ref, base, "grad", dtype)
 
 
 @pytest.mark.skipif(not ON_GPU, reason="the argument checks run on CUDA tensors")
-def test_cuda_forward_checks_arguments(ext) -> None:
+def test_cuda_checks_arguments(ext) -> None:
+    """Bad arguments raise ValueError naming them, before any launch."""
     q = torch.randn(1, 2, 16, 48, device="cuda", dtype=torch.float16)
-    with pytest.raises(RuntimeError, match="head dim must be 64 or 128"):
-        ext.fwd(q, q, q, False, 0.1)
+    with pytest.raises(ValueError, match="head dim must be 64 or 128, got 48"):
+        flash.fwd(q, q, q, False, 0.1)
     q = torch.randn(1, 2, 16, 64, device="cuda", dtype=torch.float32)
-    with pytest.raises(RuntimeError, match="float16 or bfloat16"):
-        ext.fwd(q, q, q, False, 0.1)
+    with pytest.raises(ValueError, match="float16 or bfloat16"):
+        flash.fwd(q, q, q, False, 0.1)
+    q = torch.randn(1, 2, 16, 64, device="cuda", dtype=torch.float16)
+    with pytest.raises(ValueError, match="k must be a CUDA tensor"):
+        flash.fwd(q, q.cpu(), q, False, 0.1)
+    with pytest.raises(ValueError, match="v must have last-dim stride 1"):
+        flash.fwd(q, q, q.transpose(-1, -2), False, 0.1)
+    with pytest.raises(ValueError, match="multiple of k heads"):
+        flash.fwd(q, q[:, :1].expand(1, 3, 16, 64)[:, :3], q[:, :1].expand(1, 3, 16, 64), False, 0.1)
+    out, lse = flash.fwd(q, q, q, False, 0.1)
+    with pytest.raises(ValueError, match="lse must be a contiguous float32"):
+        flash.bwd(q, q, q, q, out, lse[:, :, :8], False, 0.1)

@@ -97,7 +97,7 @@ def test_triton_refuses_cpu_tensors() -> None:
                          ids=["B0", "Nq0", "Nk0"])
 def test_empty_inputs(backend, shape) -> None:
     b, h, nq, nk = shape
-    q, k, v = (t.requires_grad_() for t in qkv(b=b, hq=h, hkv=h, nq=nq, nk=nk))
+    q, k, v = (t.requires_grad_() for t in qkv(b=b, hq=h, hkv=h, nq=nq, nk=nk, d=64))
     if flashduo.get_backend(backend).unavailable():
         pytest.skip(flashduo.get_backend(backend).unavailable())
     out, lse = flashduo.attention_with_lse(q, k, v, backend=backend)
@@ -113,7 +113,7 @@ def test_nan_and_inf_propagate(backend) -> None:
     """A NaN query row gives a NaN output row (as SDPA on a GPU); other rows stay right."""
     if flashduo.get_backend(backend).unavailable():
         pytest.skip(flashduo.get_backend(backend).unavailable())
-    q, k, v = qkv(nq=40, nk=40, d=32, dtype=torch.float16)
+    q, k, v = qkv(nq=40, nk=40, d=64, dtype=torch.float16)
     q[0, 0, 5] = float("nan")
     k[0, 1, 7, 0] = float("inf")
     out = flashduo.attention(q, k, v, backend=backend)

@@ -107,15 +107,13 @@ __device__ __forceinline__ QueryBlock query_block(int nq, int hq, int hkv) {
   return {bh, bh / hq, h, h / (hq / hkv), m_blk * BM};
 }
 
-// Every flash kernel runs 4 warps: 16 rows of the resident tile per warp.
-constexpr int kThreads = 128;
-
 // Copy rows [row0, row0 + ROWS) of a (N, D) matrix into a swizzled tile; rows >= n become zeros.
-template <typename T, int D, int ROWS>
+// THREADS is the block size: every thread takes every THREADS-th 16-byte chunk.
+template <typename T, int D, int ROWS, int THREADS>
 __device__ __forceinline__ void load_rows_async(T* tile, const T* g, int64_t stride, int row0,
                                                 int n) {
   constexpr int kChunks = D / 8;
-  for (int c = threadIdx.x; c < ROWS * kChunks; c += kThreads) {
+  for (int c = threadIdx.x; c < ROWS * kChunks; c += THREADS) {
     const int r = c / kChunks, col = (c % kChunks) * 8;
     const bool ok = row0 + r < n;
     const T* src = ok ? g + static_cast<int64_t>(row0 + r) * stride + col : g;
