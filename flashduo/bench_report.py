@@ -21,6 +21,8 @@ from flashduo.bench_types import CHECK_RTOL, DTYPE, FLEX, MODES, NAIVE, SDPA_IMP
 
 BASELINES = (*SDPA_IMPLS, FLEX)
 TARGET = 1.0  # flashduo / sdpa-flash speed ratio to reach ...
+# ... except where a backend's issue sets another: the CUDA backend's forward+backward target.
+TARGETS = {("cuda", "fwdbwd"): 0.8}
 TARGET_MIN_N = 1024  # ... at every sweep length from this one up
 
 
@@ -139,14 +141,15 @@ def summary_lines(
             good = [t for t in ratios if not math.isnan(t[0])]
             missing = len(ratios) - len(good)
             label = f"{be} {mode}: min {ratio_label(be, base)} over N >= {TARGET_MIN_N}"
+            target = TARGETS.get((be, mode), TARGET)
             if not good:
-                lines.append(f"{label}: no data -> target >= {TARGET} NOT met")
+                lines.append(f"{label}: no data -> target >= {target} NOT met")
                 continue
             r, d, causal, n = min(good)
-            met = r >= TARGET and missing == 0
+            met = r >= target and missing == 0
             extra = f", {missing} cell(s) missing/failed" if missing else ""
             lines.append(f"{label} = {r:.2f} (D={d} causal={int(causal)} N={n}{extra}) -> "
-                         f"target >= {TARGET} {'met' if met else 'NOT met'}")
+                         f"target >= {target} {'met' if met else 'NOT met'}")
         mine = [c for c in checks if c.impl == be]
         if mine:
             worst = max(mine, key=lambda c: math.inf if math.isnan(c.rel_err) else c.rel_err)

@@ -43,16 +43,16 @@ template <typename T, int D, int N>
 __device__ __forceinline__ void mma_a_bt(float (&acc)[N / 8][4], const T* a_tile, int a_row0,
                                          const T* b_tile) {
   const int lane = threadIdx.x % 32;
+  const LdsmRows a_rows = ldsm_rows<D>(a_tile, lane % 16, lane / 16);
+  const LdsmRows b_rows = ldsm_rows<D>(b_tile, (lane / 16) * 8 + lane % 8, (lane / 8) % 2);
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
     uint32_t af[4];
-    const int ar = a_row0 + lane % 16, ac = kk * 16 + (lane / 16) * 8;
-    ldmatrix_x4(smem_addr(a_tile + swizzle<D>(ar, ac)), af);
+    ldmatrix_x4(ldsm_at<D>(a_rows, a_row0, kk), af);
 #pragma unroll
     for (int np = 0; np < N / 16; ++np) {
       uint32_t bf[4];
-      const int r = np * 16 + (lane / 16) * 8 + lane % 8, c = kk * 16 + ((lane / 8) % 2) * 8;
-      ldmatrix_x4(smem_addr(b_tile + swizzle<D>(r, c)), bf);
+      ldmatrix_x4(ldsm_at<D>(b_rows, np * 16, kk), bf);
       mma_16816<T>(acc[2 * np], af, bf[0], bf[1]);
       mma_16816<T>(acc[2 * np + 1], af, bf[2], bf[3]);
     }

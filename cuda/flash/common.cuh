@@ -90,6 +90,31 @@ __device__ __forceinline__ int swizzle(int row, int col) {
   return row * D + ((((col >> 3) ^ (row & 7))) << 3);
 }
 
+// A lane's ldmatrix source addresses in a swizzled [rows][D] tile (D a multiple of 64), computed
+// once per tile so that the unrolled loops issue LDSM with a register + immediate address and no
+// integer work. The lane reads row r_lane (+ any multiple of 8) and 16-byte chunk 2 kk + h_lane of
+// the 16-column step kk. Because r % 8 only flips the low three chunk bits, that chunk sits at
+// byte a[kk % 4] + 128 (kk / 4) of the row: four registers cover every kk.
+struct LdsmRows {
+  uint32_t a[4];
+};
+
+template <int D>
+__device__ __forceinline__ LdsmRows ldsm_rows(const void* tile, int r_lane, int h_lane) {
+  static_assert(D % 64 == 0, "ldsm_rows needs at least 8 chunks per row");
+  LdsmRows rows;
+  const uint32_t base = smem_addr(tile) + static_cast<uint32_t>(r_lane * D * 2);
+#pragma unroll
+  for (int m = 0; m < 4; ++m) rows.a[m] = base + ((((2 * m) | h_lane) ^ (r_lane & 7)) << 4);
+  return rows;
+}
+
+// Address of 16-column step kk at row offset `row0` (a multiple of 8) for a lane of `rows`.
+template <int D>
+__device__ __forceinline__ uint32_t ldsm_at(const LdsmRows& rows, int row0, int kk) {
+  return rows.a[kk % 4] + (kk / 4) * 128 + row0 * D * 2;
+}
+
 // Which (batch, query head, K/V head, query tile) a block of a query-resident kernel owns: a 1-D
 // grid with query tiles fastest (blocks running together share a head's K/V in L2); causal runs
 // the heaviest (last) query tiles of a head first.
@@ -108,16 +133,22 @@ __device__ __forceinline__ QueryBlock query_block(int nq, int hq, int hkv) {
 }
 
 // Copy rows [row0, row0 + ROWS) of a (N, D) matrix into a swizzled tile; rows >= n become zeros.
-// THREADS is the block size: every thread takes every THREADS-th 16-byte chunk.
+// THREADS is the block size. Each thread copies one fixed 16-byte column chunk in every pass of
+// THREADS / (D / 8) rows (a multiple of 8, so the swizzle is the same in every pass): the passes
+// unroll into cp.async with immediate shared-memory offsets and one pointer step each.
 template <typename T, int D, int ROWS, int THREADS>
 __device__ __forceinline__ void load_rows_async(T* tile, const T* g, int64_t stride, int row0,
                                                 int n) {
-  constexpr int kChunks = D / 8;
-  for (int c = threadIdx.x; c < ROWS * kChunks; c += THREADS) {
-    const int r = c / kChunks, col = (c % kChunks) * 8;
-    const bool ok = row0 + r < n;
-    const T* src = ok ? g + static_cast<int64_t>(row0 + r) * stride + col : g;
-    cp_async_16(smem_addr(tile + swizzle<D>(r, col)), src, ok);
+  constexpr int kChunks = D / 8, kRowsPerPass = THREADS / kChunks;
+  static_assert(THREADS % kChunks == 0 && kRowsPerPass % 8 == 0 && ROWS % kRowsPerPass == 0,
+                "tile rows must split into passes of a multiple of 8 rows");
+  const int r = threadIdx.x / kChunks, col = (threadIdx.x % kChunks) * 8;
+  const uint32_t dst = smem_addr(tile + swizzle<D>(r, col));
+  const T* src = g + static_cast<int64_t>(row0 + r) * stride + col;
+#pragma unroll
+  for (int i = 0; i < ROWS / kRowsPerPass; ++i) {
+    const bool ok = row0 + r + i * kRowsPerPass < n;
+    cp_async_16(dst + i * kRowsPerPass * D * 2, ok ? src + i * kRowsPerPass * stride : g, ok);
   }
 }
 
@@ -126,6 +157,7 @@ template <typename T, int D, int K>
 __device__ __forceinline__ void mma_acc_b(float (&acc)[D / 8][4], const float (&x)[K / 8][4],
                                           const T* tile) {
   const int lane = threadIdx.x % 32;
+  const LdsmRows rows = ldsm_rows<D>(tile, ((lane / 8) % 2) * 8 + lane % 8, lane / 16);
 #pragma unroll
   for (int kk = 0; kk < K / 16; ++kk) {
     const uint32_t a[4] = {pack2<T>(x[2 * kk][0], x[2 * kk][1]),
@@ -135,8 +167,7 @@ __device__ __forceinline__ void mma_acc_b(float (&acc)[D / 8][4], const float (&
 #pragma unroll
     for (int dp = 0; dp < D / 16; ++dp) {
       uint32_t bf[4];
-      const int r = kk * 16 + ((lane / 8) % 2) * 8 + lane % 8, c = dp * 16 + (lane / 16) * 8;
-      ldmatrix_x4_trans(smem_addr(tile + swizzle<D>(r, c)), bf);
+      ldmatrix_x4_trans(ldsm_at<D>(rows, kk * 16, dp), bf);
       mma_16816<T>(acc[2 * dp], a, bf[0], bf[1]);
       mma_16816<T>(acc[2 * dp + 1], a, bf[2], bf[3]);
     }

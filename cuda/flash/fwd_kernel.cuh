@@ -82,51 +82,51 @@ __global__ void __launch_bounds__(32 * W, MB) flash_fwd_kernel(const FwdParams p
 
     // S = Q K^T for this warp's 16 rows and the tile's 64 keys.
     float s[BN / 8][4] = {};
+    const LdsmRows k_rows = ldsm_rows<D>(tK, (lane / 16) * 8 + lane % 8, (lane / 8) % 2);
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
 #pragma unroll
       for (int np = 0; np < BN / 16; ++np) {
         uint32_t kf[4];
-        const int r = np * 16 + (lane / 16) * 8 + lane % 8, c = kk * 16 + ((lane / 8) % 2) * 8;
-        ldmatrix_x4(smem_addr(tK + swizzle<D>(r, c)), kf);
+        ldmatrix_x4(ldsm_at<D>(k_rows, np * 16, kk), kf);
         mma_16816<T>(s[2 * np], q_frag[kk], kf[0], kf[1]);
         mma_16816<T>(s[2 * np + 1], q_frag[kk], kf[2], kf[3]);
       }
     }
 
-    // Scale into log2 units; mask the key tail and, with causal, keys after the row.
+    // Mask the key tail and, with causal, keys after the row (raw scores; the scale is applied
+    // inside the exponent's FFMA below).
     const int n0 = j * BN;
-    const bool masked = n0 + BN > p.nk || (kCausal && n0 + BN - 1 > m0);
+    if (n0 + BN > p.nk || (kCausal && n0 + BN - 1 > m0)) {
 #pragma unroll
-    for (int t = 0; t < BN / 8; ++t) {
+      for (int t = 0; t < BN / 8; ++t) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = s[t][e] * p.scale_log2;
-        if (masked) {
+        for (int e = 0; e < 4; ++e) {
           const int col = n0 + t * 8 + (lane % 4) * 2 + (e & 1);
           const int row = row_lo + (e >> 1) * 8;
-          if (col >= p.nk || (kCausal && col > row)) x = -INFINITY;
+          if (col >= p.nk || (kCausal && col > row)) s[t][e] = -INFINITY;
         }
-        s[t][e] = x;
       }
     }
 
-    // Online softmax: new row max over the quad, rescale the running sum and the output.
+    // Online softmax in log2 units: new row max over the quad, rescale the running sum and the
+    // output. The scale is positive, so the max of raw scores scales to the max of scaled ones.
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      float mx = row_max[i];
+      float mx = -INFINITY;
 #pragma unroll
       for (int t = 0; t < BN / 8; ++t) mx = fmaxf(mx, fmaxf(s[t][2 * i], s[t][2 * i + 1]));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+      mx = fmaxf(row_max[i], mx * p.scale_log2);
       const float m_use = mx == -INFINITY ? 0.f : mx;  // a row with nothing visible yet
       const float alpha = exp2f(row_max[i] - m_use);
       row_max[i] = mx;
       float sum = 0.f;
 #pragma unroll
       for (int t = 0; t < BN / 8; ++t) {
-        s[t][2 * i] = exp2f(s[t][2 * i] - m_use);
-        s[t][2 * i + 1] = exp2f(s[t][2 * i + 1] - m_use);
+        s[t][2 * i] = exp2f(fmaf(s[t][2 * i], p.scale_log2, -m_use));
+        s[t][2 * i + 1] = exp2f(fmaf(s[t][2 * i + 1], p.scale_log2, -m_use));
         sum += s[t][2 * i] + s[t][2 * i + 1];
       }
       row_sum[i] = row_sum[i] * alpha + sum;
