@@ -4,6 +4,8 @@
 >>> out, lse = flashduo.attention_with_lse(q, k, v, backend="triton")
 >>> with flashduo.use_backend("torch"):
 ...     out = flashduo.attention(q, k, v)
+>>> table = flashduo.CosSinTable(base=100.0, H_img=14, D=64, device="cuda")  # 2D RoPE of ViTs
+>>> out = flashduo.attention(q, k, v, rope=table, num_prefix_tokens=1)       # N = 1 + 14 * 14
 """
 
 from flashduo import backends as _backends  # noqa: F401  (registers the built-in backends)
@@ -16,6 +18,7 @@ from flashduo.registry import (
     registered_backends,
     use_backend,
 )
+from reference.rope import CosSinTable, apply_rope
 
 __all__ = [
     "attention",
@@ -26,5 +29,7 @@ __all__ = [
     "get_backend",
     "register_backend",
     "Backend",
+    "CosSinTable",
+    "apply_rope",
 ]
 __version__ = "0.1.0"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+import reference
 from flashduo import ops, registry
 from flashduo._validate import check_inputs, last_dim_contiguous
 
@@ -15,6 +16,8 @@ def attention_with_lse(
     causal: bool = False,
     scale: float | None = None,
     backend: str | None = None,
+    rope: reference.CosSinTable | None = None,
+    num_prefix_tokens: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scaled dot-product attention returning the output and the softmax log-sum-exp.
 
@@ -28,6 +31,10 @@ def attention_with_lse(
         scale: score scale, default 1 / sqrt(D).
         backend: backend name (see ``available_backends()``); None applies ``use_backend``,
             then ``FLASHDUO_BACKEND``, then the default.
+        rope: a ``CosSinTable`` to rotate q and k with the 2D axial RoPE of ViTs before attention
+            (semantics in ``reference.rope``); Nq and Nk must equal num_prefix_tokens + the
+            table's grid size. Gradients flow back through the rotation to the unrotated q, k.
+        num_prefix_tokens: leading tokens (CLS, registers) left unrotated; only used with rope.
 
     Returns:
         out: (B, Hq, Nq, D), q's dtype. Differentiable with respect to q, k, v.
@@ -35,6 +42,11 @@ def attention_with_lse(
     """
     scale = check_inputs(q, k, v, causal, scale)
     name = registry.resolve_backend(backend)
+    if rope is not None:
+        reference.check_rope(q, rope, num_prefix_tokens, "q")
+        reference.check_rope(k, rope, num_prefix_tokens, "k")
+        q = reference.apply_rope(q, rope, num_prefix_tokens)
+        k = reference.apply_rope(k, rope, num_prefix_tokens)
     q, k, v = last_dim_contiguous(q), last_dim_contiguous(k), last_dim_contiguous(v)
     out, lse = ops.attention_fwd(q, k, v, causal, scale, name)
     return out, lse.detach()
@@ -47,6 +59,8 @@ def attention(
     causal: bool = False,
     scale: float | None = None,
     backend: str | None = None,
+    rope: reference.CosSinTable | None = None,
+    num_prefix_tokens: int = 1,
 ) -> torch.Tensor:
     """Scaled dot-product attention, (B, Hq, Nq, D) -> (B, Hq, Nq, D); see ``attention_with_lse``."""
-    return attention_with_lse(q, k, v, causal, scale, backend)[0]
+    return attention_with_lse(q, k, v, causal, scale, backend, rope, num_prefix_tokens)[0]

@@ -1,0 +1,129 @@
+"""2D axial rotary position embedding (RoPE) for ViTs: the one definition of its semantics.
+
+Tokens are ``num_prefix_tokens`` unrotated tokens (CLS, registers) followed by an H_img x W_img
+patch grid flattened row-major, so patch p sits at column x = p % W_img and row y = p // W_img.
+Channels rotate in interleaved pairs (2i, 2i + 1) by an angle theta_i:
+
+    out[2i]     = x[2i] cos(theta_i) - x[2i + 1] sin(theta_i)
+    out[2i + 1] = x[2i + 1] cos(theta_i) + x[2i] sin(theta_i)
+
+With D / 4 frequency bands band_j = base^(-j / (D / 4)), pair i < D / 4 turns by x * band_i and
+pair D / 4 + j by y * band_j (the 'xy' layout of RoPE-ViT and timm's ``vit_*_patch16_rope_*``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class CosSinTable:
+    """Per-pair cos / sin of the rotation angles of every grid position.
+
+    ``CosSinTable(base=100.0, H_img=14, D=64, device=None, W_img=None)`` builds the table of an
+    H_img x W_img grid (W_img defaults to H_img). Attributes: ``COSP`` and ``SINP`` float32
+    (H_img * W_img, D / 2), pair i of position p at [p, i]; ``H_img``, ``W_img``, ``D``, ``base``.
+    """
+
+    def __init__(
+        self,
+        base: float = 100.0,
+        H_img: int = 14,  # noqa: N803  (the grid's conventional name)
+        D: int = 64,  # noqa: N803
+        device: torch.device | str | None = None,
+        W_img: int | None = None,  # noqa: N803
+    ) -> None:
+        W_img = H_img if W_img is None else W_img  # noqa: N806
+        for name, val in (("H_img", H_img), ("W_img", W_img), ("D", D)):
+            if not isinstance(val, int) or isinstance(val, bool) or val < 1:
+                raise ValueError(f"{name} must be a positive int, got {val!r}")
+        if D % 4:
+            raise ValueError(f"2D RoPE needs a head dim divisible by 4 (x and y pairs), got D={D}")
+        if not base > 0:
+            raise ValueError(f"base must be positive, got {base!r}")
+        quarter = D // 4
+        bands = base ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
+        rows, cols = torch.meshgrid(
+            torch.arange(H_img, dtype=torch.float64), torch.arange(W_img, dtype=torch.float64),
+            indexing="ij",
+        )
+        angles = torch.cat([cols.reshape(-1, 1) * bands, rows.reshape(-1, 1) * bands], dim=1)
+        self._set(angles.cos(), angles.sin(), H_img, W_img, D, float(base), device)
+
+    def _set(self, cosp, sinp, h_img, w_img, d, base, device) -> None:
+        self.COSP = cosp.to(device=device, dtype=torch.float32).contiguous()
+        self.SINP = sinp.to(device=device, dtype=torch.float32).contiguous()
+        self.H_img, self.W_img, self.D, self.base = h_img, w_img, d, base
+
+    @classmethod
+    def from_timm(cls, rope: torch.nn.Module, device: torch.device | str | None = None):
+        """The table of a timm rotary module (``RotaryEmbeddingCat`` of the rope ViTs / EVA).
+
+        Reads the module's own embedding, cat(sin, cos) of shape (N_pos, 2 D) with each pair's
+        value repeated over its two channels, so any position scaling it applies is kept.
+        """
+        emb = rope.get_embed()
+        if emb.dim() != 2 or emb.shape[1] % 8:
+            raise ValueError(f"expected a (N_pos, 2 D) timm rope embedding, got {tuple(emb.shape)}")
+        sin, cos = emb.double().chunk(2, dim=-1)
+        h_img, w_img = (int(s) for s in rope.feat_shape)
+        table = cls.__new__(cls)
+        table._set(cos[:, ::2], sin[:, ::2], h_img, w_img, sin.shape[1],
+                   float(getattr(rope, "temperature", float("nan"))), device or emb.device)
+        return table
+
+    @property
+    def n_pos(self) -> int:
+        """Number of rotated tokens, H_img * W_img."""
+        return self.COSP.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.COSP.device
+
+    def to(self, device: torch.device | str) -> CosSinTable:
+        """A copy of the table on ``device``."""
+        table = CosSinTable.__new__(CosSinTable)
+        table._set(self.COSP, self.SINP, self.H_img, self.W_img, self.D, self.base, device)
+        return table
+
+    def __repr__(self) -> str:
+        return (f"CosSinTable(H_img={self.H_img}, W_img={self.W_img}, D={self.D}, "
+                f"base={self.base}, device={self.device})")
+
+
+def check_rope(x: torch.Tensor, table: CosSinTable, num_prefix_tokens: int, name: str) -> None:
+    """Raise ValueError / TypeError naming ``name`` when the table cannot rotate x (B, H, N, D)."""
+    if not isinstance(table, CosSinTable):
+        raise TypeError(f"rope must be a CosSinTable, got {type(table).__name__}")
+    if not isinstance(num_prefix_tokens, int) or isinstance(num_prefix_tokens, bool) or (
+        num_prefix_tokens < 0
+    ):
+        raise ValueError(f"num_prefix_tokens must be an int >= 0, got {num_prefix_tokens!r}")
+    d, n = x.shape[-1], x.shape[-2]
+    if d % 4:
+        raise ValueError(f"2D RoPE needs a head dim divisible by 4, got {name} D={d}")
+    if d != table.D:
+        raise ValueError(f"rope table is for D={table.D}, {name} has D={d}")
+    if n - num_prefix_tokens != table.n_pos:
+        raise ValueError(
+            f"{name} has N={n} tokens = {num_prefix_tokens} prefix + {n - num_prefix_tokens}, "
+            f"but the rope table covers a {table.H_img}x{table.W_img} grid = {table.n_pos} tokens"
+        )
+    if table.device != x.device:
+        raise ValueError(f"rope table is on {table.device}, {name} on {x.device}: "
+                         f"move it with table.to({str(x.device)!r})")
+
+
+def apply_rope(x: torch.Tensor, table: CosSinTable, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """Rotate x (B, H, N, D) by the table, the first ``num_prefix_tokens`` tokens untouched.
+
+    Computes in float32 (float64 for float64 input) and returns x's dtype; differentiable.
+    """
+    check_rope(x, table, num_prefix_tokens, "x")
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    head, grid = x[..., :num_prefix_tokens, :], x[..., num_prefix_tokens:, :].to(work)
+    pairs = grid.unflatten(-1, (-1, 2))
+    even, odd = pairs[..., 0], pairs[..., 1]
+    cos, sin = table.COSP.to(work), table.SINP.to(work)
+    rotated = torch.stack([even * cos - odd * sin, odd * cos + even * sin], dim=-1).flatten(-2)
+    return torch.cat([head, rotated.to(x.dtype)], dim=-2)

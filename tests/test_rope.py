@@ -1,0 +1,144 @@
+"""2D axial RoPE: the reference against an independent complex-number form and against timm, and
+``attention(..., rope=table)`` on every backend against float64 RoPE + float64 attention."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+import torch
+
+import flashduo
+import reference
+from tests.cases import DEVICE, ON_GPU, Case, assert_close
+from tests.helpers import skip_if_unrunnable
+
+GRIDS = [(7, 7), (14, 14), (16, 16), (6, 10)]
+
+
+def _complex_rope(x: torch.Tensor, h_img: int, w_img: int, base: float, prefix: int):
+    """RoPE written as multiplication of channel pairs by exp(i theta), in float64."""
+    d = x.shape[-1]
+    quarter = d // 4
+    bands = torch.tensor([base ** (-j / quarter) for j in range(quarter)], dtype=torch.float64)
+    pos = torch.arange(h_img * w_img)
+    theta = torch.cat([(pos % w_img)[:, None] * bands, (pos // w_img)[:, None] * bands], dim=1)
+    grid = x[..., prefix:, :].double().reshape(*x.shape[:-2], h_img * w_img, d // 2, 2)
+    z = torch.view_as_complex(grid.contiguous()) * torch.polar(torch.ones_like(theta), theta)
+    rotated = torch.view_as_real(z).flatten(-2)
+    return torch.cat([x[..., :prefix, :].double(), rotated], dim=-2)
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda g: f"{g[0]}x{g[1]}")
+@pytest.mark.parametrize("prefix", [0, 1, 5])
+def test_reference_matches_complex_form(grid, prefix) -> None:
+    h_img, w_img = grid
+    table = reference.CosSinTable(base=100.0, H_img=h_img, D=32, W_img=w_img)
+    x = torch.randn(2, 3, prefix + h_img * w_img, 32, dtype=torch.float64)
+    got = reference.apply_rope(x, table, prefix)
+    want = _complex_rope(x, h_img, w_img, 100.0, prefix)
+    # The table is float32, so angles carry ~1e-7 relative rounding.
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=0)
+    assert torch.equal(got[..., :prefix, :], x[..., :prefix, :])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is not installed")
+def test_matches_timm_rope_vit() -> None:
+    """Our table equals timm's vit_small_patch16_rope_224 embedding; our rotation equals timm's."""
+    import timm
+    from timm.layers import apply_rot_embed_cat
+
+    model = timm.create_model("vit_small_patch16_rope_224", pretrained=False)
+    emb = model.rope.get_embed()
+    ours = reference.CosSinTable(base=100.0, H_img=14, D=64)
+    theirs = reference.CosSinTable.from_timm(model.rope)
+    torch.testing.assert_close(ours.COSP, theirs.COSP, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ours.SINP, theirs.SINP, atol=1e-6, rtol=0)
+    prefix = model.num_prefix_tokens
+    q = torch.randn(2, 6, prefix + 196, 64)
+    want = torch.cat([q[:, :, :prefix], apply_rot_embed_cat(q[:, :, prefix:], emb)], dim=2)
+    got = reference.apply_rope(q, ours, prefix)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def _rope_case_inputs(dtype, grid, prefix, hq=4, hkv=2, d=64, seed=0):
+    n = prefix + grid[0] * grid[1]
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    q, k, v, dout = (torch.randn(2, h, n, d, generator=g, device=DEVICE).to(dtype)
+                     for h in (hq, hkv, hkv, hq))
+    return [t.requires_grad_() for t in (q, k, v)] + [dout]
+
+
+ROPE_CASES = [
+    (grid, prefix, causal)
+    for grid, prefix, causal in [((7, 7), 1, False), ((14, 14), 1, False), ((16, 16), 0, True),
+                                 ((6, 10), 4, False), ((14, 14), 0, True)]
+]
+
+
+@pytest.mark.parametrize("case", ROPE_CASES, ids=lambda c: f"{c[0][0]}x{c[0][1]}-p{c[1]}-c{int(c[2])}")
+@pytest.mark.parametrize("backend", flashduo.registered_backends())
+def test_attention_with_rope(backend, case) -> None:
+    """out and dq, dk, dv against float64 RoPE then float64 attention, by the common pass rule."""
+    grid, prefix, causal = case
+    dtype = torch.bfloat16 if ON_GPU else torch.float16
+    skip_if_unrunnable(backend, Case(2, 4, 2, 1, 1, 64, dtype, causal))
+    q, k, v, dout = _rope_case_inputs(dtype, grid, prefix)
+    table = reference.CosSinTable(100.0, grid[0], 64, device=DEVICE, W_img=grid[1])
+    out = flashduo.attention(q, k, v, causal=causal, backend=backend, rope=table,
+                             num_prefix_tokens=prefix)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+
+    def truth_and_baseline(upcast: bool):
+        xs = [t.detach().double() if upcast else t.detach() for t in (q, k, v)]
+        xs = [x.requires_grad_() for x in xs]
+        qr, kr = (reference.apply_rope(x, table, prefix) for x in xs[:2])
+        o = reference.attention_ref(qr, kr, xs[2], causal, 1 / math.sqrt(64), upcast=upcast)[0]
+        return (o, *torch.autograd.grad(o, xs, dout.to(o.dtype)))
+
+    truth, base = truth_and_baseline(True), truth_and_baseline(False)
+    for name, kind, x, ref, b in zip(("out", "dq", "dk", "dv"), ("out", "grad", "grad", "grad"),
+                                     (out, *grads), truth, base):
+        assert_close(f"{backend} rope {name}", x, ref, b, kind, dtype)
+
+
+def test_rope_errors() -> None:
+    table = reference.CosSinTable(100.0, 4, 16)
+    q = torch.randn(1, 2, 17, 16)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        reference.CosSinTable(100.0, 4, 18)
+    with pytest.raises(ValueError, match=r"N=18 tokens = 1 prefix \+ 17.*4x4 grid = 16"):
+        flashduo.attention(torch.randn(1, 2, 18, 16), q[:, :, :1].expand(1, 2, 18, 16),
+                           torch.randn(1, 2, 18, 16), rope=table, backend="reference")
+    with pytest.raises(ValueError, match="rope table is for D=16, q has D=32"):
+        x = torch.randn(1, 2, 17, 32)
+        flashduo.attention(x, x, x, rope=table, backend="reference")
+    with pytest.raises(TypeError, match="rope must be a CosSinTable"):
+        flashduo.attention(q, q, q, rope=(table.COSP, table.SINP), backend="reference")
+    with pytest.raises(ValueError, match="num_prefix_tokens must be an int >= 0"):
+        flashduo.attention(q, q, q, rope=table, num_prefix_tokens=-1, backend="reference")
+    with pytest.raises(ValueError, match="rope table is on meta, q on cpu"):
+        flashduo.attention(q, q, q, rope=table.to("meta"), backend="reference")
+
+
+def test_rope_compiles_fullgraph() -> None:
+    """attention(..., rope=table) inside torch.compile(fullgraph=True) equals eager, grads too."""
+    torch._dynamo.reset()
+    backend, compiler = ("triton", "inductor") if ON_GPU else ("reference", "aot_eager")
+    dtype = torch.bfloat16 if ON_GPU else torch.float32
+    table = reference.CosSinTable(100.0, 7, 64, device=DEVICE)
+
+    def block(q, k, v):
+        out = flashduo.attention(q, k, v, backend=backend, rope=table, num_prefix_tokens=1)
+        return out.float().square().sum()
+
+    q, k, v, _ = _rope_case_inputs(dtype, (7, 7), 1)
+    compiled = torch.compile(block, fullgraph=True, backend=compiler)
+    loss_c = compiled(q, k, v)
+    grads_c = torch.autograd.grad(loss_c, (q, k, v))
+    loss_e = block(q, k, v)
+    grads_e = torch.autograd.grad(loss_e, (q, k, v))
+    torch.testing.assert_close(loss_c, loss_e)
+    for gc, ge in zip(grads_c, grads_e):
+        torch.testing.assert_close(gc, ge)
