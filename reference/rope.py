@@ -55,21 +55,31 @@ class CosSinTable:
         self.H_img, self.W_img, self.D, self.base = h_img, w_img, d, base
 
     @classmethod
-    def from_timm(cls, rope: torch.nn.Module, device: torch.device | str | None = None):
-        """The table of a timm rotary module (``RotaryEmbeddingCat`` of the rope ViTs / EVA).
+    def from_embed(cls, emb: torch.Tensor, H_img: int | None = None,  # noqa: N803
+                   W_img: int | None = None) -> CosSinTable:  # noqa: N803
+        """The table of a timm-style embedding: cat(sin, cos) of shape (N_pos, 2 D), each pair's
+        value repeated over its two channels (what timm's rope modules return from get_embed()).
 
-        Reads the module's own embedding, cat(sin, cos) of shape (N_pos, 2 D) with each pair's
-        value repeated over its two channels, so any position scaling it applies is kept.
+        H_img x W_img is only recorded; it defaults to an N_pos x 1 grid.
         """
-        emb = rope.get_embed()
         if emb.dim() != 2 or emb.shape[1] % 8:
-            raise ValueError(f"expected a (N_pos, 2 D) timm rope embedding, got {tuple(emb.shape)}")
-        sin, cos = emb.double().chunk(2, dim=-1)
-        h_img, w_img = (int(s) for s in rope.feat_shape)
+            raise ValueError(f"expected a (N_pos, 2 D) rope embedding, got {tuple(emb.shape)}")
+        sin, cos = emb.detach().chunk(2, dim=-1)
+        n_pos = emb.shape[0]
+        h_img = n_pos if H_img is None else H_img
+        w_img = n_pos // h_img if W_img is None else W_img
         table = cls.__new__(cls)
-        table._set(cos[:, ::2], sin[:, ::2], h_img, w_img, sin.shape[1],
-                   float(getattr(rope, "temperature", float("nan"))), device or emb.device)
+        table._set(cos[:, ::2], sin[:, ::2], h_img, w_img, sin.shape[1], float("nan"), emb.device)
         return table
+
+    @classmethod
+    def from_timm(cls, rope: torch.nn.Module, device: torch.device | str | None = None):
+        """The table of a timm rotary module (``RotaryEmbeddingCat`` of the rope ViTs / EVA),
+        read from its own embedding, so any position scaling it applies is kept."""
+        h_img, w_img = (int(s) for s in rope.feat_shape)
+        table = cls.from_embed(rope.get_embed().double(), h_img, w_img)
+        table.base = float(getattr(rope, "temperature", float("nan")))
+        return table.to(device) if device is not None else table
 
     @property
     def n_pos(self) -> int:

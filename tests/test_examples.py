@@ -1,0 +1,17 @@
+"""The Python examples run end to end (CPU: reference backend; GPU: their defaults)."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_vit_demo_trains() -> None:
+    run = subprocess.run([sys.executable, "examples/vit_demo.py", "--steps", "3", "--grid", "7"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    losses = [float(line.split()[-1]) for line in run.stdout.splitlines() if line.startswith("step")]
+    assert len(losses) == 3 and losses[-1] < losses[0], run.stdout
