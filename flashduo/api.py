@@ -36,11 +36,15 @@ def attention_with_lse(
             table's grid size. Gradients flow back through the rotation to the unrotated q, k.
         num_prefix_tokens: leading tokens (CLS, registers) left unrotated; only used with rope.
 
+    Under ``torch.autocast`` on q's device, float32 q, k, v run in the autocast dtype (as SDPA
+    does): out comes back in that dtype and the gradients in float32.
+
     Returns:
         out: (B, Hq, Nq, D), q's dtype. Differentiable with respect to q, k, v.
         lse: (B, Hq, Nq) float32, natural log of the softmax denominator of each row (no gradient).
     """
     scale = check_inputs(q, k, v, causal, scale)
+    q, k, v = _autocast(q, k, v)
     name = registry.resolve_backend(backend)
     if rope is not None:
         reference.check_rope(q, rope, num_prefix_tokens, "q")
@@ -50,6 +54,16 @@ def attention_with_lse(
     q, k, v = last_dim_contiguous(q), last_dim_contiguous(k), last_dim_contiguous(v)
     out, lse = ops.attention_fwd(q, k, v, causal, scale, name)
     return out, lse.detach()
+
+
+def _autocast(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """Under ``torch.autocast`` for q's device, float32 inputs run in the autocast dtype, as SDPA
+    does; gradients flow back to the float32 tensors through the cast."""
+    device = q.device.type
+    if q.dtype == torch.float32 and torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        return q.to(dtype), k.to(dtype), v.to(dtype)
+    return q, k, v
 
 
 def attention(

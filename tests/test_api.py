@@ -113,3 +113,18 @@ def test_torch_compile_fullgraph(backend: str, compiler: str) -> None:
     torch.testing.assert_close(loss_c, loss_e)
     for gc, ge in zip(grads_c, grads_e):
         torch.testing.assert_close(gc, ge)
+
+
+def test_autocast_runs_float32_in_the_autocast_dtype() -> None:
+    """float32 inputs under autocast run in bf16 like SDPA: bf16 out, float32 gradients."""
+    device = "cuda" if ON_GPU else "cpu"
+    backend = "triton" if ON_GPU else "reference"
+    q, k, v = qkv(torch.float32, n=40, d=64, grad=True)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        out = flashduo.attention(q, k, v, causal=True, backend=backend)
+        want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert out.dtype == want.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert q.grad.dtype == k.grad.dtype == v.grad.dtype == torch.float32
+    exact = flashduo.attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), causal=True, backend=backend)
+    torch.testing.assert_close(out, exact)
