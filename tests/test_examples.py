@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import pathlib
 import subprocess
 import sys
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -15,3 +18,11 @@ def test_vit_demo_trains() -> None:
     assert run.returncode == 0, run.stderr[-2000:]
     losses = [float(line.split()[-1]) for line in run.stdout.splitlines() if line.startswith("step")]
     assert len(losses) == 3 and losses[-1] < losses[0], run.stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is not installed")
+def test_timm_rope_vit_check() -> None:
+    run = subprocess.run([sys.executable, "examples/timm_rope_vit.py", "--batch", "2", "--no-time"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("max rel diff") == 2, run.stdout
