@@ -35,12 +35,23 @@ import reference
 from flashduo.bench_report import (
     environment,
     format_sweep_table,
+    format_vit_rope_table,
     format_vit_table,
     header_line,
     summary_lines,
     write_outputs,
 )
-from flashduo.bench_types import CHECK_RTOL, DTYPE, FLEX, MODES, NAIVE, SDPA_IMPLS, Check, Row
+from flashduo.bench_types import (
+    CHECK_RTOL,
+    DTYPE,
+    FLEX,
+    MODES,
+    NAIVE,
+    NOROPE,
+    SDPA_IMPLS,
+    Check,
+    Row,
+)
 
 Impl = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -126,6 +137,35 @@ def sdpa_impl(kind: str, causal: bool) -> Impl:
             return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
     return fn
+
+
+ROPE_PREFIX = 1  # the CLS token of the ViT-with-RoPE section
+
+
+def rope_impls(
+    backends: Sequence[str], usable: dict[str, bool], table: reference.CosSinTable
+) -> dict[str, Impl | None]:
+    """The ViT-with-RoPE section (N = 1 + table grid): each flashduo backend with ``rope=``,
+    against the rotation in PyTorch (eager, and ``torch.compile``'d) in front of each SDPA
+    backend, and cuDNN SDPA without any rotation."""
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        return reference.apply_rope(x, table, ROPE_PREFIX)
+
+    compiled = torch.compile(rotate)
+    impls: dict[str, Impl | None] = {}
+    for be in backends:
+        impls[f"{be}+rope"] = (
+            (lambda q, k, v, be=be: flashduo.attention(
+                q, k, v, backend=be, rope=table, num_prefix_tokens=ROPE_PREFIX))
+            if usable[be] else None
+        )
+    for kind in SDPA_IMPLS:
+        sdpa = sdpa_impl(kind, False)
+        impls[f"rope-eager+{kind}"] = lambda q, k, v, f=sdpa: f(rotate(q), rotate(k), v)
+        impls[f"rope-compiled+{kind}"] = lambda q, k, v, f=sdpa: f(compiled(q), compiled(k), v)
+    impls[NOROPE] = sdpa_impl("sdpa-cudnn", False)
+    return impls
 
 
 def naive_impl(causal: bool) -> Impl:
@@ -447,6 +487,7 @@ def run_benchmark(
     total = len(MODES) * 2 * len(head_dims) * (len(seqlens) * per_shape + len(flex_ns))
     if vit:
         total += len(MODES) * (per_shape + 1 + int(flex))
+        total += len(MODES) * (len(backends) + 2 * len(SDPA_IMPLS) + 1)
     progress = Progress(total)
     rows: list[Row] = []
     checks: list[Check] = []
@@ -466,6 +507,10 @@ def run_benchmark(
             impls[NAIVE] = naive_impl(False)
             bench_shape("vit", impls, s["B"], s["H"], s["N"], s["D"], False, progress, checked,
                         checks, rows=rows)
+            grid = math.isqrt(s["N"] - ROPE_PREFIX)
+            table = reference.CosSinTable(100.0, grid, s["D"], device=DEVICE)
+            bench_shape("vit-rope", rope_impls(backends, usable, table), s["B"], s["H"], s["N"],
+                        s["D"], False, progress, rows=rows)
     except CudaContextLost as exc:
         aborted = f"ABORTED, the CUDA context is lost after {exc}; the tables hold what ran before"
     finally:
@@ -482,7 +527,7 @@ def run_benchmark(
         sweep_table,
     ]
     if vit:
-        parts += ["", format_vit_table(rows, backends)]
+        parts += ["", format_vit_table(rows, backends), "", format_vit_rope_table(rows, backends)]
     summary = summary_lines(rows, backends, checks)
     if aborted:
         summary.insert(0, aborted)

@@ -17,7 +17,17 @@ from dataclasses import asdict
 import torch
 
 import flashduo
-from flashduo.bench_types import CHECK_RTOL, DTYPE, FLEX, MODES, NAIVE, SDPA_IMPLS, Check, Row
+from flashduo.bench_types import (
+    CHECK_RTOL,
+    DTYPE,
+    FLEX,
+    MODES,
+    NAIVE,
+    NOROPE,
+    SDPA_IMPLS,
+    Check,
+    Row,
+)
 
 BASELINES = (*SDPA_IMPLS, FLEX)
 TARGET = 1.0  # flashduo / sdpa-flash speed ratio to reach ...
@@ -119,6 +129,50 @@ def format_vit_table(rows: Sequence[Row], backends: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+ROPE_TARGET_FWDBWD = 2.0  # flashduo+rope at most half the time of compiled RoPE + fastest SDPA
+ROPE_TARGET_FWD = 1.0  # flashduo+rope forward no slower than cuDNN SDPA without RoPE
+
+
+def vit_rope_ratios(rows: Sequence[Row], backend: str) -> dict[str, float]:
+    """Speed ratios of ``backend``+rope in the ViT-with-RoPE section (> 1: flashduo faster).
+
+    "fwdbwd vs compiled": against the fastest torch.compile'd RoPE + SDPA forward+backward;
+    "fwd vs cudnn-norope": forward against cuDNN SDPA without any rotation.
+    """
+    cell = {(r.impl, r.mode): r.ms for r in rows if r.tag == "vit-rope"}
+    mine = f"{backend}+rope"
+    compiled = [ms for (impl, mode), ms in cell.items()
+                if impl.startswith("rope-compiled+") and mode == "fwdbwd" and not math.isnan(ms)]
+    best = min(compiled) if compiled else math.nan
+    return {
+        "fwdbwd vs compiled": best / cell.get((mine, "fwdbwd"), math.nan),
+        "fwd vs cudnn-norope": cell.get((NOROPE, "fwd"), math.nan) / cell.get((mine, "fwd"), math.nan),
+    }
+
+
+def format_vit_rope_table(rows: Sequence[Row], backends: Sequence[str]) -> str:
+    """Markdown table of the ViT-with-RoPE section: ms per mode per impl, then the target ratios."""
+    sec = [r for r in rows if r.tag == "vit-rope"]
+    if not sec:
+        return "(no ViT-with-RoPE results)"
+    r0 = sec[0]
+    cell = {(r.impl, r.mode): r.ms for r in sec}
+    lines = [f"ViT with 2D RoPE: B={r0.B} H={r0.H} N={r0.N} D={r0.D} bf16, ms; 'rope-X+Y' rotates in "
+             "PyTorch (eager or torch.compile'd) before SDPA backend Y", "",
+             _md_row(["impl", *(f"{m} ms" for m in MODES)]), _md_row(["---"] * (1 + len(MODES)))]
+    for impl in dict.fromkeys(r.impl for r in sec):
+        lines.append(_md_row([impl, *(_fmt_ms(cell.get((impl, m), math.nan)) for m in MODES)]))
+    lines.append("")
+    for be in backends:
+        ratios = vit_rope_ratios(rows, be)
+        lines.append(
+            f"- {be}+rope: fwdbwd speedup vs fastest compiled RoPE + SDPA "
+            f"{_fmt_ratio(ratios['fwdbwd vs compiled'])} (target >= {ROPE_TARGET_FWDBWD}); "
+            f"fwd vs cuDNN without RoPE {_fmt_ratio(ratios['fwd vs cudnn-norope'])} "
+            f"(target >= {ROPE_TARGET_FWD})")
+    return "\n".join(lines)
+
+
 def summary_lines(
     rows: Sequence[Row], backends: Sequence[str], checks: Sequence[Check] = ()
 ) -> list[str]:
@@ -157,6 +211,13 @@ def summary_lines(
             lines.append(f"{be} check vs SDPA: worst rel err {worst.rel_err:.3g} ({worst.tag} "
                          f"D={worst.D} causal={int(worst.causal)} N={worst.N}); "
                          f"{bad} of {len(mine)} shape(s) over {CHECK_RTOL}")
+        if any(r.tag == "vit-rope" for r in rows):
+            ratios = vit_rope_ratios(rows, be)
+            for key, target in (("fwdbwd vs compiled", ROPE_TARGET_FWDBWD),
+                                ("fwd vs cudnn-norope", ROPE_TARGET_FWD)):
+                met = ratios[key] >= target  # NaN compares False: a missing cell is not met
+                lines.append(f"{be} ViT+RoPE {key}: {ratios[key]:.2f} -> target >= {target} "
+                             f"{'met' if met else 'NOT met'}")
     return lines
 
 

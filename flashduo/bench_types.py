@@ -16,6 +16,7 @@ DTYPE = torch.bfloat16
 SDPA_IMPLS = ("sdpa-flash", "sdpa-cudnn")
 FLEX = "flex"
 NAIVE = "naive"
+NOROPE = "sdpa-cudnn-norope"  # the ViT-with-RoPE section's cuDNN SDPA without the rotation
 CHECK_RTOL = 5e-2  # max |x - sdpa| / max |sdpa| above this marks a backend's result SUSPECT
 
 
