@@ -51,11 +51,13 @@ def _triton_bwd(dout, q, k, v, out, lse, causal, scale):
 
 
 def _cuda_unavailable() -> str | None:
-    return _cuda_toolchain_missing() or (None if torch.cuda.is_available() else "no CUDA GPU visible")
+    return cuda_toolchain_missing() or (None if torch.cuda.is_available() else "no CUDA GPU visible")
 
 
 @functools.cache
-def _cuda_toolchain_missing() -> str | None:
+def cuda_toolchain_missing() -> str | None:
+    """Why the CUDA extension cannot be built here (no CUDA build of torch, no toolkit); None if
+    it can."""
     if torch.version.cuda is None:
         return f"torch {torch.__version__} is a CPU-only build"
     from bindings import loader

@@ -47,3 +47,17 @@ def case_inputs(case: Case, seed: int = 0):
     g = torch.Generator(device=q.device).manual_seed(seed + 1)
     dout = torch.randn(q.shape, generator=g, device=q.device).to(q.dtype)
     return q, k, v, dout
+
+
+def assert_compiled_matches_eager(block, inputs, compiler: str) -> None:
+    """``torch.compile(block, fullgraph=True)`` (any graph break fails) gives eager's loss and
+    gradients with respect to ``inputs``; ``block`` maps the inputs to a scalar loss."""
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True, backend=compiler)
+    loss_c = compiled(*inputs)
+    grads_c = torch.autograd.grad(loss_c, inputs)
+    loss_e = block(*inputs)
+    grads_e = torch.autograd.grad(loss_e, inputs)
+    torch.testing.assert_close(loss_c, loss_e)
+    for gc, ge in zip(grads_c, grads_e):
+        torch.testing.assert_close(gc, ge)

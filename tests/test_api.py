@@ -9,6 +9,7 @@ import flashduo
 import triton_impl
 from flashduo import registry
 from tests.cases import DEVICE, ON_GPU
+from tests.helpers import assert_compiled_matches_eager
 
 
 def qkv(dtype=torch.float16, n=64, d=64, grad=False):
@@ -98,21 +99,12 @@ def _compile_params():
 @pytest.mark.parametrize("backend, compiler", _compile_params())
 def test_torch_compile_fullgraph(backend: str, compiler: str) -> None:
     """fullgraph=True fails on any graph break; compiled forward and grads equal eager."""
-    torch._dynamo.reset()
 
     def block(q, k, v):
         return flashduo.attention(q * 1.5, k, v, causal=True, backend=backend).float().square().sum()
 
-    compiled = torch.compile(block, fullgraph=True, backend=compiler)
     dtype = torch.bfloat16 if ON_GPU else torch.float32
-    q, k, v = qkv(dtype, n=80, d=64, grad=True)
-    loss_c = compiled(q, k, v)
-    grads_c = torch.autograd.grad(loss_c, (q, k, v))
-    loss_e = block(q, k, v)
-    grads_e = torch.autograd.grad(loss_e, (q, k, v))
-    torch.testing.assert_close(loss_c, loss_e)
-    for gc, ge in zip(grads_c, grads_e):
-        torch.testing.assert_close(gc, ge)
+    assert_compiled_matches_eager(block, tuple(qkv(dtype, n=80, d=64, grad=True)), compiler)
 
 
 def test_autocast_runs_float32_in_the_autocast_dtype() -> None:

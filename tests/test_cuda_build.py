@@ -8,23 +8,14 @@ import torch
 
 import reference
 from bindings import flash, loader
+from flashduo.backends import cuda_toolchain_missing
 from tests.cases import ON_GPU, assert_close
 from tests.helpers import run_reference
 
 
-def _unbuildable() -> str | None:
-    if torch.version.cuda is None:
-        return f"torch {torch.__version__} is a CPU-only build"
-    try:
-        loader.cuda_home()
-    except RuntimeError as exc:
-        return str(exc)
-    return None
-
-
 @pytest.fixture(scope="module")
 def ext():
-    why = _unbuildable()
+    why = cuda_toolchain_missing()
     if why:
         pytest.skip(why)
     return loader.load()
