@@ -134,3 +134,32 @@ def test_rope_compiles_fullgraph() -> None:
 
     q, k, v, _ = _rope_case_inputs(dtype, (7, 7), 1)
     assert_compiled_matches_eager(block, (q, k, v), compiler)
+
+
+@pytest.mark.parametrize("case", ROPE_CASES, ids=lambda c: f"{c[0][0]}x{c[0][1]}-p{c[1]}-c{int(c[2])}")
+def test_triton_fused_rope(case) -> None:
+    """The Triton kernels rotating q/k tiles in registers: out, lse, dq, dk, dv vs float64."""
+    import triton_impl
+
+    grid, prefix, causal = case
+    dtype = torch.bfloat16 if ON_GPU else torch.float16
+    skip_if_unrunnable("triton", Case(2, 4, 2, 1, 1, 64, dtype, causal))
+    q, k, v, dout = _rope_case_inputs(dtype, grid, prefix, seed=3)
+    table = reference.CosSinTable(100.0, grid[0], 64, device=DEVICE, W_img=grid[1])
+    scale = 1 / math.sqrt(64)
+    rope = (table.COSP, table.SINP, prefix)
+    q, k, v = (t.detach() for t in (q, k, v))
+    out, lse = triton_impl.attention_fwd(q, k, v, causal, scale, rope=rope)
+    dq, dk, dv = triton_impl.attention_bwd(dout, q, k, v, out, lse, causal, scale, rope=rope)
+
+    def reference_run(upcast: bool):
+        xs = [(t.double() if upcast else t.clone()).requires_grad_() for t in (q, k, v)]
+        qr, kr = (reference.apply_rope(x, table, prefix) for x in xs[:2])
+        o, lse_ref = reference.attention_ref(qr, kr, xs[2], causal, scale, upcast=upcast)
+        return (o, lse_ref, *torch.autograd.grad(o, xs, dout.to(o.dtype)))
+
+    truth, base = reference_run(True), reference_run(False)
+    kinds = ("out", "lse", "grad", "grad", "grad")
+    for name, kind, x, ref, b in zip(("out", "lse", "dq", "dk", "dv"), kinds,
+                                     (out, lse, dq, dk, dv), truth, base):
+        assert_close(f"triton fused rope {name}", x, ref, b, kind, dtype)

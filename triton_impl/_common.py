@@ -77,3 +77,26 @@ def key_ranges(start_m, NK, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL
         full_hi = NK
         hi = NK
     return (full_hi // BLOCK_N) * BLOCK_N, hi
+
+
+@triton.jit
+def rope_tile(
+    x, rows, Cos, Sin, N_POS, PREFIX,
+    ROWS: tl.constexpr, HALF_D: tl.constexpr, BLOCK_D: tl.constexpr, INVERSE: tl.constexpr,
+):
+    """Rotate the channel pairs (2i, 2i + 1) of a float32 (ROWS, BLOCK_D) tile by 2D RoPE.
+
+    Token ``rows[r]`` sits at grid position rows[r] - PREFIX of the (N_POS, HALF_D) float32 Cos /
+    Sin tables; prefix tokens, rows past the grid and padded channels are left as they are.
+    INVERSE turns by the opposite angle: the transpose, which maps gradients back.
+    """
+    pos = rows - PREFIX
+    offs = tl.arange(0, BLOCK_D // 2)
+    ok = (pos[:, None] >= 0) & (pos[:, None] < N_POS) & (offs[None, :] < HALF_D)
+    table = pos[:, None] * HALF_D + offs[None, :]
+    c = tl.load(Cos + table, mask=ok, other=1.0)
+    s = tl.load(Sin + table, mask=ok, other=0.0)
+    if INVERSE:
+        s = -s
+    even, odd = tl.split(tl.reshape(x, (ROWS, BLOCK_D // 2, 2)))
+    return tl.reshape(tl.join(even * c - odd * s, odd * c + even * s), (ROWS, BLOCK_D))

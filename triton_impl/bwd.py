@@ -17,9 +17,9 @@ import torch
 import triton
 import triton.language as tl
 
-from triton_impl._common import dot, dot_acc, key_ranges, load_tile, query_tile
+from triton_impl._common import dot, dot_acc, key_ranges, load_tile, query_tile, rope_tile
 from triton_impl._config import BWD_DKDV, BWD_DQ, block_d, bucket, configs, launch, make_prune
-from triton_impl.fwd import LOG2E
+from triton_impl.fwd import LOG2E, Rope, rope_args
 
 PREPROCESS_BLOCK = 64
 
@@ -47,15 +47,18 @@ def _preprocess_kernel(
 @triton.jit
 def _dkdv_inner(
     dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dm,
-    offs_n, offs_d, lo, hi, NQ, qk_scale,
+    offs_n, offs_d, lo, hi, NQ, qk_scale, Cos, Sin, N_POS, PREFIX,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-    CAUSAL_MASK: tl.constexpr,
+    CAUSAL_MASK: tl.constexpr, ROPE: tl.constexpr,
 ):
     """Accumulate dK, dV of one key tile over query tiles [lo, hi) of one query head."""
     for start_m in range(lo, hi, BLOCK_M):
         rows = start_m + tl.arange(0, BLOCK_M)
         q = load_tile(q_base + rows[:, None] * stride_qm + offs_d[None, :],
                       rows, NQ, offs_d, HEAD_DIM, BLOCK_D, True)
+        if ROPE:
+            q = rope_tile(q.to(tl.float32), rows, Cos, Sin, N_POS, PREFIX,
+                          BLOCK_M, HEAD_DIM // 2, BLOCK_D, False).to(k.dtype)
         do = load_tile(do_base + rows[:, None] * stride_dm + offs_d[None, :],
                        rows, NQ, offs_d, HEAD_DIM, BLOCK_D, True)
         # Rows past NQ get lse = +inf, so their probabilities are exactly 0.
@@ -73,19 +76,19 @@ def _dkdv_inner(
 
 @triton.autotune(
     configs=configs(BWD_DKDV),
-    key=["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "CAUSAL"],
+    key=["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "CAUSAL", "ROPE"],
     prune_configs_by={"early_config_prune": make_prune("n")},
 )
-@triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET"])
+@triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET", "N_POS", "PREFIX"])
 def _dkdv_kernel(
-    Q, K, V, DO, Lse, Delta, DK, DV,
+    Q, K, V, DO, Lse, Delta, DK, DV, Cos, Sin,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_db, stride_dh, stride_dm,
     stride_gb, stride_gh, stride_gn,
-    H, HKV, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+    H, HKV, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET, N_POS, PREFIX,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # Key tiles fastest in the 1-D grid; with causal the first key tiles carry the most work.
@@ -100,6 +103,9 @@ def _dkdv_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     k = load_tile(K + b * stride_kb + hk * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
                   offs_n, NK, offs_d, HEAD_DIM, BLOCK_D, True)
+    if ROPE:
+        k = rope_tile(k.to(tl.float32), offs_n, Cos, Sin, N_POS, PREFIX,
+                      BLOCK_N, HEAD_DIM // 2, BLOCK_D, False).to(K.dtype.element_ty)
     v = load_tile(V + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :],
                   offs_n, NK, offs_d, HEAD_DIM, BLOCK_D, True)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -120,15 +126,19 @@ def _dkdv_kernel(
         row_base = (b * H + h) * NQ
         dk, dv = _dkdv_inner(
             dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base, stride_qm, stride_dm,
-            offs_n, offs_d, lo, mid, NQ, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, True,
+            offs_n, offs_d, lo, mid, NQ, qk_scale, Cos, Sin, N_POS, PREFIX,
+            HEAD_DIM, BLOCK_D, BLOCK_M, True, ROPE,
         )
         dk, dv = _dkdv_inner(
             dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base, stride_qm, stride_dm,
-            offs_n, offs_d, mid, q_end, NQ, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, False,
+            offs_n, offs_d, mid, q_end, NQ, qk_scale, Cos, Sin, N_POS, PREFIX,
+            HEAD_DIM, BLOCK_D, BLOCK_M, False, ROPE,
         )
 
     out_off = b * stride_gb + hk * stride_gh + offs_n[:, None] * stride_gn + offs_d[None, :]
     ok = (offs_n[:, None] < NK) & (offs_d[None, :] < HEAD_DIM)
+    if ROPE:  # dK was taken against the rotated keys: turn it back
+        dk = rope_tile(dk, offs_n, Cos, Sin, N_POS, PREFIX, BLOCK_N, HEAD_DIM // 2, BLOCK_D, True)
     tl.store(DK + out_off, (dk * scale).to(DK.dtype.element_ty), mask=ok)
     tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=ok)
 
@@ -136,15 +146,18 @@ def _dkdv_kernel(
 @triton.jit
 def _dq_inner(
     dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn,
-    offs_m, offs_d, lo, hi, NK, qk_scale,
+    offs_m, offs_d, lo, hi, NK, qk_scale, Cos, Sin, N_POS, PREFIX,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr, ROPE: tl.constexpr,
 ):
     """Accumulate dQ of one query tile over key tiles [lo, hi)."""
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + tl.arange(0, BLOCK_N)
         k = load_tile(k_base + cols[:, None] * stride_kn + offs_d[None, :],
                       cols, NK, offs_d, HEAD_DIM, BLOCK_D, MASKED)
+        if ROPE:
+            k = rope_tile(k.to(tl.float32), cols, Cos, Sin, N_POS, PREFIX,
+                          BLOCK_N, HEAD_DIM // 2, BLOCK_D, False).to(q.dtype)
         v = load_tile(v_base + cols[:, None] * stride_vn + offs_d[None, :],
                       cols, NK, offs_d, HEAD_DIM, BLOCK_D, MASKED)
         p = tl.exp2(dot(q, tl.trans(k)) * qk_scale - lse2[:, None])
@@ -161,19 +174,19 @@ def _dq_inner(
 
 @triton.autotune(
     configs=configs(BWD_DQ),
-    key=["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "CAUSAL"],
+    key=["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "CAUSAL", "ROPE"],
     prune_configs_by={"early_config_prune": make_prune("m")},
 )
-@triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET"])
+@triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET", "N_POS", "PREFIX"])
 def _dq_kernel(
-    Q, K, V, DO, Lse, Delta, DQ,
+    Q, K, V, DO, Lse, Delta, DQ, Cos, Sin,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_db, stride_dh, stride_dm,
     stride_gb, stride_gh, stride_gm,
-    H, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+    H, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET, N_POS, PREFIX,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     bh, b, h, hk, start_m = query_tile(NQ, H, GROUP, BLOCK_M, CAUSAL)
@@ -182,6 +195,9 @@ def _dq_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     q = load_tile(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
                   offs_m, NQ, offs_d, HEAD_DIM, BLOCK_D, True)
+    if ROPE:
+        q = rope_tile(q.to(tl.float32), offs_m, Cos, Sin, N_POS, PREFIX,
+                      BLOCK_M, HEAD_DIM // 2, BLOCK_D, False).to(Q.dtype.element_ty)
     do = load_tile(DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dm + offs_d[None, :],
                    offs_m, NQ, offs_d, HEAD_DIM, BLOCK_D, True)
     row_ok = offs_m < NQ
@@ -193,10 +209,14 @@ def _dq_kernel(
 
     full_hi, hi = key_ranges(start_m, NK, BLOCK_M, BLOCK_N, CAUSAL)
     dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-                   0, full_hi, NK, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, False)
+                   0, full_hi, NK, qk_scale, Cos, Sin, N_POS, PREFIX,
+                   HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, False, ROPE)
     dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-                   full_hi, hi, NK, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, True)
+                   full_hi, hi, NK, qk_scale, Cos, Sin, N_POS, PREFIX,
+                   HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, True, ROPE)
 
+    if ROPE:  # dQ was taken against the rotated queries: turn it back
+        dq = rope_tile(dq, offs_m, Cos, Sin, N_POS, PREFIX, BLOCK_M, HEAD_DIM // 2, BLOCK_D, True)
     out_off = b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gm + offs_d[None, :]
     tl.store(DQ + out_off, (dq * scale).to(DQ.dtype.element_ty),
              mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
@@ -211,12 +231,14 @@ def attention_bwd(
     lse: torch.Tensor,
     causal: bool,
     scale: float,
+    rope: Rope | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch preprocess, dK/dV and dQ.
 
     Args:
         dout, q, out: (B, Hq, Nq, D); k, v: (B, Hkv, Nk, D); last-dim stride 1.
-        lse: (B, Hq, Nq) float32 from the forward. causal, scale: as in the forward.
+        lse: (B, Hq, Nq) float32 from the forward. causal, scale, rope: as in the forward; with
+            rope, q and k are the unrotated inputs and dq, dk come back unrotated too.
 
     Returns:
         dq (B, Hq, Nq, D), dk and dv (B, Hkv, Nk, D), contiguous, in the inputs' dtype.
@@ -233,19 +255,20 @@ def attention_bwd(
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-    common = dict(HEAD_DIM=d, BLOCK_D=bd, CAUSAL=causal)
+    common = dict(HEAD_DIM=d, BLOCK_D=bd, CAUSAL=causal, ROPE=rope is not None)
     qb, kb = bucket(nq), bucket(nk)
-    shape_class = (qb, kb, d, causal, q.dtype)
+    shape_class = (qb, kb, d, causal, q.dtype, rope is not None)
+    cos, sin, n_pos, prefix = rope_args(rope, q)
     launch(
         _dkdv_kernel, lambda meta: (triton.cdiv(nk, meta["BLOCK_N"]) * b * hkv,), shape_class,
-        q, k, v, dout, lse, delta, dk, dv,
+        q, k, v, dout, lse, delta, dk, dv, cos, sin,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3], *dk.stride()[:3],
-        h, hkv, h // hkv, nq, nk, scale * LOG2E, scale, qb, kb, **common,
+        h, hkv, h // hkv, nq, nk, scale * LOG2E, scale, qb, kb, n_pos, prefix, **common,
     )
     launch(
         _dq_kernel, lambda meta: (triton.cdiv(nq, meta["BLOCK_M"]) * b * h,), shape_class,
-        q, k, v, dout, lse, delta, dq,
+        q, k, v, dout, lse, delta, dq, cos, sin,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3], *dq.stride()[:3],
-        h, h // hkv, nq, nk, scale * LOG2E, scale, qb, kb, **common,
+        h, h // hkv, nq, nk, scale * LOG2E, scale, qb, kb, n_pos, prefix, **common,
     )
     return dq, dk, dv

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from triton_impl._common import dot, dot_acc, key_ranges, load_tile, query_tile
+from triton_impl._common import dot, dot_acc, key_ranges, load_tile, query_tile, rope_tile
 from triton_impl._config import FWD, block_d, bucket, configs, launch, make_prune
 
 LOG2E = 1.4426950408889634
@@ -23,16 +23,20 @@ LOG2E = 1.4426950408889634
 @triton.jit
 def _fwd_inner(
     acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn,
-    offs_m, offs_d, lo, hi, NK, qk_scale,
+    offs_m, offs_d, lo, hi, NK, qk_scale, Cos, Sin, N_POS, PREFIX,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr, ROPE: tl.constexpr,
 ):
-    """Fold key tiles [lo, hi) into (acc, l_i, m_i); MASKED applies the key-tail and causal masks."""
+    """Fold key tiles [lo, hi) into (acc, l_i, m_i); MASKED applies the key-tail and causal masks,
+    ROPE rotates each key tile right after loading it."""
     offs_n = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         k_ptrs = k_base + cols[:, None] * stride_kn + offs_d[None, :]
         k = load_tile(k_ptrs, cols, NK, offs_d, HEAD_DIM, BLOCK_D, MASKED)
+        if ROPE:
+            k = rope_tile(k.to(tl.float32), cols, Cos, Sin, N_POS, PREFIX,
+                          BLOCK_N, HEAD_DIM // 2, BLOCK_D, False).to(q.dtype)
         qk = dot(q, tl.trans(k)) * qk_scale
         if MASKED:
             keep = cols[None, :] < NK
@@ -52,18 +56,18 @@ def _fwd_inner(
 
 @triton.autotune(
     configs=configs(FWD),
-    key=["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "CAUSAL"],
+    key=["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "CAUSAL", "ROPE"],
     prune_configs_by={"early_config_prune": make_prune("m")},
 )
-@triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET"])
+@triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET", "N_POS", "PREFIX"])
 def _fwd_kernel(
-    Q, K, V, Out, Lse,
+    Q, K, V, Out, Lse, Cos, Sin,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_om,
-    H, GROUP, NQ, NK, qk_scale, Q_BUCKET, K_BUCKET,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+    H, GROUP, NQ, NK, qk_scale, Q_BUCKET, K_BUCKET, N_POS, PREFIX,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     bh, b, h, hk, start_m = query_tile(NQ, H, GROUP, BLOCK_M, CAUSAL)
@@ -74,6 +78,9 @@ def _fwd_kernel(
     d_ok = offs_d[None, :] < HEAD_DIM
     q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
     q = load_tile(q_ptrs, offs_m, NQ, offs_d, HEAD_DIM, BLOCK_D, True)
+    if ROPE:
+        q = rope_tile(q.to(tl.float32), offs_m, Cos, Sin, N_POS, PREFIX,
+                      BLOCK_M, HEAD_DIM // 2, BLOCK_D, False).to(Q.dtype.element_ty)
     k_base = K + b * stride_kb + hk * stride_kh
     v_base = V + b * stride_vb + hk * stride_vh
 
@@ -84,11 +91,13 @@ def _fwd_kernel(
     full_hi, hi = key_ranges(start_m, NK, BLOCK_M, BLOCK_N, CAUSAL)
     acc, l_i, m_i = _fwd_inner(
         acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-        0, full_hi, NK, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, False,
+        0, full_hi, NK, qk_scale, Cos, Sin, N_POS, PREFIX,
+        HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, False, ROPE,
     )
     acc, l_i, m_i = _fwd_inner(
         acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-        full_hi, hi, NK, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, True,
+        full_hi, hi, NK, qk_scale, Cos, Sin, N_POS, PREFIX,
+        HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, True, ROPE,
     )
 
     out = acc / l_i[:, None]
@@ -98,14 +107,28 @@ def _fwd_kernel(
     tl.store(Lse + bh.to(tl.int64) * NQ + offs_m, lse, mask=offs_m < NQ)
 
 
+Rope = tuple[torch.Tensor, torch.Tensor, int]
+
+
+def rope_args(rope: Rope | None, like: torch.Tensor) -> tuple:
+    """(Cos, Sin, N_POS, PREFIX) kernel arguments; placeholders when ``rope`` is None."""
+    if rope is None:
+        return like, like, 0, 0
+    cos, sin, prefix = rope
+    return cos, sin, cos.shape[0], prefix
+
+
 def attention_fwd(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
+    rope: Rope | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel.
 
     Args:
         q: (B, Hq, Nq, D); k, v: (B, Hkv, Nk, D); last-dim stride 1, other strides free.
         causal: top-left aligned causal mask. scale: score scale.
+        rope: optional (cos, sin, num_prefix_tokens): float32 contiguous (N_pos, D / 2) per-pair
+            tables; q and k tiles are rotated (2D RoPE, ``reference.rope``) right after loading.
 
     Returns:
         out (B, Hq, Nq, D) contiguous in q's dtype; lse (B, Hq, Nq) float32, natural log.
@@ -120,10 +143,10 @@ def attention_fwd(
 
     qb, kb = bucket(nq), bucket(nk)
     launch(
-        _fwd_kernel, grid, (qb, kb, d, causal, q.dtype),
-        q, k, v, out, lse,
+        _fwd_kernel, grid, (qb, kb, d, causal, q.dtype, rope is not None),
+        q, k, v, out, lse, *rope_args(rope, q)[:2],
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-        h, h // hkv, nq, nk, scale * LOG2E, qb, kb,
-        HEAD_DIM=d, BLOCK_D=block_d(d), CAUSAL=causal,
+        h, h // hkv, nq, nk, scale * LOG2E, qb, kb, *rope_args(rope, q)[2:],
+        HEAD_DIM=d, BLOCK_D=block_d(d), CAUSAL=causal, ROPE=rope is not None,
     )
     return out, lse
