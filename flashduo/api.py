@@ -46,13 +46,13 @@ def attention_with_lse(
     scale = check_inputs(q, k, v, causal, scale)
     q, k, v = _autocast(q, k, v)
     name = registry.resolve_backend(backend)
+    tables = (None, None, 0)
     if rope is not None:
         reference.check_rope(q, rope, num_prefix_tokens, "q")
         reference.check_rope(k, rope, num_prefix_tokens, "k")
-        q = reference.apply_rope(q, rope, num_prefix_tokens)
-        k = reference.apply_rope(k, rope, num_prefix_tokens)
+        tables = (rope.COSP, rope.SINP, num_prefix_tokens)
     q, k, v = last_dim_contiguous(q), last_dim_contiguous(k), last_dim_contiguous(v)
-    out, lse = ops.attention_fwd(q, k, v, causal, scale, name)
+    out, lse = ops.attention_fwd(q, k, v, causal, scale, name, *tables)
     return out, lse.detach()
 
 

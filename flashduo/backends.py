@@ -38,16 +38,16 @@ def _triton_limits(q, k, v, causal) -> list[str]:
     return []
 
 
-def _triton_fwd(q, k, v, causal, scale):
+def _triton_fwd(q, k, v, causal, scale, rope=None):
     from triton_impl import attention_fwd
 
-    return attention_fwd(q, k, v, causal, scale)
+    return attention_fwd(q, k, v, causal, scale, rope=rope)
 
 
-def _triton_bwd(dout, q, k, v, out, lse, causal, scale):
+def _triton_bwd(dout, q, k, v, out, lse, causal, scale, rope=None):
     from triton_impl import attention_bwd
 
-    return attention_bwd(dout, q, k, v, out, lse, causal, scale)
+    return attention_bwd(dout, q, k, v, out, lse, causal, scale, rope=rope)
 
 
 def _cuda_unavailable() -> str | None:
@@ -130,6 +130,7 @@ TRITON = register_backend(
         min_capability=(8, 0),
         unavailable=_triton_unavailable,
         extra_reasons=_triton_limits,
+        fused_rope=True,
     )
 )
 

@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import torch
 
+import reference
 from flashduo import registry
 
 _LIB = torch.library.Library("flashduo", "DEF")  # noqa: TOR901 (kept alive for the process)
+# rope_cos / rope_sin: float32 (N_pos, D / 2) tables of the 2D RoPE (reference.rope), or None;
+# num_prefix: leading tokens left unrotated.
 _LIB.define(
-    "fwd(Tensor q, Tensor k, Tensor v, bool causal, float scale, str backend) -> (Tensor, Tensor)"
+    "fwd(Tensor q, Tensor k, Tensor v, bool causal, float scale, str backend, "
+    "Tensor? rope_cos=None, Tensor? rope_sin=None, int num_prefix=0) -> (Tensor, Tensor)"
 )
 _LIB.define(
     "bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, bool causal, "
-    "float scale, str backend) -> (Tensor, Tensor, Tensor)"
+    "float scale, str backend, Tensor? rope_cos=None, Tensor? rope_sin=None, int num_prefix=0) "
+    "-> (Tensor, Tensor, Tensor)"
 )
 
 
@@ -28,17 +33,36 @@ def _empty_case(q: torch.Tensor, k: torch.Tensor) -> bool:
     return q.numel() == 0 or k.shape[2] == 0
 
 
+def _rope(cos, sin, num_prefix):
+    return None if cos is None else (cos, sin, num_prefix)
+
+
+def _rotate(x: torch.Tensor, rope, inverse: bool = False) -> torch.Tensor:
+    return reference.rotate_pairs(x, *rope, inverse=inverse)
+
+
 def _fwd_impl(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float, backend: str
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float, backend: str,
+    rope_cos: torch.Tensor | None = None, rope_sin: torch.Tensor | None = None,
+    num_prefix: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """out (B, Hq, Nq, D) like q, lse float32 (B, Hq, Nq); q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D)."""
+    """out (B, Hq, Nq, D) like q, lse float32 (B, Hq, Nq); q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D).
+
+    With rope tables, backends with ``fused_rope`` get them; others get q, k rotated here.
+    """
     impl = registry.get_backend(backend)
     impl.check(q, k, v, causal)
     if _empty_case(q, k):
         out = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
         lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
         return out, lse
-    out, lse = impl.fwd(q, k, v, causal, scale)
+    rope = _rope(rope_cos, rope_sin, num_prefix)
+    if rope is None:
+        out, lse = impl.fwd(q, k, v, causal, scale)
+    elif impl.fused_rope:
+        out, lse = impl.fwd(q, k, v, causal, scale, rope=rope)
+    else:
+        out, lse = impl.fwd(_rotate(q, rope), _rotate(k, rope), v, causal, scale)
     return out.contiguous(), lse.contiguous()
 
 
@@ -52,13 +76,28 @@ def _bwd_impl(
     causal: bool,
     scale: float,
     backend: str,
+    rope_cos: torch.Tensor | None = None,
+    rope_sin: torch.Tensor | None = None,
+    num_prefix: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """dq (B, Hq, Nq, D), dk and dv (B, Hkv, Nk, D) from dout (B, Hq, Nq, D) and saved tensors."""
+    """dq (B, Hq, Nq, D), dk and dv (B, Hkv, Nk, D) from dout (B, Hq, Nq, D) and saved tensors.
+
+    With rope, q and k are the unrotated inputs and dq, dk are returned unrotated.
+    """
     if _empty_case(q, k):
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
-    dq, dk, dv = registry.get_backend(backend).bwd(dout, q, k, v, out, lse, causal, scale)
+    impl = registry.get_backend(backend)
+    rope = _rope(rope_cos, rope_sin, num_prefix)
+    if rope is None:
+        dq, dk, dv = impl.bwd(dout, q, k, v, out, lse, causal, scale)
+    elif impl.fused_rope:
+        dq, dk, dv = impl.bwd(dout, q, k, v, out, lse, causal, scale, rope=rope)
+    else:
+        qr, kr = _rotate(q, rope), _rotate(k, rope)
+        dq, dk, dv = impl.bwd(dout, qr, kr, v, out, lse, causal, scale)
+        dq, dk = _rotate(dq, rope, inverse=True), _rotate(dk, rope, inverse=True)
     return dq.contiguous(), dk.contiguous(), dv.contiguous()
 
 
@@ -68,26 +107,28 @@ for _key in ("CPU", "CUDA"):
 
 
 @torch.library.register_fake("flashduo::fwd")
-def _fwd_fake(q, k, v, causal, scale, backend):
+def _fwd_fake(q, k, v, causal, scale, backend, rope_cos=None, rope_sin=None, num_prefix=0):
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 @torch.library.register_fake("flashduo::bwd")
-def _bwd_fake(dout, q, k, v, out, lse, causal, scale, backend):
+def _bwd_fake(dout, q, k, v, out, lse, causal, scale, backend, rope_cos=None, rope_sin=None,
+              num_prefix=0):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, causal, scale, backend = inputs
+    q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse)
-    ctx.causal, ctx.scale, ctx.backend = causal, scale, backend
+    ctx.save_for_backward(q, k, v, out, lse, rope_cos, rope_sin)
+    ctx.causal, ctx.scale, ctx.backend, ctx.num_prefix = causal, scale, backend, num_prefix
 
 
 def _backward(ctx, dout, dlse):
-    q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = attention_bwd(dout, q, k, v, out, lse, ctx.causal, ctx.scale, ctx.backend)
-    return dq, dk, dv, None, None, None
+    q, k, v, out, lse, rope_cos, rope_sin = ctx.saved_tensors
+    dq, dk, dv = attention_bwd(dout, q, k, v, out, lse, ctx.causal, ctx.scale, ctx.backend,
+                               rope_cos, rope_sin, ctx.num_prefix)
+    return dq, dk, dv, None, None, None, None, None, None
 
 
 torch.library.register_autograd("flashduo::fwd", _backward, setup_context=_setup_context)

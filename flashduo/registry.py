@@ -32,6 +32,9 @@ class Backend:
     out like q, lse float32 (B, Hq, Nq) in natural log.
     ``bwd(dout, q, k, v, out, lse, causal, scale) -> (dq, dk, dv)`` shaped like q, k, v.
     Inputs arrive validated, non-empty and with last-dim stride 1; other strides are free.
+    With ``fused_rope``, both also take ``rope=(cos, sin, num_prefix_tokens)`` (float32
+    (N_pos, D / 2) tables) and apply the 2D RoPE themselves, taking and returning unrotated q, k
+    and dq, dk; other backends are handed rotated q, k by the op layer.
     """
 
     name: str
@@ -46,6 +49,7 @@ class Backend:
     extra_reasons: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], list[str]] = field(
         default=lambda q, k, v, causal: []
     )
+    fused_rope: bool = False
 
     def not_supported_reasons(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool

@@ -130,10 +130,24 @@ def apply_rope(x: torch.Tensor, table: CosSinTable, num_prefix_tokens: int = 1) 
     Computes in float32 (float64 for float64 input) and returns x's dtype; differentiable.
     """
     check_rope(x, table, num_prefix_tokens, "x")
+    return rotate_pairs(x, table.COSP, table.SINP, num_prefix_tokens)
+
+
+def rotate_pairs(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_prefix_tokens: int,
+    inverse: bool = False,
+) -> torch.Tensor:
+    """The rotation itself: x (..., N, D) by per-pair tables cos, sin (N - prefix, D / 2).
+
+    ``inverse`` turns by the opposite angles (the transpose), which maps a gradient taken against
+    the rotated tensor back to the unrotated one. No argument checks (see ``check_rope``).
+    """
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
     head, grid = x[..., :num_prefix_tokens, :], x[..., num_prefix_tokens:, :].to(work)
     pairs = grid.unflatten(-1, (-1, 2))
     even, odd = pairs[..., 0], pairs[..., 1]
-    cos, sin = table.COSP.to(work), table.SINP.to(work)
+    cos, sin = cos.to(work), sin.to(work)
+    if inverse:
+        sin = -sin
     rotated = torch.stack([even * cos - odd * sin, odd * cos + even * sin], dim=-1).flatten(-2)
     return torch.cat([head, rotated.to(x.dtype)], dim=-2)

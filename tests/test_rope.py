@@ -163,3 +163,17 @@ def test_triton_fused_rope(case) -> None:
     for name, kind, x, ref, b in zip(("out", "lse", "dq", "dk", "dv"), kinds,
                                      (out, lse, dq, dk, dv), truth, base):
         assert_close(f"triton fused rope {name}", x, ref, b, kind, dtype)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton", "cuda"] if ON_GPU else ["reference"])
+def test_rope_opcheck(backend) -> None:
+    """The ops' schema, fake and autograd registrations hold with the rope tables passed."""
+    dtype = torch.bfloat16 if ON_GPU else torch.float32
+    q, k, v, dout = _rope_case_inputs(dtype, (7, 7), 1)
+    table = reference.CosSinTable(100.0, 7, 64, device=DEVICE)
+    rope_args = (table.COSP, table.SINP, 1)
+    torch.library.opcheck(torch.ops.flashduo.fwd.default, (q, k, v, True, 0.2, backend, *rope_args))
+    out, lse = torch.ops.flashduo.fwd(q, k, v, True, 0.2, backend, *rope_args)
+    saved = [t.detach() for t in (q, k, v, out, lse)]
+    torch.library.opcheck(torch.ops.flashduo.bwd.default,
+                          (dout, *saved, True, 0.2, backend, *rope_args))
