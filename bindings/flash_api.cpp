@@ -4,6 +4,8 @@
 // last-dim stride 1, D in {64, 128}, Hq % Hkv == 0; out (B, Hq, Nq, D) contiguous, lse fp32
 // (B, Hq, Nq).
 // bwd(dout, q, k, v, out, lse, causal, scale) -> (dq, dk, dv), contiguous, shaped like q, k, v.
+// Both take optional 2D RoPE tables (rope_cos, rope_sin: float32 (N_pos, D / 2), num_prefix):
+// q and k are rotated inside the kernels, and dq, dk come back unrotated.
 // Both launch on the current CUDA stream of the tensors' device.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -127,9 +129,42 @@ std::string bwd_problem(const at::Tensor& dout, const at::Tensor& q, const at::T
   return "";
 }
 
+using OptTensor = c10::optional<at::Tensor>;
+
+// Why the 2D RoPE tables cannot serve q (B, Hq, Nq, D) and k (B, Hkv, Nk, D); "" when they can
+// (or when there are none).
+std::string rope_problem(const at::Tensor& q, const at::Tensor& k, const OptTensor& cos,
+                         const OptTensor& sin, int64_t prefix) {
+  FLASHDUO_REQUIRE(cos.has_value() == sin.has_value(), "rope_cos and rope_sin go together");
+  if (!cos.has_value()) return "";
+  for (const auto* t : {&*cos, &*sin}) {
+    FLASHDUO_REQUIRE(t->is_cuda() && t->device() == q.device(), "rope tables must be on ",
+                     q.device(), ", got ", t->device());
+    FLASHDUO_REQUIRE(t->scalar_type() == at::kFloat && t->is_contiguous() && t->dim() == 2 &&
+                         t->size(1) == q.size(3) / 2,
+                     "rope tables must be contiguous float32 (N_pos, D / 2 = ", q.size(3) / 2,
+                     "), got ", t->scalar_type(), " ", t->sizes());
+  }
+  FLASHDUO_REQUIRE(cos->sizes() == sin->sizes(), "rope_cos and rope_sin shapes differ");
+  const int64_t n_pos = cos->size(0);
+  FLASHDUO_REQUIRE(prefix >= 0 && q.size(2) == prefix + n_pos && k.size(2) == prefix + n_pos,
+                   "rope covers ", prefix, " prefix + ", n_pos, " tokens, but Nq = ", q.size(2),
+                   " and Nk = ", k.size(2));
+  return "";
+}
+
+flashduo::RopeParams rope_params(const OptTensor& cos, const OptTensor& sin, int64_t prefix) {
+  if (!cos.has_value()) return {nullptr, nullptr, 0, 0};
+  return {cos->data_ptr<float>(), sin->data_ptr<float>(), static_cast<int>(cos->size(0)),
+          static_cast<int>(prefix)};
+}
+
 std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
-                                       const at::Tensor& v, bool causal, double scale) {
+                                       const at::Tensor& v, bool causal, double scale,
+                                       const OptTensor& rope_cos, const OptTensor& rope_sin,
+                                       int64_t num_prefix) {
   require(fwd_problem(q, k, v, scale));
+  require(rope_problem(q, k, rope_cos, rope_sin, num_prefix));
   const int64_t d = q.size(3);
   const auto dtype = q.scalar_type();
   const int64_t b = q.size(0), hq = q.size(1), nq = q.size(2), hkv = k.size(1), nk = k.size(2);
@@ -145,7 +180,8 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
                         out.stride(0), out.stride(1), out.stride(2),
                         static_cast<int>(b), static_cast<int>(hq), static_cast<int>(hkv),
                         static_cast<int>(nq), static_cast<int>(nk),
-                        static_cast<float>(scale * 1.4426950408889634)};
+                        static_cast<float>(scale * 1.4426950408889634),
+                        rope_params(rope_cos, rope_sin, num_prefix)};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const cudaError_t err = dtype == at::kHalf
                               ? dispatch_head_dim<__half>(p, static_cast<int>(d), causal, stream)
@@ -158,8 +194,11 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const at::Tensor& q,
                                                    const at::Tensor& k, const at::Tensor& v,
                                                    const at::Tensor& out, const at::Tensor& lse,
-                                                   bool causal, double scale) {
+                                                   bool causal, double scale,
+                                                   const OptTensor& rope_cos,
+                                                   const OptTensor& rope_sin, int64_t num_prefix) {
   require(bwd_problem(dout, q, k, v, out, lse, scale));
+  require(rope_problem(q, k, rope_cos, rope_sin, num_prefix));
   const int64_t d = q.size(3);
   const int64_t b = q.size(0), hq = q.size(1), nq = q.size(2), hkv = k.size(1), nk = k.size(2);
 
@@ -180,7 +219,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const
                         dk.stride(0), dk.stride(1), dk.stride(2),
                         static_cast<int>(b), static_cast<int>(hq), static_cast<int>(hkv),
                         static_cast<int>(nq), static_cast<int>(nk), static_cast<float>(scale),
-                        static_cast<float>(scale * 1.4426950408889634)};
+                        static_cast<float>(scale * 1.4426950408889634),
+                        rope_params(rope_cos, rope_sin, num_prefix)};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const cudaError_t err =
       q.scalar_type() == at::kHalf
@@ -200,12 +240,21 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "why bwd cannot take (dout, q, k, v, out, lse, scale); '' when it can",
         pybind11::arg("dout"), pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"),
         pybind11::arg("out"), pybind11::arg("lse"), pybind11::arg("scale"));
-  m.def("fwd", &fwd, "FlashAttention forward: (q, k, v, causal, scale) -> (out, lse)",
+  m.def("rope_problem", &rope_problem,
+        "why (rope_cos, rope_sin, num_prefix) cannot serve (q, k); '' when they can",
+        pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("rope_cos"),
+        pybind11::arg("rope_sin"), pybind11::arg("num_prefix"));
+  m.def("fwd", &fwd,
+        "FlashAttention forward: (q, k, v, causal, scale, rope_cos=None, rope_sin=None, "
+        "num_prefix=0) -> (out, lse)",
         pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("causal"),
-        pybind11::arg("scale"));
+        pybind11::arg("scale"), pybind11::arg("rope_cos") = pybind11::none(),
+        pybind11::arg("rope_sin") = pybind11::none(), pybind11::arg("num_prefix") = 0);
   m.def("bwd", &bwd,
-        "FlashAttention backward: (dout, q, k, v, out, lse, causal, scale) -> (dq, dk, dv)",
+        "FlashAttention backward: (dout, q, k, v, out, lse, causal, scale, rope_cos=None, "
+        "rope_sin=None, num_prefix=0) -> (dq, dk, dv)",
         pybind11::arg("dout"), pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"),
         pybind11::arg("out"), pybind11::arg("lse"), pybind11::arg("causal"),
-        pybind11::arg("scale"));
+        pybind11::arg("scale"), pybind11::arg("rope_cos") = pybind11::none(),
+        pybind11::arg("rope_sin") = pybind11::none(), pybind11::arg("num_prefix") = 0);
 }

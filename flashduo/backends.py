@@ -69,16 +69,16 @@ def cuda_toolchain_missing() -> str | None:
     return None
 
 
-def _cuda_fwd(q, k, v, causal, scale):
+def _cuda_fwd(q, k, v, causal, scale, rope=None):
     from bindings import flash
 
-    return flash.fwd(q, k, v, causal, scale)
+    return flash.fwd(q, k, v, causal, scale, rope=rope)
 
 
-def _cuda_bwd(dout, q, k, v, out, lse, causal, scale):
+def _cuda_bwd(dout, q, k, v, out, lse, causal, scale, rope=None):
     from bindings import flash
 
-    return flash.bwd(dout, q, k, v, out, lse, causal, scale)
+    return flash.bwd(dout, q, k, v, out, lse, causal, scale, rope=rope)
 
 
 def _torch_fwd(q, k, v, causal, scale):
@@ -146,6 +146,7 @@ CUDA = register_backend(
         head_dims=frozenset({64, 128}),
         min_capability=(8, 0),
         unavailable=_cuda_unavailable,
+        fused_rope=True,
     )
 )
 

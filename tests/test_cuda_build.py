@@ -92,6 +92,11 @@ def test_cuda_checks_arguments(ext) -> None:
         flash.fwd(q, q, q.transpose(-1, -2), False, 0.1)
     with pytest.raises(ValueError, match="multiple of k heads"):
         flash.fwd(q, q[:, :1].expand(1, 3, 16, 64)[:, :3], q[:, :1].expand(1, 3, 16, 64), False, 0.1)
+    cos = torch.ones(15, 32, device="cuda")
+    with pytest.raises(ValueError, match="rope covers 0 prefix \\+ 15 tokens, but Nq = 16"):
+        flash.fwd(q, q, q, False, 0.1, rope=(cos, cos, 0))
+    with pytest.raises(ValueError, match="rope tables must be contiguous float32"):
+        flash.fwd(q, q, q, False, 0.1, rope=(cos.half(), cos.half(), 1))
     out, lse = flash.fwd(q, q, q, False, 0.1)
     with pytest.raises(ValueError, match="lse must be a contiguous float32"):
         flash.bwd(q, q, q, q, out, lse[:, :, :8], False, 0.1)

@@ -7,6 +7,8 @@
 // 3. dQ: a block keeps 16 W query rows of Q and dO in shared memory and loops over key tiles,
 //    accumulating dQ += dS K.
 // Causal tiles that see nothing are skipped; rows past Nq / Nk are zero-filled and not stored.
+// With 2D RoPE (p.rope), Q and K tiles are rotated in shared memory once landed, and the dQ / dK
+// accumulators are turned back (inverse rotation) in registers before the store.
 #pragma once
 
 #include <cmath>
@@ -155,6 +157,11 @@ __global__ void __launch_bounds__(32 * W) flash_bwd_dkdv_kernel(const BwdParams 
     const T *q_unused, *do_unused;
     int h, m0;
     item_ptrs(it, q_unused, do_unused, h, m0);
+    if (p.rope.cos != nullptr) {  // 2D RoPE: rotate K once and each Q tile, in shared memory
+      if (it == 0) rope_rows_smem<T, D, BN, NT>(sK, n0, p.nk, p.rope);
+      rope_rows_smem<T, D, BM, NT>(sQ + stage * BM * D, m0, p.nq, p.rope);
+      __syncthreads();
+    }
     const T* tQ = sQ + stage * BM * D;
     const T* tDO = sDO + stage * BM * D;
     const int64_t row_base = (static_cast<int64_t>(b) * p.hq + h) * p.nq;
@@ -184,6 +191,7 @@ __global__ void __launch_bounds__(32 * W) flash_bwd_dkdv_kernel(const BwdParams 
   }
   T* dk = static_cast<T*>(p.dk) + b * p.dk_sb + hk * p.dk_sh;
   T* dv = static_cast<T*>(p.dv) + b * p.dk_sb + hk * p.dk_sh;
+  if (p.rope.cos != nullptr) rope_acc_inverse<D>(acc_dk, key_lo, p.nk, p.rope);
   store_rows<T, D>(dk, p.dk_sn, n0 + warp * 16, p.nk, acc_dk, p.scale);
   store_rows<T, D>(dv, p.dk_sn, n0 + warp * 16, p.nk, acc_dv, 1.f);
 }
@@ -234,6 +242,11 @@ __global__ void __launch_bounds__(32 * W) flash_bwd_dq_kernel(const BwdParams p)
       cp_async_wait<0>();
     }
     __syncthreads();
+    if (p.rope.cos != nullptr) {  // 2D RoPE: rotate Q once and each K tile, in shared memory
+      if (j == 0) rope_rows_smem<T, D, BM, NT>(sQ, m0, p.nq, p.rope);
+      rope_rows_smem<T, D, BN, NT>(sK + stage * BN * D, j * BN, p.nk, p.rope);
+      __syncthreads();
+    }
     const T* tK = sK + stage * BN * D;
     const T* tV = sV + stage * BN * D;
     float s[BN / 8][4] = {}, dp[BN / 8][4] = {};
@@ -255,6 +268,7 @@ __global__ void __launch_bounds__(32 * W) flash_bwd_dq_kernel(const BwdParams p)
     __syncthreads();
   }
   T* dq = static_cast<T*>(p.dq) + b * p.dq_sb + h * p.dq_sh;
+  if (p.rope.cos != nullptr) rope_acc_inverse<D>(acc_dq, row_lo, p.nq, p.rope);
   store_rows<T, D>(dq, p.dq_sn, m0 + warp * 16, p.nq, acc_dq, p.scale);
 }
 

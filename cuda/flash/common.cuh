@@ -152,6 +152,45 @@ __device__ __forceinline__ void load_rows_async(T* tile, const T* g, int64_t str
   }
 }
 
+// 2D RoPE of tile rows in shared memory, in place: tile row r holds token row0 + r of a sequence
+// of n_rows; every thread of the block takes pairs (2i, 2i + 1) in turn. The caller syncs before
+// (the tile has landed) and after (others read it).
+template <typename T, int D, int ROWS, int THREADS>
+__device__ __forceinline__ void rope_rows_smem(T* tile, int row0, int n_rows, const RopeParams& r) {
+  constexpr int kPairs = D / 2;
+  for (int idx = threadIdx.x; idx < ROWS * kPairs; idx += THREADS) {
+    const int row = idx / kPairs, i = idx % kPairs;
+    const int pos = row0 + row - r.prefix;
+    if (pos < 0 || pos >= r.n_pos || row0 + row >= n_rows) continue;
+    T* e = tile + swizzle<D>(row, (2 * i) & ~7) + ((2 * i) & 7);
+    const float x0 = to_f32(e[0]), x1 = to_f32(e[1]);
+    const float c = r.cos[pos * kPairs + i], s = r.sin[pos * kPairs + i];
+    *reinterpret_cast<uint32_t*>(e) = pack2<T>(x0 * c - x1 * s, x1 * c + x0 * s);
+  }
+}
+
+// Turn a warp's 16 x D fp32 accumulator (rows row_lo and row_lo + 8 of this lane, mma C layout:
+// acc[t][2i], acc[t][2i + 1] are the pair t * 4 + lane % 4) back by the inverse rotation: the
+// gradient against rotated q or k becomes the gradient against the unrotated one.
+template <int D>
+__device__ __forceinline__ void rope_acc_inverse(float (&acc)[D / 8][4], int row_lo, int n_rows,
+                                                 const RopeParams& r) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int row = row_lo + 8 * i, pos = row - r.prefix;
+    if (pos < 0 || pos >= r.n_pos || row >= n_rows) continue;
+#pragma unroll
+    for (int t = 0; t < D / 8; ++t) {
+      const int pair = pos * (D / 2) + t * 4 + lane % 4;
+      const float c = r.cos[pair], s = r.sin[pair];
+      const float e = acc[t][2 * i], o = acc[t][2 * i + 1];
+      acc[t][2 * i] = e * c + o * s;
+      acc[t][2 * i + 1] = o * c - e * s;
+    }
+  }
+}
+
 // acc (16 x D) += X (16 x K, fp32 accumulators) * tile, tile being (K, D) row-major in shared memory.
 template <typename T, int D, int K>
 __device__ __forceinline__ void mma_acc_b(float (&acc)[D / 8][4], const float (&x)[K / 8][4],

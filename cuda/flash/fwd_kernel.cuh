@@ -6,6 +6,7 @@
 // next tile loads while this one is used. Per tile and warp: S = Q K^T (16 x 64) in registers,
 // masking (key tail, causal), online softmax in fp32 with exp2, then O += P V with P reused from
 // the S accumulators as the A operand. Causal: tiles above the diagonal are never loaded.
+// With 2D RoPE (p.rope), the Q tile and each K tile are rotated in shared memory once landed.
 #pragma once
 
 #include <cmath>
@@ -70,6 +71,11 @@ __global__ void __launch_bounds__(32 * W, MB) flash_fwd_kernel(const FwdParams p
       cp_async_wait<0>();
     }
     __syncthreads();
+    if (p.rope.cos != nullptr) {  // 2D RoPE: rotate the tiles in place before any warp reads them
+      if (j == 0) rope_rows_smem<T, D, BM, NT>(sQ, m0, p.nq, p.rope);
+      rope_rows_smem<T, D, BN, NT>(sK + stage * BN * D, j * BN, p.nk, p.rope);
+      __syncthreads();
+    }
     if (j == 0) {
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {

@@ -5,6 +5,14 @@
 
 namespace flashduo {
 
+// Optional 2D RoPE (reference/rope.py): per-pair float32 tables cos, sin of shape (n_pos, D / 2);
+// token t of q and k rotates by row t - prefix when 0 <= t - prefix < n_pos. cos == nullptr: none.
+struct RopeParams {
+  const float* cos;
+  const float* sin;
+  int n_pos, prefix;
+};
+
 // Forward problem: q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D), o like q, lse fp32 (B, Hq, Nq).
 // Strides are in elements; the last dimension is contiguous.
 struct FwdParams {
@@ -19,6 +27,7 @@ struct FwdParams {
   int64_t o_sb, o_sh, o_sn;
   int b, hq, hkv, nq, nk;
   float scale_log2;  // softmax scale * log2(e): scores go through exp2
+  RopeParams rope;   // zero-initialized (no rotation) unless set
 };
 
 }  // namespace flashduo
@@ -48,6 +57,7 @@ struct BwdParams {
   int b, hq, hkv, nq, nk;
   float scale;       // softmax scale
   float scale_log2;  // scale * log2(e)
+  RopeParams rope;   // zero-initialized (no rotation) unless set; dq, dk come back unrotated
 };
 
 }  // namespace flashduo
