@@ -452,8 +452,10 @@ def run_benchmark(
     head_dims: Sequence[int] = HEAD_DIMS,
     seqlens: Sequence[int] | None = None,
     vit: bool = True,
+    sweep: bool = True,
 ) -> int:
-    """Run the sweep and the ViT row, print the tables and summary to stdout; return an exit code.
+    """Run the sweep and the ViT rows (each unless switched off), print the tables and summary to
+    stdout; return an exit code.
 
     Returns 0 when every flashduo cell ran and passed the SDPA check, 1 otherwise (missing the
     speed target does not fail the run: it is a measurement). Raises ``NoGPUError`` without a GPU
@@ -485,6 +487,8 @@ def run_benchmark(
     flex_ns = [n for n in seqlens if flex and n in FLEX_SEQLENS]
     per_shape = len(backends) + len(SDPA_IMPLS)
     total = len(MODES) * 2 * len(head_dims) * (len(seqlens) * per_shape + len(flex_ns))
+    if not sweep:
+        head_dims, total = (), 0
     if vit:
         total += len(MODES) * (per_shape + 1 + int(flex))
         total += len(MODES) * (len(backends) + 2 * len(SDPA_IMPLS) + 1)

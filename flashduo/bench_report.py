@@ -131,6 +131,7 @@ def format_vit_table(rows: Sequence[Row], backends: Sequence[str]) -> str:
 
 ROPE_TARGET_FWDBWD = 2.0  # flashduo+rope at most half the time of compiled RoPE + fastest SDPA
 ROPE_TARGET_FWD = 1.0  # flashduo+rope forward no slower than cuDNN SDPA without RoPE
+VIT_TARGET_FWDBWD = 1.25  # flashduo without RoPE vs cuDNN SDPA at the ViT shape, forward+backward
 
 
 def vit_rope_ratios(rows: Sequence[Row], backend: str) -> dict[str, float]:
@@ -176,16 +177,19 @@ def format_vit_rope_table(rows: Sequence[Row], backends: Sequence[str]) -> str:
 def summary_lines(
     rows: Sequence[Row], backends: Sequence[str], checks: Sequence[Check] = ()
 ) -> list[str]:
-    """Per backend and mode: the min speed ratio vs sdpa-flash over sweep N >= 1024; target met?
+    """Per backend: target lines for each part that ran; met or NOT met.
 
-    A NaN or missing ratio counts against the target (it is reported, not skipped silently).
+    Sweep: per mode, the min speed ratio vs sdpa-flash over N >= 1024. ViT: forward+backward vs
+    sdpa-cudnn. ViT+RoPE: the two ratios of ``vit_rope_ratios``. A NaN or missing ratio counts
+    against the target (it is reported, not skipped silently).
     """
     sweep = [r for r in rows if r.tag == "sweep"]
     cell = {(r.impl, r.D, r.causal, r.mode, r.N): r.tflops for r in sweep}
     base = "sdpa-flash"
     lines = []
+    vit = {(r.impl, r.mode): r.ms for r in rows if r.tag == "vit"}
     for be in backends:
-        for mode in MODES:
+        for mode in MODES if sweep else ():
             keys = sorted({(r.D, r.causal, r.N) for r in sweep
                            if r.mode == mode and r.N >= TARGET_MIN_N and r.impl in (be, base)})
             ratios = []
@@ -211,6 +215,11 @@ def summary_lines(
             lines.append(f"{be} check vs SDPA: worst rel err {worst.rel_err:.3g} ({worst.tag} "
                          f"D={worst.D} causal={int(worst.causal)} N={worst.N}); "
                          f"{bad} of {len(mine)} shape(s) over {CHECK_RTOL}")
+        if vit:
+            ratio = vit.get(("sdpa-cudnn", "fwdbwd"), math.nan) / vit.get((be, "fwdbwd"), math.nan)
+            met = ratio >= VIT_TARGET_FWDBWD
+            lines.append(f"{be} ViT fwdbwd vs sdpa-cudnn: {ratio:.2f} -> target >= "
+                         f"{VIT_TARGET_FWDBWD} {'met' if met else 'NOT met'}")
         if any(r.tag == "vit-rope" for r in rows):
             ratios = vit_rope_ratios(rows, be)
             for key, target in (("fwdbwd vs compiled", ROPE_TARGET_FWDBWD),

@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--seqlens", type=_csv_ints, metavar="N[,N]", help="only these sequence lengths"
     )
-    bench.add_argument("--no-vit", action="store_true", help="skip the ViT row")
+    bench.add_argument("--no-vit", action="store_true", help="skip the ViT rows")
+    bench.add_argument("--no-sweep", action="store_true", help="only the ViT rows")
 
     sub.add_parser(
         "demo",
@@ -148,6 +149,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         head_dims=head_dims,
         seqlens=args.seqlens,
         vit=not args.no_vit,
+        sweep=not args.no_sweep,
     )
 
 

@@ -28,3 +28,12 @@ def test_vit_rope_table_and_summary() -> None:
     lines = summary_lines(_rows(), ["triton", "cuda"])
     assert "triton ViT+RoPE fwdbwd vs compiled: 2.40 -> target >= 2.0 met" in lines
     assert "cuda ViT+RoPE fwd vs cudnn-norope: nan -> target >= 1.0 NOT met" in lines
+    assert not any("sdpa-flash over" in line for line in lines), "no sweep ran: no sweep targets"
+
+
+def test_vit_summary_against_cudnn() -> None:
+    ms = {("triton", "fwdbwd"): 0.40, ("sdpa-cudnn", "fwdbwd"): 0.60, ("cuda", "fwdbwd"): 0.50}
+    rows = [Row("vit", impl, 64, False, mode, 197, 256, 6, t, 0.0) for (impl, mode), t in ms.items()]
+    lines = summary_lines(rows, ["triton", "cuda"])
+    assert "triton ViT fwdbwd vs sdpa-cudnn: 1.50 -> target >= 1.25 met" in lines
+    assert "cuda ViT fwdbwd vs sdpa-cudnn: 1.20 -> target >= 1.25 NOT met" in lines

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
 import subprocess
 import sys
@@ -12,9 +13,16 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+def run_example(*args: str, timeout: int) -> subprocess.CompletedProcess:
+    """Run `python examples/<args>` from the repository root, flashduo importable from there."""
+    path = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + (os.pathsep + path if path else "")}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
 def test_vit_demo_trains() -> None:
-    run = subprocess.run([sys.executable, "examples/vit_demo.py", "--steps", "3", "--grid", "7"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run = run_example("examples/vit_demo.py", "--steps", "3", "--grid", "7", timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     losses = [float(line.split()[-1]) for line in run.stdout.splitlines() if line.startswith("step")]
     assert len(losses) == 3 and losses[-1] < losses[0], run.stdout
@@ -22,7 +30,6 @@ def test_vit_demo_trains() -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is not installed")
 def test_timm_rope_vit_check() -> None:
-    run = subprocess.run([sys.executable, "examples/timm_rope_vit.py", "--batch", "2", "--no-time"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    run = run_example("examples/timm_rope_vit.py", "--batch", "2", "--no-time", timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.count("max rel diff") == 2, run.stdout
