@@ -20,6 +20,8 @@ Rope = tuple[torch.Tensor, torch.Tensor, int]
 
 def _rope_args(ext, q: torch.Tensor, k: torch.Tensor, rope: Rope | None, what: str) -> tuple:
     cos, sin, prefix = rope if rope is not None else (None, None, 0)
+    if cos is not None and sin is not None:  # the kernels read the tables 16 bytes at a time
+        cos, sin = (t if t.data_ptr() % 16 == 0 else t.clone() for t in (cos, sin))
     why = ext.rope_problem(q, k, cos, sin, int(prefix))
     if why:
         raise ValueError(f"cuda {what}: {why}")

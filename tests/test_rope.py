@@ -70,22 +70,25 @@ def _rope_case_inputs(dtype, grid, prefix, hq=4, hkv=2, d=64, seed=0):
     return [t.requires_grad_() for t in (q, k, v)] + [dout]
 
 
-ROPE_CASES = [
-    (grid, prefix, causal)
-    for grid, prefix, causal in [((7, 7), 1, False), ((14, 14), 1, False), ((16, 16), 0, True),
-                                 ((6, 10), 4, False), ((14, 14), 0, True)]
-]
+ROPE_CASES = [  # (grid, prefix, causal, head dim); D = 128 only on a GPU (interpreter time)
+    ((7, 7), 1, False, 64), ((14, 14), 1, False, 64), ((16, 16), 0, True, 64),
+    ((6, 10), 4, False, 64), ((14, 14), 0, True, 64),
+] + ([((14, 14), 1, False, 128), ((24, 24), 1, True, 128)] if ON_GPU else [])
 
 
-@pytest.mark.parametrize("case", ROPE_CASES, ids=lambda c: f"{c[0][0]}x{c[0][1]}-p{c[1]}-c{int(c[2])}")
+def _case_id(c) -> str:
+    return f"{c[0][0]}x{c[0][1]}-p{c[1]}-c{int(c[2])}-d{c[3]}"
+
+
+@pytest.mark.parametrize("case", ROPE_CASES, ids=_case_id)
 @pytest.mark.parametrize("backend", flashduo.registered_backends())
 def test_attention_with_rope(backend, case) -> None:
     """out and dq, dk, dv against float64 RoPE then float64 attention, by the common pass rule."""
-    grid, prefix, causal = case
+    grid, prefix, causal, d = case
     dtype = torch.bfloat16 if ON_GPU else torch.float16
-    skip_if_unrunnable(backend, Case(2, 4, 2, 1, 1, 64, dtype, causal))
-    q, k, v, dout = _rope_case_inputs(dtype, grid, prefix)
-    table = reference.CosSinTable(100.0, grid[0], 64, device=DEVICE, W_img=grid[1])
+    skip_if_unrunnable(backend, Case(2, 4, 2, 1, 1, d, dtype, causal))
+    q, k, v, dout = _rope_case_inputs(dtype, grid, prefix, d=d)
+    table = reference.CosSinTable(100.0, grid[0], d, device=DEVICE, W_img=grid[1])
     out = flashduo.attention(q, k, v, causal=causal, backend=backend, rope=table,
                              num_prefix_tokens=prefix)
     grads = torch.autograd.grad(out, (q, k, v), dout)
@@ -94,7 +97,7 @@ def test_attention_with_rope(backend, case) -> None:
         xs = [t.detach().double() if upcast else t.detach() for t in (q, k, v)]
         xs = [x.requires_grad_() for x in xs]
         qr, kr = (reference.apply_rope(x, table, prefix) for x in xs[:2])
-        o = reference.attention_ref(qr, kr, xs[2], causal, 1 / math.sqrt(64), upcast=upcast)[0]
+        o = reference.attention_ref(qr, kr, xs[2], causal, 1 / math.sqrt(d), upcast=upcast)[0]
         return (o, *torch.autograd.grad(o, xs, dout.to(o.dtype)))
 
     truth, base = truth_and_baseline(True), truth_and_baseline(False)
@@ -136,17 +139,17 @@ def test_rope_compiles_fullgraph() -> None:
     assert_compiled_matches_eager(block, (q, k, v), compiler)
 
 
-@pytest.mark.parametrize("case", ROPE_CASES, ids=lambda c: f"{c[0][0]}x{c[0][1]}-p{c[1]}-c{int(c[2])}")
+@pytest.mark.parametrize("case", ROPE_CASES, ids=_case_id)
 def test_triton_fused_rope(case) -> None:
     """The Triton kernels rotating q/k tiles in registers: out, lse, dq, dk, dv vs float64."""
     import triton_impl
 
-    grid, prefix, causal = case
+    grid, prefix, causal, d = case
     dtype = torch.bfloat16 if ON_GPU else torch.float16
-    skip_if_unrunnable("triton", Case(2, 4, 2, 1, 1, 64, dtype, causal))
-    q, k, v, dout = _rope_case_inputs(dtype, grid, prefix, seed=3)
-    table = reference.CosSinTable(100.0, grid[0], 64, device=DEVICE, W_img=grid[1])
-    scale = 1 / math.sqrt(64)
+    skip_if_unrunnable("triton", Case(2, 4, 2, 1, 1, d, dtype, causal))
+    q, k, v, dout = _rope_case_inputs(dtype, grid, prefix, d=d, seed=3)
+    table = reference.CosSinTable(100.0, grid[0], d, device=DEVICE, W_img=grid[1])
+    scale = 1 / math.sqrt(d)
     rope = (table.COSP, table.SINP, prefix)
     q, k, v = (t.detach() for t in (q, k, v))
     out, lse = triton_impl.attention_fwd(q, k, v, causal, scale, rope=rope)

@@ -7,8 +7,11 @@
 // 3. dQ: a block keeps 16 W query rows of Q and dO in shared memory and loops over key tiles,
 //    accumulating dQ += dS K.
 // Causal tiles that see nothing are skipped; rows past Nq / Nk are zero-filled and not stored.
-// With 2D RoPE (p.rope), Q and K tiles are rotated in shared memory once landed, and the dQ / dK
-// accumulators are turned back (inverse rotation) in registers before the store.
+// With 2D RoPE (p.rope), Q and K tiles are rotated in shared memory once landed (cos / sin fetched
+// ahead: registers for a block's fixed tile, a cp.async stage for the streamed ones), and the dQ /
+// dK accumulators are turned back (inverse rotation) in registers before the store. Short
+// sequences: warps whose 16 rows lie past the end skip the math, and tail tiles run only the
+// 16-wide steps that hold rows.
 #pragma once
 
 #include <cmath>
@@ -34,16 +37,24 @@ struct BwdConfig {
 template <int D>
 __host__ __device__ constexpr int dkdv_query_tile() { return D <= 64 ? 64 : 32; }
 
+// K, V + two stages of Q and dO (16-bit), and with RoPE the cos / sin stage of a Q tile.
 template <int D, int W>
-constexpr int dkdv_smem_bytes() { return (2 * 16 * W + 4 * dkdv_query_tile<D>()) * D * 2; }
+constexpr int dkdv_smem_bytes(bool rope) {
+  return (2 * 16 * W + 4 * dkdv_query_tile<D>()) * D * 2 +
+         (rope ? RopeStage<D, dkdv_query_tile<D>(), 32 * W>::kBytes : 0);
+}
+// Q, dO + two stages of K and V (16-bit), and with RoPE the cos / sin stage of a K tile.
 template <int D, int W>
-constexpr int dq_smem_bytes() { return (2 * 16 * W + 4 * kDqKeys) * D * 2; }
+constexpr int dq_smem_bytes(bool rope) {
+  return (2 * 16 * W + 4 * kDqKeys) * D * 2 + (rope ? RopeStage<D, kDqKeys, 32 * W>::kBytes : 0);
+}
 
 // acc (16 x N) += A[a_row0 .. a_row0 + 16) (from a swizzled (rows, D) tile) * B^T, B being an
 // (N, D) swizzled tile. A fragments are loaded per k-step, so only four registers of A are live.
+// Only the first n_valid rows of B count (later 16-row steps are skipped, leaving acc alone).
 template <typename T, int D, int N>
 __device__ __forceinline__ void mma_a_bt(float (&acc)[N / 8][4], const T* a_tile, int a_row0,
-                                         const T* b_tile) {
+                                         const T* b_tile, int n_valid = N) {
   const int lane = threadIdx.x % 32;
   const LdsmRows a_rows = ldsm_rows<D>(a_tile, lane % 16, lane / 16);
   const LdsmRows b_rows = ldsm_rows<D>(b_tile, (lane / 16) * 8 + lane % 8, (lane / 8) % 2);
@@ -53,6 +64,7 @@ __device__ __forceinline__ void mma_a_bt(float (&acc)[N / 8][4], const T* a_tile
     ldmatrix_x4(ldsm_at<D>(a_rows, a_row0, kk), af);
 #pragma unroll
     for (int np = 0; np < N / 16; ++np) {
+      if (np * 16 >= n_valid) break;
       uint32_t bf[4];
       ldmatrix_x4(ldsm_at<D>(b_rows, np * 16, kk), bf);
       mma_16816<T>(acc[2 * np], af, bf[0], bf[1]);
@@ -104,6 +116,9 @@ __global__ void __launch_bounds__(32 * W) flash_bwd_dkdv_kernel(const BwdParams 
   T* sV = sK + BN * D;
   T* sQ = sV + BN * D;    // two stages
   T* sDO = sQ + 2 * BM * D;  // two stages
+  float* sCS = reinterpret_cast<float*>(sDO + 2 * BM * D);  // RoPE only
+  using QRope = RopeStage<D, BM, NT>;
+  const bool rope = p.rope.cos != nullptr;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int num_n = (p.nk + BN - 1) / BN;
@@ -128,6 +143,7 @@ __global__ void __launch_bounds__(32 * W) flash_bwd_dkdv_kernel(const BwdParams 
   };
 
   load_rows_async<T, D, BN, NT>(sK, k, p.k_sn, n0, p.nk);
+  cp_async_commit();
   load_rows_async<T, D, BN, NT>(sV, v, p.v_sn, n0, p.nk);
   if (items > 0) {
     const T *q, *dout;
@@ -135,8 +151,17 @@ __global__ void __launch_bounds__(32 * W) flash_bwd_dkdv_kernel(const BwdParams 
     item_ptrs(0, q, dout, h, m0);
     load_rows_async<T, D, BM, NT>(sQ, q, p.q_sn, m0, p.nq);
     load_rows_async<T, D, BM, NT>(sDO, dout, p.do_sn, m0, p.nq);
+    if (rope) QRope::load_async(sCS, m0, p.nq, p.rope);
   }
   cp_async_commit();
+  if (rope) {  // rotate K while the first Q/dO tile is still on its way (the loop syncs before use)
+    RopeRegs<D, BN, NT> k_rope;
+    k_rope.fetch(n0, p.nk, p.rope);
+    cp_async_wait<1>();
+    __syncthreads();
+    k_rope.apply(sK);
+  }
+  const bool active = n0 + warp * 16 < p.nk;  // a warp with no keys only helps load and rotate
 
   float acc_dk[D / 8][4] = {}, acc_dv[D / 8][4] = {};
   const int key_lo = n0 + warp * 16 + lane / 4;  // keys key_lo and key_lo + 8
@@ -157,19 +182,35 @@ __global__ void __launch_bounds__(32 * W) flash_bwd_dkdv_kernel(const BwdParams 
     const T *q_unused, *do_unused;
     int h, m0;
     item_ptrs(it, q_unused, do_unused, h, m0);
-    if (p.rope.cos != nullptr) {  // 2D RoPE: rotate K once and each Q tile, in shared memory
-      if (it == 0) rope_rows_smem<T, D, BN, NT>(sK, n0, p.nk, p.rope);
-      rope_rows_smem<T, D, BM, NT>(sQ + stage * BM * D, m0, p.nq, p.rope);
+    if (rope) {  // 2D RoPE: rotate K once and each Q tile, in shared memory
+      QRope::apply(sQ + stage * BM * D, sCS, m0, p.nq, p.rope);
       __syncthreads();
+      if (it + 1 < items) {  // the stage is free again: the next Q tile's cos / sin
+        const T *q_next, *do_next;
+        int h_next, m_next;
+        item_ptrs(it + 1, q_next, do_next, h_next, m_next);
+        QRope::load_async(sCS, m_next, p.nq, p.rope);
+        cp_async_commit();
+      }
+    }
+    if (!active) {
+      __syncthreads();
+      continue;
     }
     const T* tQ = sQ + stage * BM * D;
     const T* tDO = sDO + stage * BM * D;
     const int64_t row_base = (static_cast<int64_t>(b) * p.hq + h) * p.nq;
+    const int qv = min(BM, p.nq - m0);  // query rows of this tile
 
     // P^T (16 keys x BM queries) = exp2(S^T * scale_log2 - lse_log2), masked.
     float pt[BM / 8][4] = {}, dpt[BM / 8][4] = {};
-    mma_a_bt<T, D, BM>(pt, sK, warp * 16, tQ);    // S^T = K Q^T
-    mma_a_bt<T, D, BM>(dpt, sV, warp * 16, tDO);  // dP^T = V dO^T
+    if (qv == BM) {
+      mma_a_bt<T, D, BM>(pt, sK, warp * 16, tQ);    // S^T = K Q^T
+      mma_a_bt<T, D, BM>(dpt, sV, warp * 16, tDO);  // dP^T = V dO^T
+    } else {
+      mma_a_bt<T, D, BM>(pt, sK, warp * 16, tQ, qv);
+      mma_a_bt<T, D, BM>(dpt, sV, warp * 16, tDO, qv);
+    }
 #pragma unroll
     for (int t = 0; t < BM / 8; ++t) {
 #pragma unroll
@@ -185,13 +226,18 @@ __global__ void __launch_bounds__(32 * W) flash_bwd_dkdv_kernel(const BwdParams 
         dpt[t][e] = pv * (dpt[t][e] - dl);  // dS^T
       }
     }
-    mma_acc_b<T, D, BM>(acc_dv, pt, tDO);  // dV += P^T dO
-    mma_acc_b<T, D, BM>(acc_dk, dpt, tQ);  // dK += dS^T Q
+    if (qv == BM) {
+      mma_acc_b<T, D, BM>(acc_dv, pt, tDO);  // dV += P^T dO
+      mma_acc_b<T, D, BM>(acc_dk, dpt, tQ);  // dK += dS^T Q
+    } else {
+      mma_acc_b<T, D, BM>(acc_dv, pt, tDO, qv);
+      mma_acc_b<T, D, BM>(acc_dk, dpt, tQ, qv);
+    }
     __syncthreads();
   }
   T* dk = static_cast<T*>(p.dk) + b * p.dk_sb + hk * p.dk_sh;
   T* dv = static_cast<T*>(p.dv) + b * p.dk_sb + hk * p.dk_sh;
-  if (p.rope.cos != nullptr) rope_acc_inverse<D>(acc_dk, key_lo, p.nk, p.rope);
+  if (rope) rope_acc_inverse<D>(acc_dk, key_lo, p.nk, p.rope);
   store_rows<T, D>(dk, p.dk_sn, n0 + warp * 16, p.nk, acc_dk, p.scale);
   store_rows<T, D>(dv, p.dk_sn, n0 + warp * 16, p.nk, acc_dv, 1.f);
 }
@@ -204,6 +250,9 @@ __global__ void __launch_bounds__(32 * W) flash_bwd_dq_kernel(const BwdParams p)
   T* sDO = sQ + BM * D;
   T* sK = sDO + BM * D;      // two stages
   T* sV = sK + 2 * BN * D;   // two stages
+  float* sCS = reinterpret_cast<float*>(sV + 2 * BN * D);  // RoPE only
+  using KRope = RopeStage<D, BN, NT>;
+  const bool rope = p.rope.cos != nullptr;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const QueryBlock blk = query_block<BM, kCausal>(p.nq, p.hq, p.hkv);
@@ -216,10 +265,20 @@ __global__ void __launch_bounds__(32 * W) flash_bwd_dq_kernel(const BwdParams p)
   const int n_tiles = (n_end + BN - 1) / BN;
 
   load_rows_async<T, D, BM, NT>(sQ, q, p.q_sn, m0, p.nq);
+  cp_async_commit();
   load_rows_async<T, D, BM, NT>(sDO, dout, p.do_sn, m0, p.nq);
   load_rows_async<T, D, BN, NT>(sK, k, p.k_sn, 0, p.nk);
   load_rows_async<T, D, BN, NT>(sV, v, p.v_sn, 0, p.nk);
+  if (rope) KRope::load_async(sCS, 0, p.nk, p.rope);
   cp_async_commit();
+  if (rope) {  // rotate Q while the first K/V tile is still on its way (the loop syncs before use)
+    RopeRegs<D, BM, NT> q_rope;
+    q_rope.fetch(m0, p.nq, p.rope);
+    cp_async_wait<1>();
+    __syncthreads();
+    q_rope.apply(sQ);
+  }
+  const bool active = m0 + warp * 16 < p.nq;  // a warp with no rows only helps load and rotate
 
   const int row_lo = m0 + warp * 16 + lane / 4;
   const int64_t row_base = static_cast<int64_t>(bh) * p.nq;
@@ -242,17 +301,29 @@ __global__ void __launch_bounds__(32 * W) flash_bwd_dq_kernel(const BwdParams p)
       cp_async_wait<0>();
     }
     __syncthreads();
-    if (p.rope.cos != nullptr) {  // 2D RoPE: rotate Q once and each K tile, in shared memory
-      if (j == 0) rope_rows_smem<T, D, BM, NT>(sQ, m0, p.nq, p.rope);
-      rope_rows_smem<T, D, BN, NT>(sK + stage * BN * D, j * BN, p.nk, p.rope);
+    if (rope) {  // 2D RoPE: rotate Q once and each K tile, in shared memory
+      KRope::apply(sK + stage * BN * D, sCS, j * BN, p.nk, p.rope);
       __syncthreads();
+      if (j + 1 < n_tiles) {  // the stage is free again: the next K tile's cos / sin
+        KRope::load_async(sCS, (j + 1) * BN, p.nk, p.rope);
+        cp_async_commit();
+      }
+    }
+    if (!active) {
+      __syncthreads();
+      continue;
     }
     const T* tK = sK + stage * BN * D;
     const T* tV = sV + stage * BN * D;
+    const int n0 = j * BN, kv = min(BN, p.nk - n0);  // keys of this tile
     float s[BN / 8][4] = {}, dp[BN / 8][4] = {};
-    mma_a_bt<T, D, BN>(s, sQ, warp * 16, tK);    // S = Q K^T
-    mma_a_bt<T, D, BN>(dp, sDO, warp * 16, tV);  // dP = dO V^T
-    const int n0 = j * BN;
+    if (kv == BN) {
+      mma_a_bt<T, D, BN>(s, sQ, warp * 16, tK);    // S = Q K^T
+      mma_a_bt<T, D, BN>(dp, sDO, warp * 16, tV);  // dP = dO V^T
+    } else {
+      mma_a_bt<T, D, BN>(s, sQ, warp * 16, tK, kv);
+      mma_a_bt<T, D, BN>(dp, sDO, warp * 16, tV, kv);
+    }
 #pragma unroll
     for (int t = 0; t < BN / 8; ++t) {
 #pragma unroll
@@ -264,11 +335,15 @@ __global__ void __launch_bounds__(32 * W) flash_bwd_dq_kernel(const BwdParams p)
         s[t][e] = pv * (dp[t][e] - dl[e >> 1]);  // dS
       }
     }
-    mma_acc_b<T, D, BN>(acc_dq, s, tK);  // dQ += dS K
+    if (kv == BN) {
+      mma_acc_b<T, D, BN>(acc_dq, s, tK);  // dQ += dS K
+    } else {
+      mma_acc_b<T, D, BN>(acc_dq, s, tK, kv);
+    }
     __syncthreads();
   }
   T* dq = static_cast<T*>(p.dq) + b * p.dq_sb + h * p.dq_sh;
-  if (p.rope.cos != nullptr) rope_acc_inverse<D>(acc_dq, row_lo, p.nq, p.rope);
+  if (rope) rope_acc_inverse<D>(acc_dq, row_lo, p.nq, p.rope);
   store_rows<T, D>(dq, p.dq_sn, m0 + warp * 16, p.nq, acc_dq, p.scale);
 }
 
@@ -278,13 +353,14 @@ cudaError_t launch_flash_bwd_impl(const BwdParams& p, cudaStream_t stream) {
   const int warps = kBwdThreads / 32;
   flash_bwd_preprocess_kernel<T, D>
       <<<static_cast<unsigned>((rows + warps - 1) / warps), kBwdThreads, 0, stream>>>(p);
-  constexpr int smem_kv = dkdv_smem_bytes<D, KW>(), smem_q = dq_smem_bytes<D, QW>();
+  const bool rope = p.rope.cos != nullptr;
+  const int smem_kv = dkdv_smem_bytes<D, KW>(rope), smem_q = dq_smem_bytes<D, QW>(rope);
   cudaFuncSetAttribute(flash_bwd_dkdv_kernel<T, D, kCausal, KW>,
-                       cudaFuncAttributeMaxDynamicSharedMemorySize, smem_kv);
+                       cudaFuncAttributeMaxDynamicSharedMemorySize, dkdv_smem_bytes<D, KW>(true));
   const unsigned grid_kv = static_cast<unsigned>((p.nk + 16 * KW - 1) / (16 * KW)) * p.b * p.hkv;
   flash_bwd_dkdv_kernel<T, D, kCausal, KW><<<grid_kv, 32 * KW, smem_kv, stream>>>(p);
   cudaFuncSetAttribute(flash_bwd_dq_kernel<T, D, kCausal, QW>,
-                       cudaFuncAttributeMaxDynamicSharedMemorySize, smem_q);
+                       cudaFuncAttributeMaxDynamicSharedMemorySize, dq_smem_bytes<D, QW>(true));
   const unsigned grid_q = static_cast<unsigned>((p.nq + 16 * QW - 1) / (16 * QW)) * p.b * p.hq;
   flash_bwd_dq_kernel<T, D, kCausal, QW><<<grid_q, 32 * QW, smem_q, stream>>>(p);
   return cudaGetLastError();

@@ -152,22 +152,110 @@ __device__ __forceinline__ void load_rows_async(T* tile, const T* g, int64_t str
   }
 }
 
-// 2D RoPE of tile rows in shared memory, in place: tile row r holds token row0 + r of a sequence
-// of n_rows; every thread of the block takes pairs (2i, 2i + 1) in turn. The caller syncs before
-// (the tile has landed) and after (others read it).
-template <typename T, int D, int ROWS, int THREADS>
-__device__ __forceinline__ void rope_rows_smem(T* tile, int row0, int n_rows, const RopeParams& r) {
-  constexpr int kPairs = D / 2;
-  for (int idx = threadIdx.x; idx < ROWS * kPairs; idx += THREADS) {
-    const int row = idx / kPairs, i = idx % kPairs;
-    const int pos = row0 + row - r.prefix;
-    if (pos < 0 || pos >= r.n_pos || row0 + row >= n_rows) continue;
-    T* e = tile + swizzle<D>(row, (2 * i) & ~7) + ((2 * i) & 7);
-    const float x0 = to_f32(e[0]), x1 = to_f32(e[1]);
-    const float c = r.cos[pos * kPairs + i], s = r.sin[pos * kPairs + i];
-    *reinterpret_cast<uint32_t*>(e) = pack2<T>(x0 * c - x1 * s, x1 * c + x0 * s);
+// 2D RoPE of a swizzled [ROWS][D] tile in shared memory, in place. Tile row r holds token
+// row0 + r of a sequence of n_rows; token t turns by table row t - prefix when that lies in
+// [0, n_pos), and is left alone otherwise (prefix tokens, padding). Each thread owns the same
+// 16-byte chunks (four channel pairs) as in load_rows_async: chunk `lane_chunk` of rows
+// r0 + i * kPass. Its cos / sin come either from registers fetched ahead (RopeRegs, for a tile
+// rotated once per block) or from a per-thread shared-memory stage filled by cp.async (RopeStage,
+// for the tiles a block streams), so the rotation itself never waits on global memory.
+template <int D, int ROWS, int THREADS>
+struct RopeChunks {
+  static constexpr int kChunks = D / 8, kPass = THREADS / kChunks, kPer = ROWS / kPass;
+  static_assert(THREADS % kChunks == 0 && ROWS % kPass == 0, "tile rows must split into passes");
+  static __device__ __forceinline__ int r0() { return threadIdx.x / kChunks; }
+  static __device__ __forceinline__ int chunk() { return threadIdx.x % kChunks; }
+  // Table row of tile row r0 + i * kPass, or -1 when that token is not rotated.
+  static __device__ __forceinline__ int pos(int i, int row0, int n_rows, const RopeParams& r) {
+    const int row = row0 + r0() + i * kPass, t = row - r.prefix;
+    return row < n_rows && t >= 0 && t < r.n_pos ? t : -1;
   }
+};
+
+template <typename T>
+__device__ __forceinline__ float2 unpack2(uint32_t x);
+template <>
+__device__ __forceinline__ float2 unpack2<__half>(uint32_t x) {
+  return __half22float2(*reinterpret_cast<__half2*>(&x));
 }
+template <>
+__device__ __forceinline__ float2 unpack2<__nv_bfloat16>(uint32_t x) {
+  return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&x));
+}
+
+// Four channel pairs (one 16-byte chunk) turned by cos c and sin s: (e, o) -> (e c - o s, o c + e s).
+template <typename T>
+__device__ __forceinline__ void rope_chunk(T* at, const float4& c, const float4& s) {
+  uint4 x = *reinterpret_cast<const uint4*>(at);
+  const float cc[4] = {c.x, c.y, c.z, c.w}, ss[4] = {s.x, s.y, s.z, s.w};
+  uint32_t w[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 eo = unpack2<T>(w[i]);
+    w[i] = pack2<T>(eo.x * cc[i] - eo.y * ss[i], eo.y * cc[i] + eo.x * ss[i]);
+  }
+  *reinterpret_cast<uint4*>(at) = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+template <typename T, int D>
+__device__ __forceinline__ T* rope_chunk_at(T* tile, int r, int chunk) {
+  return tile + swizzle<D>(r, chunk * 8);
+}
+
+// cos / sin of one thread's chunks, fetched into registers ahead of the tile landing; rows that
+// are not rotated get the identity (cos 1, sin 0).
+template <int D, int ROWS, int THREADS>
+struct RopeRegs {
+  using C = RopeChunks<D, ROWS, THREADS>;
+  float4 c[C::kPer], s[C::kPer];
+
+  __device__ __forceinline__ void fetch(int row0, int n_rows, const RopeParams& r) {
+#pragma unroll
+    for (int i = 0; i < C::kPer; ++i) {
+      const int t = C::pos(i, row0, n_rows, r);
+      const int off = t * (D / 2) + C::chunk() * 4;
+      c[i] = t >= 0 ? __ldg(reinterpret_cast<const float4*>(r.cos + off)) : make_float4(1, 1, 1, 1);
+      s[i] = t >= 0 ? __ldg(reinterpret_cast<const float4*>(r.sin + off)) : make_float4(0, 0, 0, 0);
+    }
+  }
+  template <typename T>
+  __device__ __forceinline__ void apply(T* tile) const {
+#pragma unroll
+    for (int i = 0; i < C::kPer; ++i) rope_chunk(rope_chunk_at<T, D>(tile, C::r0() + i * C::kPass, C::chunk()), c[i], s[i]);
+  }
+};
+
+// A per-thread shared-memory stage of cos / sin for a streamed tile: thread t's chunk i sits at
+// float4 index i * THREADS + t (cos) and kPer * THREADS + i * THREADS + t (sin), conflict-free.
+// Only the thread that loads an entry reads it, so cp.async_wait alone makes it visible.
+template <int D, int ROWS, int THREADS>
+struct RopeStage {
+  using C = RopeChunks<D, ROWS, THREADS>;
+  static constexpr int kBytes = 2 * C::kPer * THREADS * 16;
+
+  static __device__ __forceinline__ void load_async(float* stage, int row0, int n_rows,
+                                                    const RopeParams& r) {
+    const uint32_t dst = smem_addr(stage) + threadIdx.x * 16;
+#pragma unroll
+    for (int i = 0; i < C::kPer; ++i) {
+      const int t = C::pos(i, row0, n_rows, r);
+      const int off = max(t, 0) * (D / 2) + C::chunk() * 4;
+      cp_async_16(dst + i * THREADS * 16, r.cos + off, t >= 0);
+      cp_async_16(dst + (C::kPer + i) * THREADS * 16, r.sin + off, t >= 0);
+    }
+  }
+  template <typename T>
+  static __device__ __forceinline__ void apply(T* tile, const float* stage, int row0, int n_rows,
+                                               const RopeParams& r) {
+    const float4* st = reinterpret_cast<const float4*>(stage) + threadIdx.x;
+#pragma unroll
+    for (int i = 0; i < C::kPer; ++i) {
+      if (C::pos(i, row0, n_rows, r) < 0) continue;
+      rope_chunk(rope_chunk_at<T, D>(tile, C::r0() + i * C::kPass, C::chunk()), st[i * THREADS],
+                 st[(C::kPer + i) * THREADS]);
+    }
+  }
+};
 
 // Turn a warp's 16 x D fp32 accumulator (rows row_lo and row_lo + 8 of this lane, mma C layout:
 // acc[t][2i], acc[t][2i + 1] are the pair t * 4 + lane % 4) back by the inverse rotation: the
@@ -192,13 +280,16 @@ __device__ __forceinline__ void rope_acc_inverse(float (&acc)[D / 8][4], int row
 }
 
 // acc (16 x D) += X (16 x K, fp32 accumulators) * tile, tile being (K, D) row-major in shared memory.
+// Only the first k_valid rows of the tile count (steps of 16 past them are skipped: X is zero
+// there); pass K for a full tile so the test folds away.
 template <typename T, int D, int K>
 __device__ __forceinline__ void mma_acc_b(float (&acc)[D / 8][4], const float (&x)[K / 8][4],
-                                          const T* tile) {
+                                          const T* tile, int k_valid = K) {
   const int lane = threadIdx.x % 32;
   const LdsmRows rows = ldsm_rows<D>(tile, ((lane / 8) % 2) * 8 + lane % 8, lane / 16);
 #pragma unroll
   for (int kk = 0; kk < K / 16; ++kk) {
+    if (kk * 16 >= k_valid) break;
     const uint32_t a[4] = {pack2<T>(x[2 * kk][0], x[2 * kk][1]),
                            pack2<T>(x[2 * kk][2], x[2 * kk][3]),
                            pack2<T>(x[2 * kk + 1][0], x[2 * kk + 1][1]),

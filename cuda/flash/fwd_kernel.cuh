@@ -6,7 +6,10 @@
 // next tile loads while this one is used. Per tile and warp: S = Q K^T (16 x 64) in registers,
 // masking (key tail, causal), online softmax in fp32 with exp2, then O += P V with P reused from
 // the S accumulators as the A operand. Causal: tiles above the diagonal are never loaded.
-// With 2D RoPE (p.rope), the Q tile and each K tile are rotated in shared memory once landed.
+// With 2D RoPE (p.rope), the Q tile and each K tile are rotated in shared memory once landed;
+// their cos / sin are fetched ahead (Q: registers; K: a cp.async stage), so the rotation does not
+// wait on memory. Short sequences: warps whose 16 rows lie past Nq skip the math, and the last key
+// tile runs only the 16-key steps that hold keys.
 #pragma once
 
 #include <cmath>
@@ -26,9 +29,30 @@ struct FwdConfig {
   static constexpr int kMinBlocks = 1;
 };
 
+// Q + two stages of K and V (16-bit elements), and with RoPE the cos / sin stage of a K tile.
 template <int D, int W>
-constexpr int fwd_smem_bytes() {
-  return (16 * W + 4 * kFwdBlockN) * D * 2;  // Q + two stages of K and V, 16-bit elements
+constexpr int fwd_smem_bytes(bool rope) {
+  return (16 * W + 4 * kFwdBlockN) * D * 2 + (rope ? RopeStage<D, kFwdBlockN, 32 * W>::kBytes : 0);
+}
+
+// S (16 x BN) = Q K^T for a warp's 16 query rows: q_frag holds them, tK the key tile; only the
+// 16-key steps below kv run (the rest of S stays zero and is masked by the caller).
+template <typename T, int D, int BN>
+__device__ __forceinline__ void qk_scores(float (&s)[BN / 8][4], const uint32_t (&q_frag)[D / 16][4],
+                                          const T* tK, int kv) {
+  const int lane = threadIdx.x % 32;
+  const LdsmRows k_rows = ldsm_rows<D>(tK, (lane / 16) * 8 + lane % 8, (lane / 8) % 2);
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+    for (int np = 0; np < BN / 16; ++np) {
+      if (np * 16 >= kv) break;
+      uint32_t kf[4];
+      ldmatrix_x4(ldsm_at<D>(k_rows, np * 16, kk), kf);
+      mma_16816<T>(s[2 * np], q_frag[kk], kf[0], kf[1]);
+      mma_16816<T>(s[2 * np + 1], q_frag[kk], kf[2], kf[3]);
+    }
+  }
 }
 
 template <typename T, int D, bool kCausal, int W, int MB>
@@ -39,6 +63,9 @@ __global__ void __launch_bounds__(32 * W, MB) flash_fwd_kernel(const FwdParams p
   T* sQ = reinterpret_cast<T*>(smem);
   T* sK = sQ + BM * D;
   T* sV = sK + 2 * BN * D;
+  float* sCS = reinterpret_cast<float*>(sV + 2 * BN * D);  // RoPE only
+  using KRope = RopeStage<D, BN, NT>;
+  const bool rope = p.rope.cos != nullptr;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const QueryBlock blk = query_block<BM, kCausal>(p.nq, p.hq, p.hkv);
@@ -50,9 +77,19 @@ __global__ void __launch_bounds__(32 * W, MB) flash_fwd_kernel(const FwdParams p
   const int n_tiles = (n_end + BN - 1) / BN;
 
   load_rows_async<T, D, BM, NT>(sQ, q, p.q_sn, m0, p.nq);
+  cp_async_commit();
   load_rows_async<T, D, BN, NT>(sK, k, p.k_sn, 0, p.nk);
   load_rows_async<T, D, BN, NT>(sV, v, p.v_sn, 0, p.nk);
+  if (rope) KRope::load_async(sCS, 0, p.nk, p.rope);
   cp_async_commit();
+  if (rope) {  // rotate Q while the first K/V tile is still on its way (the loop syncs before use)
+    RopeRegs<D, BM, NT> q_rope;
+    q_rope.fetch(m0, p.nq, p.rope);
+    cp_async_wait<1>();
+    __syncthreads();
+    q_rope.apply(sQ);
+  }
+  const bool active = m0 + warp * 16 < p.nq;  // a warp with no rows only helps load and rotate
 
   float acc_o[D / 8][4] = {};
   float row_max[2] = {-INFINITY, -INFINITY};  // log2 units; rows lane/4 and lane/4 + 8
@@ -71,10 +108,17 @@ __global__ void __launch_bounds__(32 * W, MB) flash_fwd_kernel(const FwdParams p
       cp_async_wait<0>();
     }
     __syncthreads();
-    if (p.rope.cos != nullptr) {  // 2D RoPE: rotate the tiles in place before any warp reads them
-      if (j == 0) rope_rows_smem<T, D, BM, NT>(sQ, m0, p.nq, p.rope);
-      rope_rows_smem<T, D, BN, NT>(sK + stage * BN * D, j * BN, p.nk, p.rope);
+    if (rope) {  // 2D RoPE: rotate the tiles in place before any warp reads them
+      KRope::apply(sK + stage * BN * D, sCS, j * BN, p.nk, p.rope);
       __syncthreads();
+      if (j + 1 < n_tiles) {  // the stage is free again: the next K tile's cos / sin
+        KRope::load_async(sCS, (j + 1) * BN, p.nk, p.rope);
+        cp_async_commit();
+      }
+    }
+    if (!active) {
+      __syncthreads();
+      continue;
     }
     if (j == 0) {
 #pragma unroll
@@ -86,23 +130,17 @@ __global__ void __launch_bounds__(32 * W, MB) flash_fwd_kernel(const FwdParams p
     const T* tK = sK + stage * BN * D;
     const T* tV = sV + stage * BN * D;
 
-    // S = Q K^T for this warp's 16 rows and the tile's 64 keys.
+    // S = Q K^T for this warp's 16 rows and the tile's keys (a full tile without tests).
+    const int n0 = j * BN, kv = min(BN, p.nk - n0);
     float s[BN / 8][4] = {};
-    const LdsmRows k_rows = ldsm_rows<D>(tK, (lane / 16) * 8 + lane % 8, (lane / 8) % 2);
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-#pragma unroll
-      for (int np = 0; np < BN / 16; ++np) {
-        uint32_t kf[4];
-        ldmatrix_x4(ldsm_at<D>(k_rows, np * 16, kk), kf);
-        mma_16816<T>(s[2 * np], q_frag[kk], kf[0], kf[1]);
-        mma_16816<T>(s[2 * np + 1], q_frag[kk], kf[2], kf[3]);
-      }
+    if (kv == BN) {
+      qk_scores<T, D, BN>(s, q_frag, tK, BN);
+    } else {
+      qk_scores<T, D, BN>(s, q_frag, tK, kv);
     }
 
     // Mask the key tail and, with causal, keys after the row (raw scores; the scale is applied
     // inside the exponent's FFMA below).
-    const int n0 = j * BN;
     if (n0 + BN > p.nk || (kCausal && n0 + BN - 1 > m0)) {
 #pragma unroll
       for (int t = 0; t < BN / 8; ++t) {
@@ -143,7 +181,11 @@ __global__ void __launch_bounds__(32 * W, MB) flash_fwd_kernel(const FwdParams p
       }
     }
 
-    mma_acc_b<T, D, BN>(acc_o, s, tV);  // O += P V, P taken from the S accumulators
+    if (kv == BN) {  // O += P V, P taken from the S accumulators
+      mma_acc_b<T, D, BN>(acc_o, s, tV);
+    } else {
+      mma_acc_b<T, D, BN>(acc_o, s, tV, kv);
+    }
     __syncthreads();  // this stage is refilled two tiles from now
   }
 
@@ -171,16 +213,17 @@ __global__ void __launch_bounds__(32 * W, MB) flash_fwd_kernel(const FwdParams p
 // Launch with W warps per block on `stream`; requires nq, nk >= 1 and hq % hkv == 0.
 template <typename T, int D, int W, int MB>
 cudaError_t launch_flash_fwd_cfg(const FwdParams& p, bool causal, cudaStream_t stream) {
-  constexpr int smem = fwd_smem_bytes<D, W>();
+  constexpr int smem_max = fwd_smem_bytes<D, W>(true);
+  const int smem = fwd_smem_bytes<D, W>(p.rope.cos != nullptr);
   const int num_m = (p.nq + 16 * W - 1) / (16 * W);
   const dim3 grid(static_cast<unsigned>(num_m) * p.b * p.hq);
   if (causal) {
     cudaFuncSetAttribute(flash_fwd_kernel<T, D, true, W, MB>,
-                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max);
     flash_fwd_kernel<T, D, true, W, MB><<<grid, 32 * W, smem, stream>>>(p);
   } else {
     cudaFuncSetAttribute(flash_fwd_kernel<T, D, false, W, MB>,
-                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max);
     flash_fwd_kernel<T, D, false, W, MB><<<grid, 32 * W, smem, stream>>>(p);
   }
   return cudaGetLastError();
