@@ -28,10 +28,18 @@ def _rope_args(ext, q: torch.Tensor, k: torch.Tensor, rope: Rope | None, what: s
     return cos, sin, int(prefix)
 
 
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """t, or a contiguous copy when its rows do not start on 16-byte boundaries (the kernels move
+    rows 16 bytes at a time)."""
+    ok = t.data_ptr() % 16 == 0 and all(s % 8 == 0 for s in t.stride()[:-1])
+    return t if ok else t.contiguous()
+
+
 def fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
         rope: Rope | None = None):
     """Forward: (out, lse); ``ValueError`` naming the argument for inputs the kernels refuse."""
     ext = loader.load()
+    q, k, v = (_aligned(t) for t in (q, k, v))
     why = ext.fwd_problem(q, k, v, float(scale))
     if why:
         raise ValueError(f"cuda fwd: {why}")
@@ -43,6 +51,7 @@ def bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         rope: Rope | None = None):
     """Backward: (dq, dk, dv); ``ValueError`` naming the argument for inputs the kernels refuse."""
     ext = loader.load()
+    dout, q, k, v, out = (_aligned(t) for t in (dout, q, k, v, out))
     why = ext.bwd_problem(dout, q, k, v, out, lse, float(scale))
     if why:
         raise ValueError(f"cuda bwd: {why}")

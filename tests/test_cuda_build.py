@@ -76,6 +76,28 @@ def test_cuda_backward_matches_reference(ext, case) -> None:
         assert_close(f"cuda {name}", x, ref, base, "grad", dtype)
 
 
+@pytest.mark.skipif(not ON_GPU, reason="running the CUDA kernels needs a CUDA GPU")
+def test_cuda_unaligned_views(ext) -> None:
+    """Views whose rows miss 16-byte boundaries (odd storage offset, odd row stride) still work:
+    fwd and bwd against the reference, dout included."""
+    b, h, n, d, dtype = 2, 2, 197, 64, torch.bfloat16
+    g = torch.Generator(device="cuda").manual_seed(11)
+
+    def odd(rows_pad: int, offset: int) -> torch.Tensor:
+        flat = torch.randn(b * h * n * (d + rows_pad) + offset, generator=g, device="cuda")
+        return flat.to(dtype)[offset:].view(b, h, n, d + rows_pad)[..., :d]
+
+    q, k, v, dout = odd(0, 3), odd(2, 0), odd(1, 5), odd(0, 1)
+    assert q.data_ptr() % 16 and k.stride(2) % 8 and dout.data_ptr() % 16
+    out, lse = flash.fwd(q, k, v, False, d**-0.5)
+    dq, dk, dv = flash.bwd(dout, q, k, v, out, lse, False, d**-0.5)
+    truth, baseline = run_reference(q, k, v, False, dout)
+    for name, x, ref, base in zip(("out", "dq", "dk", "dv"), (out, dq, dk, dv), truth[:1] + truth[2:],
+                                  baseline[:1] + baseline[2:]):
+        assert_close(f"cuda unaligned {name}", x, ref, base, "out" if name == "out" else "grad",
+                     dtype)
+
+
 @pytest.mark.skipif(not ON_GPU, reason="the argument checks run on CUDA tensors")
 def test_cuda_checks_arguments(ext) -> None:
     """Bad arguments raise ValueError naming them, before any launch."""

@@ -1,6 +1,6 @@
 // FlashAttention-2 backward on tensor cores, in three kernels and without atomics:
 //
-// 1. preprocess: delta = rowsum(dO * O), one warp per query row;
+// 1. preprocess: delta = rowsum(dO * O), D / 8 threads per query row (16 bytes each);
 // 2. dK/dV: a block keeps 16 W keys of K and V in shared memory (16 per warp) and loops over every
 //    query head of its GQA group and their query tiles, rebuilding P^T = exp(S^T - lse) and
 //    accumulating dV += P^T dO and dK += dS^T Q with dS^T = P^T * (V dO^T - delta);
@@ -20,7 +20,7 @@
 
 namespace flashduo {
 
-constexpr int kBwdThreads = 128;  // the delta pass: one warp per query row
+constexpr int kBwdThreads = 128;  // the delta pass
 constexpr int kDqKeys = 64;       // keys per step of the dQ loop
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -37,10 +37,11 @@ struct BwdConfig {
 template <int D>
 __host__ __device__ constexpr int dkdv_query_tile() { return D <= 64 ? 64 : 32; }
 
-// K, V + two stages of Q and dO (16-bit), and with RoPE the cos / sin stage of a Q tile.
+// K, V + two stages of Q and dO (16-bit) and of the tile's lse and delta (fp32), and with RoPE
+// the cos / sin stage of a Q tile.
 template <int D, int W>
 constexpr int dkdv_smem_bytes(bool rope) {
-  return (2 * 16 * W + 4 * dkdv_query_tile<D>()) * D * 2 +
+  return (2 * 16 * W + 4 * dkdv_query_tile<D>()) * D * 2 + 2 * 2 * dkdv_query_tile<D>() * 4 +
          (rope ? RopeStage<D, dkdv_query_tile<D>(), 32 * W>::kBytes : 0);
 }
 // Q, dO + two stages of K and V (16-bit), and with RoPE the cos / sin stage of a K tile.
@@ -90,33 +91,48 @@ __device__ __forceinline__ void store_rows(T* g, int64_t stride, int row0, int n
   }
 }
 
+// Threads per query row in the delta pass: each reads 16 bytes of O and of dO.
+template <int D>
+__host__ __device__ constexpr int delta_threads_per_row() { return D / 8; }
+
 template <typename T, int D>
 __global__ void __launch_bounds__(kBwdThreads) flash_bwd_preprocess_kernel(const BwdParams p) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kBwdThreads / 32) + warp;
+  constexpr int kPer = delta_threads_per_row<D>(), kRows = kBwdThreads / kPer;
+  static_assert(32 % kPer == 0, "a row's threads must sit in one warp");
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRows + threadIdx.x / kPer;
   const int64_t rows = static_cast<int64_t>(p.b) * p.hq * p.nq;
-  if (row >= rows) return;
-  const int i = static_cast<int>(row % p.nq);
-  const int64_t bh = row / p.nq;
-  const int b = static_cast<int>(bh / p.hq), h = static_cast<int>(bh % p.hq);
-  const T* o = static_cast<const T*>(p.o) + b * p.o_sb + h * p.o_sh + i * p.o_sn;
-  const T* d = static_cast<const T*>(p.dout) + b * p.do_sb + h * p.do_sh + i * p.do_sn;
+  const int c = (threadIdx.x % kPer) * 8;
   float sum = 0.f;
-  for (int c = lane; c < D; c += 32) sum += to_f32(o[c]) * to_f32(d[c]);
+  if (row < rows) {
+    const int i = static_cast<int>(row % p.nq);
+    const int64_t bh = row / p.nq;
+    const int b = static_cast<int>(bh / p.hq), h = static_cast<int>(bh % p.hq);
+    const uint4 o = *reinterpret_cast<const uint4*>(static_cast<const T*>(p.o) + b * p.o_sb +
+                                                    h * p.o_sh + i * p.o_sn + c);
+    const uint4 d = *reinterpret_cast<const uint4*>(static_cast<const T*>(p.dout) + b * p.do_sb +
+                                                    h * p.do_sh + i * p.do_sn + c);
+    const uint32_t ow[4] = {o.x, o.y, o.z, o.w}, dw[4] = {d.x, d.y, d.z, d.w};
 #pragma unroll
-  for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffff, sum, off);
-  if (lane == 0) p.delta[row] = sum;
+    for (int j = 0; j < 4; ++j) {
+      const float2 x = unpack2<T>(ow[j]), y = unpack2<T>(dw[j]);
+      sum += x.x * y.x + x.y * y.y;
+    }
+  }
+#pragma unroll
+  for (int off = kPer / 2; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffff, sum, off);
+  if (row < rows && threadIdx.x % kPer == 0) p.delta[row] = sum;
 }
 
 template <typename T, int D, bool kCausal, int W>
-__global__ void __launch_bounds__(32 * W) flash_bwd_dkdv_kernel(const BwdParams p) {
+__global__ void __launch_bounds__(32 * W, D <= 64 && W <= 4 ? 3 : 1) flash_bwd_dkdv_kernel(const BwdParams p) {
   constexpr int BN = 16 * W, BM = dkdv_query_tile<D>(), NT = 32 * W;
   extern __shared__ __align__(128) unsigned char smem[];
   T* sK = reinterpret_cast<T*>(smem);
   T* sV = sK + BN * D;
   T* sQ = sV + BN * D;    // two stages
   T* sDO = sQ + 2 * BM * D;  // two stages
-  float* sCS = reinterpret_cast<float*>(sDO + 2 * BM * D);  // RoPE only
+  float* sStat = reinterpret_cast<float*>(sDO + 2 * BM * D);  // two stages of [lse; delta]
+  float* sCS = sStat + 2 * 2 * BM;                            // RoPE only
   using QRope = RopeStage<D, BM, NT>;
   const bool rope = p.rope.cos != nullptr;
 
@@ -141,6 +157,16 @@ __global__ void __launch_bounds__(32 * W) flash_bwd_dkdv_kernel(const BwdParams 
     q = static_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
     dout = static_cast<const T*>(p.dout) + b * p.do_sb + h * p.do_sh;
   };
+  // The tile's lse and delta into stage `st`: rows past Nq become zeros (they are masked).
+  auto load_stats = [&](int st, int h, int m0) {
+    const int64_t base = (static_cast<int64_t>(b) * p.hq + h) * p.nq + m0;
+    for (int idx = threadIdx.x; idx < 2 * BM; idx += NT) {
+      const int r = idx % BM;
+      const float* src = (idx < BM ? p.lse : p.delta) + base + r;
+      cp_async_4(smem_addr(sStat + st * 2 * BM + idx), m0 + r < p.nq ? src : p.lse,
+                 m0 + r < p.nq);
+    }
+  };
 
   load_rows_async<T, D, BN, NT>(sK, k, p.k_sn, n0, p.nk);
   cp_async_commit();
@@ -151,6 +177,7 @@ __global__ void __launch_bounds__(32 * W) flash_bwd_dkdv_kernel(const BwdParams 
     item_ptrs(0, q, dout, h, m0);
     load_rows_async<T, D, BM, NT>(sQ, q, p.q_sn, m0, p.nq);
     load_rows_async<T, D, BM, NT>(sDO, dout, p.do_sn, m0, p.nq);
+    load_stats(0, h, m0);
     if (rope) QRope::load_async(sCS, m0, p.nq, p.rope);
   }
   cp_async_commit();
@@ -173,6 +200,7 @@ __global__ void __launch_bounds__(32 * W) flash_bwd_dkdv_kernel(const BwdParams 
       item_ptrs(it + 1, q, dout, h, m0);
       load_rows_async<T, D, BM, NT>(sQ + (stage ^ 1) * BM * D, q, p.q_sn, m0, p.nq);
       load_rows_async<T, D, BM, NT>(sDO + (stage ^ 1) * BM * D, dout, p.do_sn, m0, p.nq);
+      load_stats(stage ^ 1, h, m0);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -199,8 +227,8 @@ __global__ void __launch_bounds__(32 * W) flash_bwd_dkdv_kernel(const BwdParams 
     }
     const T* tQ = sQ + stage * BM * D;
     const T* tDO = sDO + stage * BM * D;
-    const int64_t row_base = (static_cast<int64_t>(b) * p.hq + h) * p.nq;
-    const int qv = min(BM, p.nq - m0);  // query rows of this tile
+    const float* tL = sStat + stage * 2 * BM;  // lse; delta follows at + BM
+    const int qv = min(BM, p.nq - m0);        // query rows of this tile
 
     // P^T (16 keys x BM queries) = exp2(S^T * scale_log2 - lse_log2), masked.
     float pt[BM / 8][4] = {}, dpt[BM / 8][4] = {};
@@ -215,12 +243,12 @@ __global__ void __launch_bounds__(32 * W) flash_bwd_dkdv_kernel(const BwdParams 
     for (int t = 0; t < BM / 8; ++t) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int qi = m0 + t * 8 + (lane % 4) * 2 + (e & 1);
+        const int r = t * 8 + (lane % 4) * 2 + (e & 1), qi = m0 + r;
         const int kj = key_lo + (e >> 1) * 8;
         float pv = 0.f, dl = 0.f;
         if (qi < p.nq && (!kCausal || qi >= kj)) {
-          pv = exp2f(pt[t][e] * p.scale_log2 - p.lse[row_base + qi] * kLog2e);
-          dl = p.delta[row_base + qi];
+          pv = exp2f(pt[t][e] * p.scale_log2 - tL[r] * kLog2e);
+          dl = tL[BM + r];
         }
         pt[t][e] = pv;
         dpt[t][e] = pv * (dpt[t][e] - dl);  // dS^T
@@ -350,9 +378,9 @@ __global__ void __launch_bounds__(32 * W) flash_bwd_dq_kernel(const BwdParams p)
 template <typename T, int D, bool kCausal, int KW, int QW>
 cudaError_t launch_flash_bwd_impl(const BwdParams& p, cudaStream_t stream) {
   const int64_t rows = static_cast<int64_t>(p.b) * p.hq * p.nq;
-  const int warps = kBwdThreads / 32;
+  const int per_block = kBwdThreads / delta_threads_per_row<D>();
   flash_bwd_preprocess_kernel<T, D>
-      <<<static_cast<unsigned>((rows + warps - 1) / warps), kBwdThreads, 0, stream>>>(p);
+      <<<static_cast<unsigned>((rows + per_block - 1) / per_block), kBwdThreads, 0, stream>>>(p);
   const bool rope = p.rope.cos != nullptr;
   const int smem_kv = dkdv_smem_bytes<D, KW>(rope), smem_q = dq_smem_bytes<D, QW>(rope);
   cudaFuncSetAttribute(flash_bwd_dkdv_kernel<T, D, kCausal, KW>,

@@ -26,7 +26,7 @@ constexpr int kFwdBlockN = 64;
 template <int D>
 struct FwdConfig {
   static constexpr int kWarps = D >= 128 ? 8 : 4;
-  static constexpr int kMinBlocks = 1;
+  static constexpr int kMinBlocks = D >= 128 ? 1 : 4;
 };
 
 // Q + two stages of K and V (16-bit elements), and with RoPE the cos / sin stage of a K tile.
