@@ -32,7 +32,7 @@ def _aligned(t: torch.Tensor) -> torch.Tensor:
     """t, or a contiguous copy when its rows do not start on 16-byte boundaries (the kernels move
     rows 16 bytes at a time)."""
     ok = t.data_ptr() % 16 == 0 and all(s % 8 == 0 for s in t.stride()[:-1])
-    return t if ok else t.contiguous()
+    return t if ok else t.clone(memory_format=torch.contiguous_format)
 
 
 def fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
