@@ -31,6 +31,8 @@ def _rope_args(ext, q: torch.Tensor, k: torch.Tensor, rope: Rope | None, what: s
 def _aligned(t: torch.Tensor) -> torch.Tensor:
     """t, or a contiguous copy when its rows do not start on 16-byte boundaries (the kernels move
     rows 16 bytes at a time)."""
+    if t.stride(-1) != 1:  # refused by the checks, with the argument's name
+        return t
     ok = t.data_ptr() % 16 == 0 and all(s % 8 == 0 for s in t.stride()[:-1])
     return t if ok else t.clone(memory_format=torch.contiguous_format)
 
