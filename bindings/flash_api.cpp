@@ -148,7 +148,7 @@ std::string rope_problem(const at::Tensor& q, const at::Tensor& k, const OptTens
   FLASHDUO_REQUIRE(cos->sizes() == sin->sizes(), "rope_cos and rope_sin shapes differ");
   FLASHDUO_REQUIRE(reinterpret_cast<uintptr_t>(cos->data_ptr()) % 16 == 0 &&
                        reinterpret_cast<uintptr_t>(sin->data_ptr()) % 16 == 0,
-                   "rope tables must start on a 16-byte boundary (the kernels read 16 bytes at a time)");
+                   "rope tables must start on a 16-byte boundary");
   const int64_t n_pos = cos->size(0);
   FLASHDUO_REQUIRE(prefix >= 0 && q.size(2) == prefix + n_pos && k.size(2) == prefix + n_pos,
                    "rope covers ", prefix, " prefix + ", n_pos, " tokens, but Nq = ", q.size(2),

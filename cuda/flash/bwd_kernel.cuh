@@ -124,7 +124,8 @@ __global__ void __launch_bounds__(kBwdThreads) flash_bwd_preprocess_kernel(const
 }
 
 template <typename T, int D, bool kCausal, int W>
-__global__ void __launch_bounds__(32 * W, D <= 64 && W <= 4 ? 3 : 1) flash_bwd_dkdv_kernel(const BwdParams p) {
+__global__ void __launch_bounds__(32 * W, D <= 64 && W <= 4 ? 3 : 1)
+    flash_bwd_dkdv_kernel(const BwdParams p) {
   constexpr int BN = 16 * W, BM = dkdv_query_tile<D>(), NT = 32 * W;
   extern __shared__ __align__(128) unsigned char smem[];
   T* sK = reinterpret_cast<T*>(smem);

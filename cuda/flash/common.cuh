@@ -175,6 +175,11 @@ struct RopeChunks {
     const int row = row0 + r0() + i * kPass, t = row - r.prefix;
     return row < n_rows && t >= 0 && t < r.n_pos ? t : -1;
   }
+  // This thread's chunk i in a swizzled [ROWS][D] tile.
+  template <typename T>
+  static __device__ __forceinline__ T* at(T* tile, int i) {
+    return tile + swizzle<D>(r0() + i * kPass, chunk() * 8);
+  }
 };
 
 template <typename T>
@@ -188,7 +193,8 @@ __device__ __forceinline__ float2 unpack2<__nv_bfloat16>(uint32_t x) {
   return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&x));
 }
 
-// Four channel pairs (one 16-byte chunk) turned by cos c and sin s: (e, o) -> (e c - o s, o c + e s).
+// Four channel pairs (one 16-byte chunk) turned by cos c and sin s:
+// (e, o) -> (e c - o s, o c + e s).
 template <typename T>
 __device__ __forceinline__ void rope_chunk(T* at, const float4& c, const float4& s) {
   uint4 x = *reinterpret_cast<const uint4*>(at);
@@ -200,11 +206,6 @@ __device__ __forceinline__ void rope_chunk(T* at, const float4& c, const float4&
     w[i] = pack2<T>(eo.x * cc[i] - eo.y * ss[i], eo.y * cc[i] + eo.x * ss[i]);
   }
   *reinterpret_cast<uint4*>(at) = make_uint4(w[0], w[1], w[2], w[3]);
-}
-
-template <typename T, int D>
-__device__ __forceinline__ T* rope_chunk_at(T* tile, int r, int chunk) {
-  return tile + swizzle<D>(r, chunk * 8);
 }
 
 // cos / sin of one thread's chunks, fetched into registers ahead of the tile landing; rows that
@@ -226,7 +227,7 @@ struct RopeRegs {
   template <typename T>
   __device__ __forceinline__ void apply(T* tile) const {
 #pragma unroll
-    for (int i = 0; i < C::kPer; ++i) rope_chunk(rope_chunk_at<T, D>(tile, C::r0() + i * C::kPass, C::chunk()), c[i], s[i]);
+    for (int i = 0; i < C::kPer; ++i) rope_chunk(C::at(tile, i), c[i], s[i]);
   }
 };
 
@@ -256,8 +257,7 @@ struct RopeStage {
 #pragma unroll
     for (int i = 0; i < C::kPer; ++i) {
       if (C::pos(i, row0, n_rows, r) < 0) continue;
-      rope_chunk(rope_chunk_at<T, D>(tile, C::r0() + i * C::kPass, C::chunk()), st[i * THREADS],
-                 st[(C::kPer + i) * THREADS]);
+      rope_chunk(C::at(tile, i), st[i * THREADS], st[(C::kPer + i) * THREADS]);
     }
   }
 };

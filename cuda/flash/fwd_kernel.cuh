@@ -38,7 +38,8 @@ constexpr int fwd_smem_bytes(bool rope) {
 // S (16 x BN) = Q K^T for a warp's 16 query rows: q_frag holds them, tK the key tile; only the
 // 16-key steps below kv run (the rest of S stays zero and is masked by the caller).
 template <typename T, int D, int BN>
-__device__ __forceinline__ void qk_scores(float (&s)[BN / 8][4], const uint32_t (&q_frag)[D / 16][4],
+__device__ __forceinline__ void qk_scores(float (&s)[BN / 8][4],
+                                          const uint32_t (&q_frag)[D / 16][4],
                                           const T* tK, int kv) {
   const int lane = threadIdx.x % 32;
   const LdsmRows k_rows = ldsm_rows<D>(tK, (lane / 16) * 8 + lane % 8, (lane / 8) % 2);
