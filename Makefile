@@ -32,7 +32,7 @@ run-examples: examples
 	@set -e; for x in $(EXAMPLE_BINS); do ./$$x; done
 
 # Standalone check of the CUDA FlashAttention forward kernel against a host reference (GPU).
-$(BUILD)/check_flash: cuda/flash/check_flash.cu cuda/flash/fwd_kernel.cuh cuda/flash/bwd_kernel.cuh cuda/flash/params.h cuda/flash/common.cuh cuda/examples/cuda_common.cuh
+$(BUILD)/check_flash: cuda/flash/check_flash.cu cuda/flash/fwd_kernel.cuh cuda/flash/fwd_tile.cuh cuda/flash/fwd_short_kernel.cuh cuda/flash/bwd_kernel.cuh cuda/flash/params.h cuda/flash/common.cuh cuda/examples/cuda_common.cuh
 	@mkdir -p $(BUILD)
 	$(NVCC) $(NVCC_FLAGS) -arch=$(ARCH) -Xptxas -v -o $@ $<
 

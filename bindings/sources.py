@@ -19,7 +19,8 @@ SOURCES = [
     "cuda/flash/bwd_bf16_hdim128.cu",
 ]
 DEPENDS = ["cuda/flash/api.h", "cuda/flash/params.h", "cuda/flash/common.cuh",
-           "cuda/flash/fwd_kernel.cuh", "cuda/flash/bwd_kernel.cuh"]
+           "cuda/flash/fwd_tile.cuh", "cuda/flash/fwd_kernel.cuh", "cuda/flash/fwd_short_kernel.cuh",
+           "cuda/flash/bwd_kernel.cuh"]
 CXX_FLAGS = ["-O3"]
 NVCC_FLAGS = ["-O3", "-lineinfo", "--use_fast_math"]
 

@@ -98,9 +98,23 @@ def _layout_cases() -> list[Case]:
     ]
 
 
+def _many_heads_cases() -> list[Case]:
+    """ViT-like sizes with at least two (batch, head) pairs per SM of an H100 / H200, where the
+    CUDA forward switches to its short-sequence kernel (GPU only)."""
+    if not ON_GPU:
+        return []
+    shapes = [(197, 197, 6, 6), (197, 197, 6, 3), (1, 1, 6, 6), (17, 203, 6, 2), (203, 17, 6, 6),
+              (257, 257, 6, 6), (290, 290, 6, 3)]
+    cases = [
+        Case(48, hq, hkv, nq, nk, 64, torch.bfloat16, c)
+        for (nq, nk, hq, hkv), c in itertools.product(shapes, (False, True))
+    ]
+    return cases + [Case(48, 6, 6, 197, 197, 64, torch.float16, c, "packed") for c in (False, True)]
+
+
 CASES = (
     _seq_cases() + _ragged_cases() + _head_dim_cases() + _gqa_cases() + _grid_cases()
-    + _layout_cases()
+    + _layout_cases() + _many_heads_cases()
 )
 
 

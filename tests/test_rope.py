@@ -62,32 +62,35 @@ def test_matches_timm_rope_vit() -> None:
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
-def _rope_case_inputs(dtype, grid, prefix, hq=4, hkv=2, d=64, seed=0):
+def _rope_case_inputs(dtype, grid, prefix, hq=4, hkv=2, d=64, seed=0, b=2):
     n = prefix + grid[0] * grid[1]
     g = torch.Generator(device=DEVICE).manual_seed(seed)
-    q, k, v, dout = (torch.randn(2, h, n, d, generator=g, device=DEVICE).to(dtype)
+    q, k, v, dout = (torch.randn(b, h, n, d, generator=g, device=DEVICE).to(dtype)
                      for h in (hq, hkv, hkv, hq))
     return [t.requires_grad_() for t in (q, k, v)] + [dout]
 
 
-ROPE_CASES = [  # (grid, prefix, causal, head dim); D = 128 only on a GPU (interpreter time)
-    ((7, 7), 1, False, 64), ((14, 14), 1, False, 64), ((16, 16), 0, True, 64),
-    ((6, 10), 4, False, 64), ((14, 14), 0, True, 64),
-] + ([((14, 14), 1, False, 128), ((24, 24), 1, True, 128)] if ON_GPU else [])
+# (grid, prefix, causal, head dim, batch). GPU only: D = 128 (interpreter time) and batch 72, which
+# gives 288 (batch, head) pairs, enough for the CUDA forward's short-sequence kernel.
+ROPE_CASES = [
+    ((7, 7), 1, False, 64, 2), ((14, 14), 1, False, 64, 2), ((16, 16), 0, True, 64, 2),
+    ((6, 10), 4, False, 64, 2), ((14, 14), 0, True, 64, 2),
+] + ([((14, 14), 1, False, 128, 2), ((24, 24), 1, True, 128, 2), ((14, 14), 1, False, 64, 72),
+      ((16, 16), 1, True, 64, 72), ((6, 10), 4, False, 64, 72)] if ON_GPU else [])
 
 
 def _case_id(c) -> str:
-    return f"{c[0][0]}x{c[0][1]}-p{c[1]}-c{int(c[2])}-d{c[3]}"
+    return f"{c[0][0]}x{c[0][1]}-p{c[1]}-c{int(c[2])}-d{c[3]}-b{c[4]}"
 
 
 @pytest.mark.parametrize("case", ROPE_CASES, ids=_case_id)
 @pytest.mark.parametrize("backend", flashduo.registered_backends())
 def test_attention_with_rope(backend, case) -> None:
     """out and dq, dk, dv against float64 RoPE then float64 attention, by the common pass rule."""
-    grid, prefix, causal, d = case
+    grid, prefix, causal, d, b = case
     dtype = torch.bfloat16 if ON_GPU else torch.float16
     skip_if_unrunnable(backend, Case(2, 4, 2, 1, 1, d, dtype, causal))
-    q, k, v, dout = _rope_case_inputs(dtype, grid, prefix, d=d)
+    q, k, v, dout = _rope_case_inputs(dtype, grid, prefix, d=d, b=b)
     table = reference.CosSinTable(100.0, grid[0], d, device=DEVICE, W_img=grid[1])
     out = flashduo.attention(q, k, v, causal=causal, backend=backend, rope=table,
                              num_prefix_tokens=prefix)
@@ -101,9 +104,9 @@ def test_attention_with_rope(backend, case) -> None:
         return (o, *torch.autograd.grad(o, xs, dout.to(o.dtype)))
 
     truth, base = truth_and_baseline(True), truth_and_baseline(False)
-    for name, kind, x, ref, b in zip(("out", "dq", "dk", "dv"), ("out", "grad", "grad", "grad"),
-                                     (out, *grads), truth, base):
-        assert_close(f"{backend} rope {name}", x, ref, b, kind, dtype)
+    for name, kind, x, ref, bl in zip(("out", "dq", "dk", "dv"), ("out", "grad", "grad", "grad"),
+                                      (out, *grads), truth, base):
+        assert_close(f"{backend} rope {name}", x, ref, bl, kind, dtype)
 
 
 def test_rope_errors() -> None:
@@ -144,10 +147,10 @@ def test_triton_fused_rope(case) -> None:
     """The Triton kernels rotating q/k tiles in registers: out, lse, dq, dk, dv vs float64."""
     import triton_impl
 
-    grid, prefix, causal, d = case
+    grid, prefix, causal, d, b = case
     dtype = torch.bfloat16 if ON_GPU else torch.float16
     skip_if_unrunnable("triton", Case(2, 4, 2, 1, 1, d, dtype, causal))
-    q, k, v, dout = _rope_case_inputs(dtype, grid, prefix, d=d, seed=3)
+    q, k, v, dout = _rope_case_inputs(dtype, grid, prefix, d=d, seed=3, b=b)
     table = reference.CosSinTable(100.0, grid[0], d, device=DEVICE, W_img=grid[1])
     scale = 1 / math.sqrt(d)
     rope = (table.COSP, table.SINP, prefix)
@@ -163,9 +166,9 @@ def test_triton_fused_rope(case) -> None:
 
     truth, base = reference_run(True), reference_run(False)
     kinds = ("out", "lse", "grad", "grad", "grad")
-    for name, kind, x, ref, b in zip(("out", "lse", "dq", "dk", "dv"), kinds,
+    for name, kind, x, ref, bl in zip(("out", "lse", "dq", "dk", "dv"), kinds,
                                      (out, lse, dq, dk, dv), truth, base):
-        assert_close(f"triton fused rope {name}", x, ref, b, kind, dtype)
+        assert_close(f"triton fused rope {name}", x, ref, bl, kind, dtype)
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton", "cuda"] if ON_GPU else ["reference"])

@@ -225,7 +225,7 @@ float time_ms(F launch) {
 }
 
 // TFLOPS at B*N = 16384, H*D = 2048 (the benchmark's shape family), non-causal and causal, for
-// the forward with W = 4 and 8 warps and the backward with (dK/dV, dQ) warps (4, 4) and (8, 8).
+// the forward with 4 warps of 16 and of 32 query rows and the backward with (dK/dV, dQ) warps (4, 4) and (8, 8).
 // The backward counts 2.5x the forward's FLOPs.
 template <typename T, int D>
 void time_case(int n) {
@@ -250,12 +250,14 @@ void time_case(int n) {
                b, h, h, n, n, scale, 1.4426950408889634f * scale};
   for (int causal = 0; causal < 2; ++causal) {
     const double flops = 4.0 * b * h * double(n) * n * D / (causal ? 2 : 1);
-    const float f4 = time_ms([&] { return flashduo::launch_flash_fwd_cfg<T, D, 4, 1>(p, causal, 0); });
-    const float f8 = time_ms([&] { return flashduo::launch_flash_fwd_cfg<T, D, 8, 1>(p, causal, 0); });
+    const float f4 =
+        time_ms([&] { return flashduo::launch_flash_fwd_cfg<T, D, 4, 1, 1>(p, causal, 0); });
+    const float f8 =
+        time_ms([&] { return flashduo::launch_flash_fwd_cfg<T, D, 4, 2, 2>(p, causal, 0); });
     const float b4 = time_ms([&] { return flashduo::launch_flash_bwd_cfg<T, D, 4, 4>(pb, causal, 0); });
     const float b8 = time_ms([&] { return flashduo::launch_flash_bwd_cfg<T, D, 8, 8>(pb, causal, 0); });
     auto tf = [&](float ms, double mult) { return mult * flops / (ms * 1e-3) / 1e12; };
-    std::printf("time  D=%-3d N=%-5d causal=%d  fwd W4 %.3f ms %.0f TF | W8 %.3f ms %.0f TF"
+    std::printf("time  D=%-3d N=%-5d causal=%d  fwd 16r %.3f ms %.0f TF | 32r %.3f ms %.0f TF"
                 "  ||  bwd W4 %.3f ms %.0f TF | W8 %.3f ms %.0f TF\n",
                 D, n, causal, f4, tf(f4, 1), f8, tf(f8, 1), b4, tf(b4, 2.5), b8, tf(b8, 2.5));
   }
@@ -264,10 +266,55 @@ void time_case(int n) {
   cudaFree(delta);
 }
 
+// ViT-S forward (B = 256, H = 6, N = 197, D = 64): the streaming kernel against the short one.
+template <typename T>
+void time_vit() {
+  constexpr int D = 64;
+  const int b = 256, h = 6, n = 197;
+  const size_t el = size_t(b) * h * n * D;
+  std::vector<T> host(el);
+  std::vector<float> f(el);
+  fill_random(f.data(), el, 31);
+  for (size_t i = 0; i < el; ++i) host[i] = from_float<T>(f[i]);
+  T *q, *k, *v, *o;
+  float* lse;
+  for (T** ptr : {&q, &k, &v, &o}) CUDA_CHECK(cudaMalloc(ptr, el * sizeof(T)));
+  CUDA_CHECK(cudaMalloc(&lse, size_t(b) * h * n * sizeof(float)));
+  for (T* ptr : {q, k, v}) {
+    CUDA_CHECK(cudaMemcpy(ptr, host.data(), el * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  const int64_t sb = int64_t(h) * n * D, sh = int64_t(n) * D;
+  FwdParams p{q, k, v, o, lse, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D,
+              b, h, h, n, n, 1.4426950408889634f / 8.f};
+  flashduo::ShortPlan plan1, plan2;
+  const bool fits = flashduo::plan_short_fwd<D, 1>(p, &plan1) &&
+                    flashduo::plan_short_fwd<D, 2>(p, &plan2);
+  const float s1 =
+      time_ms([&] { return flashduo::launch_flash_fwd_cfg<T, D, 4, 4, 1>(p, false, 0); });
+  const float s2 =
+      time_ms([&] { return flashduo::launch_flash_fwd_cfg<T, D, 4, 2, 2>(p, false, 0); });
+  const float r1 = fits ? time_ms([&] {
+    return flashduo::launch_flash_fwd_short<T, D, 1>(p, plan1, false, 0);
+  }) : NAN;
+  const float r2 = fits ? time_ms([&] {
+    return flashduo::launch_flash_fwd_short<T, D, 2>(p, plan2, false, 0);
+  }) : NAN;
+  std::printf("time  ViT-S fwd B=%d H=%d N=%d D=%d (us): streaming 16 rows/warp %.1f, 32 rows/warp"
+              " %.1f | short 16 rows/warp %.1f, 32 rows/warp %.1f\n",
+              b, h, n, D, 1e3f * s1, 1e3f * s2, 1e3f * r1, 1e3f * r2);
+  for (T* ptr : {q, k, v, o}) cudaFree(ptr);
+  cudaFree(lse);
+}
+
 int main() {
+  // The first six run the streaming forward; the rest have enough heads (>= 2 per SM on an H100 or
+  // H200) for the short-sequence forward at D = 64 where Nq <= 256.
   const Shape shapes[] = {{1, 2, 2, 1, 1, false},     {2, 4, 2, 17, 203, false},
                           {2, 4, 2, 203, 17, true},   {1, 8, 2, 197, 197, true},
-                          {1, 4, 1, 113, 1025, false}, {1, 2, 2, 1025, 1023, true}};
+                          {1, 4, 1, 113, 1025, false}, {1, 2, 2, 1025, 1023, true},
+                          {300, 1, 1, 1, 1, false},   {40, 8, 2, 17, 203, false},
+                          {40, 8, 8, 203, 17, true},  {48, 6, 3, 197, 197, true},
+                          {48, 6, 6, 197, 197, false}, {34, 8, 4, 290, 290, true}};
   int bad = 0;
   for (const Shape& s : shapes) {
     bad += check_case<__half, 64>(s, "fp16");
@@ -275,6 +322,7 @@ int main() {
     bad += check_case<__half, 128>(s, "fp16");
     bad += check_case<__nv_bfloat16, 128>(s, "bf16");
   }
+  time_vit<__nv_bfloat16>();
   for (int n : {1024, 4096, 16384}) {
     time_case<__nv_bfloat16, 64>(n);
     time_case<__nv_bfloat16, 128>(n);
