@@ -100,7 +100,7 @@ def _layout_cases() -> list[Case]:
 
 def _many_heads_cases() -> list[Case]:
     """ViT-like sizes with at least two (batch, head) pairs per SM of an H100 / H200, where the
-    CUDA forward switches to its short-sequence kernel (GPU only)."""
+    CUDA forward switches to its short-sequence kernel where Nq <= 256 (GPU only)."""
     if not ON_GPU:
         return []
     shapes = [(197, 197, 6, 6), (197, 197, 6, 3), (1, 1, 6, 6), (17, 203, 6, 2), (203, 17, 6, 6),
