@@ -10,13 +10,15 @@ import reference
 from flashduo.registry import triton_interpreting
 from tests.cases import Case, make_inputs, poison_allocator
 
+TRITON_BACKENDS = ("triton", "triton-unfused")
+
 
 def skip_if_unrunnable(backend: str, case: Case) -> None:
     """Skip (with the reason) only what this machine cannot run; never on a GPU machine."""
     why = flashduo.get_backend(backend).unavailable()
     if why:
         pytest.skip(f"{backend}: {why}")
-    if backend == "triton" and triton_interpreting() and case.dtype == torch.bfloat16:
+    if backend in TRITON_BACKENDS and triton_interpreting() and case.dtype == torch.bfloat16:
         pytest.skip("the Triton interpreter computes bf16 dots wrongly; bf16 is tested on the GPU")
 
 
