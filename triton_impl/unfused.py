@@ -201,7 +201,7 @@ def _row_blocks(n_cols: int) -> tuple[int, int]:
     return max(4096 // bn, 1), bn
 
 
-def _softmax_(s: torch.Tensor, lse: torch.Tensor, have_lse: bool) -> None:
+def softmax_(s: torch.Tensor, lse: torch.Tensor, have_lse: bool) -> None:
     """Scores s (B, H, Nq, Nk) float32 contiguous -> P in place; lse (B, H, Nq) read or written."""
     n_rows, n_cols = s.numel() // s.shape[-1], s.shape[-1]
     bm, bn = _row_blocks(n_cols)
@@ -217,7 +217,7 @@ def _scores_to_probs(
     b, h, nq, _ = q.shape
     s = torch.empty((b, h, nq, k.shape[2]), dtype=torch.float32, device=q.device)
     _bmm(q, k.transpose(-2, -1), s, scale, mask_upper=causal)
-    _softmax_(s, lse, have_lse)
+    softmax_(s, lse, have_lse)
     return s
 
 
