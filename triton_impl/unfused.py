@@ -47,8 +47,8 @@ def _bmm_kernel(
 
     One program computes one (BLOCK_M, BLOCK_N) tile of one (b, h) in float32, A's tile cast to
     B's dtype before each dot. MASK_UPPER writes -inf where column > row (causal scores) and skips
-    the dots of tiles entirely above the diagonal; A_ZEROS limits the reduction to A's non-zero
-    columns.
+    the dots of tiles entirely above the diagonal; A_ZEROS (``DENSE``, ``ZERO_RIGHT``,
+    ``ZERO_LEFT``) limits the reduction to the columns where the tile's rows of A can be non-zero.
     """
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
@@ -72,14 +72,16 @@ def _bmm_kernel(
     if MASK_UPPER:
         hi = tl.where(pid_n * BLOCK_N > pid_m * BLOCK_M + BLOCK_M - 1, lo, hi)
 
+    # One head's score matrix may pass 2**31 entries: row and reduction offsets in int64.
+    rows = offs_m.to(tl.int64)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for r in range(REDUCE):
         ha = h * REDUCE + r
-        a_base = A + b * stride_ab + ha * stride_ah + offs_m[:, None] * stride_am
+        a_base = A + b * stride_ab + ha * stride_ah + rows[:, None] * stride_am
         b_base = B + b * stride_bb + (ha // B_DIV) * stride_bh + offs_n[None, :] * stride_bn
         for start_k in range(lo, hi, BLOCK_K):
             ks = start_k + offs_k
-            a = tl.load(a_base + ks[None, :] * stride_ak,
+            a = tl.load(a_base + ks.to(tl.int64)[None, :] * stride_ak,
                         mask=(offs_m[:, None] < M) & (ks[None, :] < K), other=0.0)
             bt = tl.load(b_base + ks[:, None] * stride_bk,
                          mask=(ks[:, None] < K) & (offs_n[None, :] < N), other=0.0)
@@ -88,7 +90,7 @@ def _bmm_kernel(
     acc = acc * alpha
     if MASK_UPPER:
         acc = tl.where(offs_n[None, :] > offs_m[:, None], float("-inf"), acc)
-    c_ptrs = C + b * stride_cb + h * stride_ch + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
+    c_ptrs = C + b * stride_cb + h * stride_ch + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn
     tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
@@ -263,7 +265,8 @@ def unfused_bwd(
     bm, bn = _row_blocks(n_cols)
     _softmax_bwd_kernel[(triton.cdiv(n_rows, bm),)](
         p, ds, out, dout, *out.stride()[:3], *dout.stride()[:3], n_rows, h, nq, n_cols,
-        HEAD_DIM=d, BLOCK_D=min(triton.next_power_of_2(d), 64), BLOCK_M=bm, BLOCK_N=bn,
+        HEAD_DIM=d, BLOCK_D=min(triton.next_power_of_2(d), max(4096 // bm, 16)), BLOCK_M=bm,
+        BLOCK_N=bn,
     )
     lower, upper = (ZERO_RIGHT, ZERO_LEFT) if causal else (DENSE, DENSE)
     dq = _bmm(ds, k, torch.empty(q.shape, dtype=q.dtype, device=q.device), scale, lower)
