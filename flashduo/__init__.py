@@ -6,9 +6,12 @@
 ...     out = flashduo.attention(q, k, v)
 >>> table = flashduo.CosSinTable(base=100.0, H_img=14, D=64, device="cuda")  # 2D RoPE of ViTs
 >>> out = flashduo.attention(q, k, v, rope=table, num_prefix_tokens=1)       # N = 1 + 14 * 14
+>>> mha = flashduo.nn.MultiheadAttention(384, 6, backend="triton")  # torch.nn.MultiheadAttention's
+>>> out, _ = mha(x, x, x, is_causal=True)                          # parameters; x (B, N, 384)
 """
 
 from flashduo import backends as _backends  # noqa: F401  (registers the built-in backends)
+from flashduo import nn
 from flashduo.api import attention, attention_with_lse
 from flashduo.registry import (
     Backend,
@@ -31,5 +34,6 @@ __all__ = [
     "Backend",
     "CosSinTable",
     "apply_rope",
+    "nn",
 ]
 __version__ = "0.1.0"

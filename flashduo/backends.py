@@ -1,4 +1,5 @@
-"""The built-in backends: ``triton``, ``cuda``, ``torch`` (SDPA itself) and ``reference``.
+"""The built-in backends: ``triton``, ``triton-unfused``, ``cuda``, ``torch`` (SDPA itself) and
+``reference``.
 
 Each is registered with its capabilities; kernels are imported on first use so that importing
 flashduo stays cheap and works where Triton is absent.
@@ -48,6 +49,46 @@ def _triton_bwd(dout, q, k, v, out, lse, causal, scale, rope=None):
     from triton_impl import attention_bwd
 
     return attention_bwd(dout, q, k, v, out, lse, causal, scale, rope=rope)
+
+
+def _unfused_fwd(q, k, v, causal, scale):
+    from triton_impl.unfused import unfused_fwd
+
+    return unfused_fwd(q, k, v, causal, scale)
+
+
+def _unfused_bwd(dout, q, k, v, out, lse, causal, scale):
+    from triton_impl.unfused import unfused_bwd
+
+    return unfused_bwd(dout, q, k, v, out, lse, causal, scale)
+
+
+UNFUSED_BUFFERS = 2  # float32 (B, Hq, Nq, Nk) buffers the unfused backward holds: P and dS
+UNFUSED_CPU_LIMIT = 2 << 30  # bytes of score buffers allowed off the GPU (Triton interpreter)
+
+
+def unfused_limit_bytes(device: torch.device) -> int:
+    """Bytes the unfused backend may spend on score buffers: 80% of the memory free on a CUDA
+    device (counting blocks PyTorch's allocator holds unused), a fixed 2 GiB elsewhere."""
+    if device.type != "cuda":
+        return UNFUSED_CPU_LIMIT
+    free, _ = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(0.8 * (free + cached))
+
+
+def _unfused_limits(q, k, v, causal) -> list[str]:
+    b, h, nq = q.shape[:3]
+    nk = k.shape[2]
+    need = UNFUSED_BUFFERS * 4 * b * h * nq * nk
+    if need == 0:
+        return []
+    limit = unfused_limit_bytes(q.device)
+    if need <= limit:
+        return []
+    return [f"materializing the scores takes {UNFUSED_BUFFERS} float32 (B, Hq, Nq, Nk) = "
+            f"({b}, {h}, {nq}, {nk}) buffers, {need / 2**30:.2f} GiB > the {limit / 2**30:.2f} GiB "
+            f"allowed on {q.device.type} (use a fused backend)"]
 
 
 def _cuda_unavailable() -> str | None:
@@ -131,6 +172,21 @@ TRITON = register_backend(
         unavailable=_triton_unavailable,
         extra_reasons=_triton_limits,
         fused_rope=True,
+    )
+)
+
+TRITON_UNFUSED = register_backend(
+    Backend(
+        name="triton-unfused",
+        fwd=_unfused_fwd,
+        bwd=_unfused_bwd,
+        description="unfused Triton pipeline (scores, softmax, P·V kernels; float32 scores "
+        "written to memory), the baseline fusion is measured against (triton_impl/unfused.py)",
+        dtypes=_FLOATS,
+        devices=_triton_devices,
+        min_capability=(8, 0),
+        unavailable=_triton_unavailable,
+        extra_reasons=_unfused_limits,
     )
 )
 

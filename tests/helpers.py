@@ -8,7 +8,11 @@ import torch
 import flashduo
 import reference
 from flashduo.registry import triton_interpreting
-from tests.cases import Case, make_inputs, poison_allocator
+from tests.cases import Case, assert_close, make_inputs, poison_allocator
+
+TRITON_BACKENDS = ("triton", "triton-unfused")
+NAMES = ("out", "lse", "dq", "dk", "dv")
+KINDS = ("out", "lse", "grad", "grad", "grad")
 
 
 def skip_if_unrunnable(backend: str, case: Case) -> None:
@@ -16,7 +20,7 @@ def skip_if_unrunnable(backend: str, case: Case) -> None:
     why = flashduo.get_backend(backend).unavailable()
     if why:
         pytest.skip(f"{backend}: {why}")
-    if backend == "triton" and triton_interpreting() and case.dtype == torch.bfloat16:
+    if backend in TRITON_BACKENDS and triton_interpreting() and case.dtype == torch.bfloat16:
         pytest.skip("the Triton interpreter computes bf16 dots wrongly; bf16 is tested on the GPU")
 
 
@@ -47,6 +51,24 @@ def case_inputs(case: Case, seed: int = 0):
     g = torch.Generator(device=q.device).manual_seed(seed + 1)
     dout = torch.randn(q.shape, generator=g, device=q.device).to(q.dtype)
     return q, k, v, dout
+
+
+def check_case(backend: str, case: Case) -> None:
+    """The backend's out, lse and gradients on ``case`` against float64 by the pass rule; a case
+    the backend declares unsupported must be refused with a ValueError naming the backend."""
+    skip_if_unrunnable(backend, case)
+    q, k, v, dout = case_inputs(case)
+    reasons = flashduo.get_backend(backend).not_supported_reasons(q, k, v, case.causal)
+    if reasons:
+        with pytest.raises(ValueError, match=backend):
+            flashduo.attention(q, k, v, causal=case.causal, backend=backend)
+        return
+    got = run_backend(backend, q, k, v, case.causal, dout)
+    truth, baseline = run_reference(q, k, v, case.causal, dout)
+    for name, kind, x, ref, base in zip(NAMES, KINDS, got, truth, baseline):
+        assert x.shape == ref.shape, f"{name}: shape {tuple(x.shape)} != {tuple(ref.shape)}"
+        assert_close(f"{backend} {name}", x, ref, base, kind, case.dtype)
+    assert got[0].dtype == q.dtype and got[1].dtype == torch.float32
 
 
 def assert_compiled_matches_eager(block, inputs, compiler: str) -> None:

@@ -9,29 +9,23 @@ import torch
 
 import flashduo
 from tests.cases import CASES, ON_GPU, assert_close
-from tests.helpers import case_inputs, run_backend, run_reference, skip_if_unrunnable
+from tests.helpers import (
+    KINDS,
+    NAMES,
+    case_inputs,
+    check_case,
+    run_backend,
+    run_reference,
+    skip_if_unrunnable,
+)
 
 BACKENDS = flashduo.registered_backends()
-NAMES = ("out", "lse", "dq", "dk", "dv")
-KINDS = ("out", "lse", "grad", "grad", "grad")
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_matches_reference(backend: str, case) -> None:
-    skip_if_unrunnable(backend, case)
-    q, k, v, dout = case_inputs(case)
-    reasons = flashduo.get_backend(backend).not_supported_reasons(q, k, v, case.causal)
-    if reasons:
-        with pytest.raises(ValueError, match=backend):
-            flashduo.attention(q, k, v, causal=case.causal, backend=backend)
-        return
-    got = run_backend(backend, q, k, v, case.causal, dout)
-    truth, baseline = run_reference(q, k, v, case.causal, dout)
-    for name, kind, x, ref, base in zip(NAMES, KINDS, got, truth, baseline):
-        assert x.shape == ref.shape, f"{name}: shape {tuple(x.shape)} != {tuple(ref.shape)}"
-        assert_close(f"{backend} {name}", x, ref, base, kind, case.dtype)
-    assert got[0].dtype == q.dtype and got[1].dtype == torch.float32
+    check_case(backend, case)
 
 
 GPU_BACKENDS = [b for b in BACKENDS if b != "reference"]
