@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"suites to run; repeat or comma-separate (default: {','.join(SUITE_NAMES)})",
     )
     bench.add_argument("--quick", action="store_true",
-                       help="small subset of every suite: under a minute on a GPU")
+                       help="small subset of every suite (D=64, no torch-flex, Triton autotuning "
+                       "off unless FLASHDUO_AUTOTUNE is set): about a minute on a GPU")
     bench.add_argument("--full", action="store_true",
                        help="fp16 and bf16 in the sweep, FlexAttention at every shape")
     bench.add_argument("--no-flex", action="store_true", help="leave out torch-flex (compile time)")

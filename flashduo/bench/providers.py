@@ -104,6 +104,16 @@ def sdpa_impl(name: str, causal: bool) -> Impl:
     return fn
 
 
+def raise_recompile_limit() -> None:
+    """Let Dynamo compile a function for many shapes: past its limit it silently runs eager."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    cfg.cache_size_limit = max(cfg.cache_size_limit, 256)
+    if hasattr(cfg, "accumulated_cache_size_limit"):
+        cfg.accumulated_cache_size_limit = max(cfg.accumulated_cache_size_limit, 1024)
+
+
 def _causal_mask_mod(b, h, q_idx, kv_idx):
     return q_idx >= kv_idx
 
@@ -116,13 +126,9 @@ class FlexFactory:
     """
 
     def __init__(self) -> None:
-        import torch._dynamo
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-        cfg = torch._dynamo.config
-        cfg.cache_size_limit = max(cfg.cache_size_limit, 256)
-        if hasattr(cfg, "accumulated_cache_size_limit"):
-            cfg.accumulated_cache_size_limit = max(cfg.accumulated_cache_size_limit, 1024)
+        raise_recompile_limit()
         self._flex = torch.compile(flex_attention, dynamic=False)
         self._create_block_mask = create_block_mask
         self._masks: dict[tuple[int, str], object] = {}
@@ -167,6 +173,7 @@ def rope_impls(providers: Sequence[str], table: reference.CosSinTable) -> dict[s
     def rotate(x: torch.Tensor) -> torch.Tensor:
         return reference.apply_rope(x, table, ROPE_PREFIX)
 
+    raise_recompile_limit()
     compiled = torch.compile(rotate)
     impls: dict[str, Impl] = {}
     for be in providers:

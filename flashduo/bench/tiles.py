@@ -25,7 +25,7 @@ TILE_SHAPE = {"B": 4, "H": 16, "N": 4096, "D": 128}  # the sweep's shape at N = 
 TILE_DTYPE = torch.float16
 BLOCK_MS = (32, 64, 128, 256)
 BLOCK_NS = (16, 32, 64, 128)
-QUICK_BLOCK_MS, QUICK_BLOCK_NS = (64, 128), (32, 64, 128)
+QUICK_BLOCK_MS, QUICK_BLOCK_NS = (64, 128), (64, 128)
 PROVIDER = "triton"
 
 

@@ -20,6 +20,8 @@ Impl = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 WARMUP_MS, REP_MS = 25, 100
+QUICK_WARMUP_MS, QUICK_REP_MS = 10, 30
+BUDGET = {"warmup": WARMUP_MS, "rep": REP_MS}  # do_bench's budget; ``--quick`` lowers it
 CPU_REPS, CPU_BUDGET_S = 5, 0.5
 MAX_ROTATION = 8
 
@@ -78,7 +80,7 @@ def time_ms(fn: Impl, sets: Sequence[Inputs], dout: torch.Tensor, mode: str) -> 
     if dout.is_cuda:
         from triton.testing import do_bench
 
-        ms = do_bench(step, warmup=WARMUP_MS, rep=REP_MS, grad_to_none=leaves,
+        ms = do_bench(step, warmup=BUDGET["warmup"], rep=BUDGET["rep"], grad_to_none=leaves,
                       return_mode="median")
         _clear_grads(sets)
         return ms
