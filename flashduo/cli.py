@@ -1,8 +1,9 @@
 """Command line: ``python -m flashduo {info,bench,demo}``.
 
 ``info`` lists the registered backends and why any is unavailable, the GPU and library versions.
-``bench`` runs the benchmark on a CUDA GPU; without one it runs the CPU correctness demo of the
-Triton kernels in Triton's interpreter instead. ``demo`` runs that demo directly.
+``bench`` runs the benchmark suites on a CUDA GPU; without one it runs the CPU correctness demo of
+the Triton kernels in Triton's interpreter, then the suites at tiny sizes with the PyTorch
+providers (to show what the benchmark writes). ``demo`` runs that demo directly.
 
 The Triton interpreter is chosen when the kernels are imported, so the demo paths set
 ``TRITON_INTERPRET=1`` before anything imports ``triton_impl`` (flashduo imports it lazily).
@@ -15,6 +16,9 @@ import importlib.metadata
 import os
 import sys
 from collections.abc import Sequence
+
+from flashduo.bench.driver import SUITE_NAMES
+from flashduo.bench.providers import PROVIDERS
 
 NO_GPU_BENCH = (
     "no CUDA GPU visible: running the CPU correctness demo of the Triton kernels in the "
@@ -43,33 +47,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench",
-        help="benchmark vs SDPA (flash, cuDNN) and FlexAttention; CPU demo without a GPU",
-        description="Time flashduo backends against torch SDPA (FlashAttention-2 and cuDNN) and "
-        "compiled FlexAttention: bf16, B*N=16384, H*D=2048, D in {64,128}, causal and not, "
-        "fwd and fwd+bwd, plus a ViT-S row. Prints a markdown table of TFLOPS and speed ratios. "
-        "Without a CUDA GPU, runs the CPU correctness demo instead.",
+        help="benchmark suites (providers vs each other), tables, CSV, plots, report",
+        description="Time flashduo's backends against PyTorch SDPA's backends, compiled "
+        "FlexAttention and textbook attention in four suites: sweep (TFLOPS vs N, B*N=16384, "
+        "H*D=2048), vit (ViT shapes, with and without 2D RoPE), scaling (time and peak memory vs "
+        "N), tiles (BLOCK_M x BLOCK_N heatmap of the Triton kernel). Writes results.csv, "
+        "results.json, PNG plots and report.md into --out. Without a CUDA GPU: the CPU "
+        "correctness demo, then the suites at tiny sizes with the PyTorch providers.",
     )
     bench.add_argument(
-        "--backend",
+        "--providers",
         action="append",
         metavar="NAME[,NAME]",
-        help="flashduo backend(s) to time; repeat or comma-separate (default: triton,cuda)",
+        help=f"providers to time; repeat or comma-separate (default: all of {', '.join(PROVIDERS)})",
     )
-    bench.add_argument("--quick", action="store_true", help="smoke run: N in {1024, 4096}, no flex")
-    bench.add_argument("--no-flex", action="store_true", help="skip FlexAttention (compile time)")
-    bench.add_argument("--out", metavar="DIR", help="write results.json and table.md into DIR")
+    bench.add_argument("--backend", action="append", metavar="NAME[,NAME]",
+                       help="same as --providers (flashduo backend names are providers)")
+    bench.add_argument(
+        "--suite",
+        action="append",
+        metavar="NAME[,NAME]",
+        help=f"suites to run; repeat or comma-separate (default: {','.join(SUITE_NAMES)})",
+    )
+    bench.add_argument("--quick", action="store_true",
+                       help="small subset of every suite (D=64, no torch-flex, Triton autotuning "
+                       "off unless FLASHDUO_AUTOTUNE is set): about a minute on a GPU")
+    bench.add_argument("--full", action="store_true",
+                       help="fp16 and bf16 in the sweep, FlexAttention at every shape")
+    bench.add_argument("--no-flex", action="store_true", help="leave out torch-flex (compile time)")
+    bench.add_argument("--out", metavar="DIR",
+                       help="output folder (default: bench_results/<gpu-name>)")
     bench.add_argument(
         "--head-dim",
         type=_csv_ints,
         action="append",
         metavar="D[,D]",
-        help="only these head dims (default: 64,128); to split a long run",
+        help="sweep head dims (default: 64,128); to split a long run",
     )
     bench.add_argument(
-        "--seqlens", type=_csv_ints, metavar="N[,N]", help="only these sequence lengths"
+        "--seqlens", type=_csv_ints, metavar="N[,N]", help="only these sweep sequence lengths"
     )
-    bench.add_argument("--no-vit", action="store_true", help="skip the ViT rows")
-    bench.add_argument("--no-sweep", action="store_true", help="only the ViT rows")
+    bench.add_argument("--dtype", metavar="fp16[,bf16]",
+                       help="sweep dtypes (default: bf16; fp16 and bf16 with --full)")
+    bench.add_argument("--no-vit", action="store_true", help="leave out the vit suite")
+    bench.add_argument("--no-sweep", action="store_true", help="leave out the sweep suite")
 
     sub.add_parser(
         "demo",
@@ -122,35 +143,64 @@ def cmd_demo() -> int:
     return run_demo()
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    """Run the benchmark on a GPU, else the CPU demo."""
+DTYPES = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+
+def _names(values: Sequence[str] | None) -> list[str]:
+    return [x.strip() for v in values or () for x in v.split(",") if x.strip()]
+
+
+def _bench_options(args: argparse.Namespace) -> dict:
+    """run_benchmark's keyword arguments from the command line; ValueError for a bad value."""
     import torch
 
-    if not torch.cuda.is_available():
-        print(NO_GPU_BENCH, flush=True)
-        return cmd_demo()
+    from flashduo.bench.providers import parse_providers, unknown_providers
 
-    import flashduo
-    from flashduo.bench import HEAD_DIMS, parse_backends, run_benchmark
+    providers = parse_providers([*(args.providers or ()), *(args.backend or ())])
+    if args.no_flex:
+        providers = [p for p in providers if p != "torch-flex"]
+    suites = _names(args.suite) or list(SUITE_NAMES)
+    suites = [s for s in suites if not (args.no_vit and s == "vit")
+              and not (args.no_sweep and s == "sweep")]
+    dtypes = None
+    if args.dtype:
+        bad = [d for d in _names([args.dtype]) if d not in DTYPES]
+        if bad:
+            raise ValueError(f"unknown dtype(s) {', '.join(bad)}; known: fp16, bf16")
+        dtypes = [getattr(torch, DTYPES[d]) for d in _names([args.dtype])]
+    unknown = unknown_providers(providers)
+    if unknown:
+        raise ValueError(f"unknown provider(s) {', '.join(unknown)}; known: {', '.join(PROVIDERS)} "
+                         "and the registered flashduo backends")
+    bad = [s for s in suites if s not in SUITE_NAMES]
+    if bad:
+        raise ValueError(f"unknown suite(s) {', '.join(bad)}; known: {', '.join(SUITE_NAMES)}")
+    head_dims = [d for group in args.head_dim or [] for d in group] or None
+    return dict(providers=providers, suites=suites, quick=args.quick, full=args.full,
+                out_dir=args.out, head_dims=head_dims, seqlens=args.seqlens, dtypes=dtypes)
 
-    backends = parse_backends(args.backend)
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run the benchmark suites; without a GPU, the CPU demo first and the suites at tiny sizes."""
+    import torch
+
     try:
-        for name in backends:
-            flashduo.get_backend(name)
+        options = _bench_options(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    head_dims = [d for group in args.head_dim or [] for d in group] or list(HEAD_DIMS)
-    return run_benchmark(
-        backends=backends,
-        quick=args.quick,
-        flex=not args.no_flex,
-        out_dir=args.out,
-        head_dims=head_dims,
-        seqlens=args.seqlens,
-        vit=not args.no_vit,
-        sweep=not args.no_sweep,
-    )
+    demo_rc = 0
+    if not torch.cuda.is_available():
+        print(NO_GPU_BENCH, flush=True)
+        os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton_impl
+        from flashduo.demo import demo_cases, run_demo
+
+        demo_rc = run_demo(demo_cases()[:4] if args.quick else None)
+        print("\nTimings need a CUDA GPU; the suites below run at tiny sizes on the CPU with the "
+              "PyTorch providers, to show (and test) what the benchmark writes.\n", flush=True)
+    from flashduo.bench import run_benchmark
+
+    return run_benchmark(**options) or demo_rc
 
 
 def main(argv: Sequence[str] | None = None) -> int:

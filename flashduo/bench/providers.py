@@ -1,0 +1,190 @@
+"""The implementations the benchmark times ("providers"), why one is unavailable, and how to call it.
+
+Every provider is a function (q, k, v) -> out on (B, H, N, D) tensors:
+
+- flashduo backends, by their registry name (``triton``, ``cuda``, ``triton-unfused``, or any other
+  registered one): ``flashduo.attention(..., backend=name)``;
+- ``torch-flash`` / ``torch-cudnn`` / ``torch-efficient`` / ``torch-math``: PyTorch SDPA restricted
+  to one of its backends;
+- ``torch-flex``: FlexAttention under ``torch.compile`` (recompile limit raised, DESIGN.md §4);
+- ``naive``: textbook softmax(QKᵀ)V in PyTorch (``reference.attention_naive``), N×N in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+import flashduo
+import reference
+from flashduo import registry
+from flashduo.bench.records import FLEX, NAIVE, NOROPE
+
+Impl = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+FLASHDUO_PROVIDERS = ("triton", "cuda", "triton-unfused")
+SDPA_PROVIDERS = ("torch-flash", "torch-cudnn", "torch-efficient", "torch-math")
+PROVIDERS = (*FLASHDUO_PROVIDERS, *SDPA_PROVIDERS, FLEX, NAIVE)
+CPU_PROVIDERS = ("torch-flash", "torch-math", NAIVE)  # what the CPU run can time
+ALIASES = {"sdpa-flash": "torch-flash", "sdpa-cudnn": "torch-cudnn", "flex": FLEX,
+           "sdpa-efficient": "torch-efficient", "sdpa-math": "torch-math"}
+ROPE_PREFIX = 1  # the CLS token in front of the patch grid
+
+
+def parse_providers(values: Iterable[str] | None) -> list[str]:
+    """Flatten repeated / comma-separated ``--providers`` / ``--backend`` values in order (old
+    names like ``sdpa-flash`` map to ``torch-flash``); every provider when none is given."""
+    names: list[str] = []
+    for value in values or ():
+        for name in value.split(","):
+            name = ALIASES.get(name.strip(), name.strip())
+            if name and name not in names:
+                names.append(name)
+    return names or list(PROVIDERS)
+
+
+def is_flashduo(name: str) -> bool:
+    """True for providers that go through the flashduo backend registry."""
+    return name in FLASHDUO_PROVIDERS or name in registry.registered_backends()
+
+
+def unknown_providers(names: Sequence[str]) -> list[str]:
+    """Names that are neither a known provider nor a registered flashduo backend."""
+    return [n for n in names if n not in PROVIDERS and not is_flashduo(n)]
+
+
+def unavailable_reason(name: str, device: str) -> str | None:
+    """Why provider ``name`` cannot run on ``device`` ("cuda" or "cpu") at all; None if it can.
+
+    Shape-specific refusals (a head dim, a size that would not fit) are asked per cell instead.
+    """
+    if device == "cpu" and name not in CPU_PROVIDERS:
+        return "timings need a CUDA GPU (on the CPU only the PyTorch providers are timed)"
+    if is_flashduo(name):
+        registered = flashduo.available_backends()
+        if name not in registered:
+            return f"not a registered flashduo backend (registered: {', '.join(registered)})"
+        return registered[name]
+    if device == "cuda" and name == "torch-flash" and torch.cuda.get_device_capability() < (8, 0):
+        return "PyTorch's FlashAttention kernels need compute capability >= 8.0"
+    if name == "torch-cudnn" and not torch.backends.cudnn.is_available():
+        return "cuDNN is not available in this torch build"
+    if name == FLEX:
+        try:
+            from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+        except ImportError as exc:
+            return f"FlexAttention not importable ({exc})"
+    return None
+
+
+def shape_reasons(name: str, q: torch.Tensor, causal: bool) -> list[str]:
+    """Why a flashduo backend refuses q, k, v shaped like ``q`` (B, H, N, D); [] for others."""
+    if not is_flashduo(name):
+        return []
+    return flashduo.get_backend(name).not_supported_reasons(q, q, q, causal)
+
+
+def sdpa_impl(name: str, causal: bool) -> Impl:
+    """SDPA restricted to one backend: ``name`` is one of ``SDPA_PROVIDERS``."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {
+        "torch-flash": SDPBackend.FLASH_ATTENTION,
+        "torch-cudnn": SDPBackend.CUDNN_ATTENTION,
+        "torch-efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "torch-math": SDPBackend.MATH,
+    }[name]
+
+    def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        with sdpa_kernel([backend]):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    return fn
+
+
+def raise_recompile_limit() -> None:
+    """Let Dynamo compile a function for many shapes: past its limit it silently runs eager."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    cfg.cache_size_limit = max(cfg.cache_size_limit, 256)
+    if hasattr(cfg, "accumulated_cache_size_limit"):
+        cfg.accumulated_cache_size_limit = max(cfg.accumulated_cache_size_limit, 1024)
+
+
+def _causal_mask_mod(b, h, q_idx, kv_idx):
+    return q_idx >= kv_idx
+
+
+class FlexFactory:
+    """``torch.compile``'d FlexAttention, one block mask per causal length.
+
+    Dynamo recompiles per shape and silently falls back to eager (~5 TFLOPS) once its recompile
+    limit is hit, so the limit is raised here before the first compile.
+    """
+
+    def __init__(self) -> None:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        raise_recompile_limit()
+        self._flex = torch.compile(flex_attention, dynamic=False)
+        self._create_block_mask = create_block_mask
+        self._masks: dict[tuple[int, str], object] = {}
+
+    def impl(self, causal: bool, n: int, device: str = "cuda") -> Impl:
+        """Compiled flex_attention on (B, H, n, D); a causal block mask is built lazily."""
+
+        def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            mask = None
+            if causal:
+                key = (n, device)
+                if key not in self._masks:
+                    self._masks[key] = self._create_block_mask(
+                        _causal_mask_mod, None, None, n, n, device=device
+                    )
+                mask = self._masks[key]
+            return self._flex(q, k, v, block_mask=mask)
+
+        return fn
+
+
+def make_impl(name: str, causal: bool, n: int, flex: FlexFactory | None, device: str) -> Impl:
+    """The callable of provider ``name`` for causal / non-causal attention at length n."""
+    if is_flashduo(name):
+        return lambda q, k, v: flashduo.attention(q, k, v, causal=causal, backend=name)
+    if name in SDPA_PROVIDERS:
+        return sdpa_impl(name, causal)
+    if name == NAIVE:
+        return lambda q, k, v: reference.attention_naive(q, k, v, causal)
+    if name == FLEX:
+        if flex is None:
+            raise RuntimeError("FlexAttention factory missing")
+        return flex.impl(causal, n, device)
+    raise ValueError(f"unknown provider {name!r}; known: {', '.join(PROVIDERS)}")
+
+
+def rope_impls(providers: Sequence[str], table: reference.CosSinTable) -> dict[str, Impl]:
+    """The ViT-with-RoPE rows (N = 1 + table grid): each flashduo backend of ``providers`` (all
+    usable here) with ``rope=``, against the rotation in PyTorch (eager, and ``torch.compile``'d) in
+    front of torch-flash and torch-cudnn, and torch-cudnn without any rotation."""
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        return reference.apply_rope(x, table, ROPE_PREFIX)
+
+    raise_recompile_limit()
+    compiled = torch.compile(rotate)
+    impls: dict[str, Impl] = {}
+    for be in providers:
+        if is_flashduo(be):
+            impls[f"{be}+rope"] = lambda q, k, v, be=be: flashduo.attention(
+                q, k, v, backend=be, rope=table, num_prefix_tokens=ROPE_PREFIX)
+    for name in ("torch-flash", "torch-cudnn"):
+        if name in providers:
+            sdpa = sdpa_impl(name, False)
+            impls[f"rope-eager+{name}"] = lambda q, k, v, f=sdpa: f(rotate(q), rotate(k), v)
+            impls[f"rope-compiled+{name}"] = lambda q, k, v, f=sdpa: f(compiled(q), compiled(k), v)
+    if "torch-cudnn" in providers:
+        impls[NOROPE] = sdpa_impl("torch-cudnn", False)
+    return impls

@@ -1,0 +1,113 @@
+"""The benchmark end to end on the CPU (``--quick``, PyTorch providers at tiny sizes): it writes its
+CSV, JSON, report and PNGs; the PNGs are images of the expected size. Runs without a GPU (the
+subprocess hides any GPU, as CI has none)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flashduo.bench.providers import parse_providers
+from flashduo.bench.records import OOM, Row
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk; fails if the file is not a PNG."""
+    data = path.read_bytes()[:24]
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    out = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flashduo", "bench", "--quick", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    return proc, out
+
+
+def test_quick_cpu_run_writes_csv_json_and_report(quick_run) -> None:
+    proc, out = quick_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "timings need a cuda gpu" in proc.stdout.lower()
+    assert "cases, all passed" in proc.stdout  # the correctness demo ran first
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["tag"] for r in rows} == {"sweep", "vit", "scaling", "tiles"}
+    assert {r["impl"] for r in rows if r["tag"] == "sweep"} == {"torch-flash", "torch-math", "naive"}
+    measured = [r for r in rows if r["status"] == "ok"]
+    assert measured and all(float(r["ms"]) > 0 and r["gpu"] == "cpu" and r["torch"]
+                            for r in measured)
+    assert all(r["status"] == "skip" for r in rows if r["tag"] == "tiles")
+    assert (out / "results.json").stat().st_size > 0
+    report = (out / "report.md").read_text()
+    assert "## Sweep: TFLOPS vs N" in report and "## Scaling" in report
+    assert "FLOPs = 4*B*H*N^2*D" in report
+
+
+def test_quick_cpu_run_plots(quick_run) -> None:
+    pytest.importorskip("matplotlib")
+    from flashduo.bench.plots import SIZES
+
+    _, out = quick_run
+    pngs = sorted(out.glob("*.png"))
+    names = {p.name for p in pngs}
+    assert {"scaling.png", "tiles.png", "sweep_bfloat16_fwd.png", "sweep_bfloat16_bwd.png",
+            "sweep_bfloat16_fwdbwd.png"} <= names
+    report = (out / "report.md").read_text()
+    for png in pngs:
+        assert png_size(png) == SIZES[png.name.split("_")[0].removesuffix(".png")], png.name
+        assert f"]({png.name})" in report, f"{png.name} not linked from the report"
+
+
+def test_gpu_shaped_plots(tmp_path: Path) -> None:
+    """The scaling plot with memory and OOM marks and the tiles heatmap, from synthetic rows."""
+    pytest.importorskip("matplotlib")
+    from flashduo.bench.plots import SIZES, write_plots
+
+    rows = []
+    for n in (1024, 2048, 4096):
+        for impl, mem in (("triton", n / 100), ("naive", n * n / 1e5)):
+            status = OOM if impl == "naive" and n == 4096 else "ok"
+            ms = math.nan if status == OOM else n / 1000
+            rows.append(Row("scaling", impl, 64, False, "fwd", n, 1, 16, ms, 1.0, status=status,
+                            mem_mb=mem if status == "ok" else math.nan))
+    for bm in (64, 128):
+        for bn in (32, 64, 128):
+            status = "ERR" if (bm, bn) == (128, 128) else "ok"
+            rows.append(Row("tiles", "triton", 128, False, "fwd", 4096, 4, 16, 1.0,
+                            300.0 + bm + bn if status == "ok" else math.nan, status=status,
+                            block_m=bm, block_n=bn))
+    paths, why = write_plots(rows, str(tmp_path))
+    assert why is None
+    assert sorted(os.path.basename(p) for p in paths) == ["scaling.png", "tiles.png"]
+    for p in paths:
+        name = os.path.basename(p).removesuffix(".png")
+        assert png_size(Path(p)) == SIZES[name]
+
+
+def test_cli_rejects_unknown_provider_and_suite() -> None:
+    from flashduo.cli import main
+
+    assert main(["bench", "--providers", "nope", "--suite", "sweep"]) == 2
+    assert main(["bench", "--suite", "nope"]) == 2
+
+
+def test_parse_providers() -> None:
+    assert parse_providers(["triton,sdpa-flash", "flex", "triton"]) == ["triton", "torch-flash",
+                                                                        "torch-flex"]
+    assert "triton-unfused" in parse_providers(None)
