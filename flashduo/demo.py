@@ -11,6 +11,7 @@ the kernels were already imported for the GPU.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -128,9 +129,39 @@ def _ensure_interpreter() -> None:
         os.environ["TRITON_INTERPRET"] = "1"
 
 
+CANNOT_RUN = 2  # run_demo's return code when the interpreter cannot run the kernels here
+
+
+def _major_minor(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", version)[:2])
+
+
+def interpreter_blocker() -> str | None:
+    """Why Triton's interpreter cannot run the kernels in this environment, or None.
+
+    Triton 3.6 and older turn a loop bound into a Python int with ``int()`` on a one-element
+    array, which numpy 2 refuses; every kernel with a ``range`` loop then fails. Triton 3.7 fixed it.
+    """
+    import numpy
+    import triton
+
+    if _major_minor(triton.__version__) < (3, 7) and _major_minor(numpy.__version__) >= (2, 0):
+        return (f"triton {triton.__version__}'s interpreter cannot run loops under numpy "
+                f"{numpy.__version__}; the CPU demo needs triton >= 3.7 or numpy < 2")
+    return None
+
+
 def run_demo(cases: list[Case] | None = None) -> int:
-    """Run the cases on the CPU in the Triton interpreter, print PASS/FAIL lines; 0 if all pass."""
+    """Run the cases on the CPU in the Triton interpreter, print PASS/FAIL lines.
+
+    Returns 0 if all pass, 1 if any fails, ``CANNOT_RUN`` (with the reason printed) when the
+    installed Triton's interpreter cannot run the kernels at all.
+    """
     _ensure_interpreter()
+    blocker = interpreter_blocker()
+    if blocker:
+        print(f"CPU demo not run: {blocker}", flush=True)
+        return CANNOT_RUN
     cases = demo_cases() if cases is None else cases
     print("Triton kernels in the CPU interpreter vs the float64 reference (max abs error); "
           "tolerances (out, lse, grads): "

@@ -139,23 +139,26 @@ def run_benchmark(
     total += tiles_count(quick) if "tiles" in suites else 0
     ctx = Context(device, env, Progress(total))
     aborted = None
+    suite_s: dict[str, float] = {}
     try:
         for name in suites:
+            start = time.time()
             if name == "tiles":
                 tiles_why = run_tiles(quick, ctx, unavailable_reason("triton", device) is None)
                 if tiles_why:
                     ctx.progress.write(f"SKIP suite tiles: {tiles_why}")
             else:
                 SUITES[name][0](plan, ctx)
+            suite_s[name] = time.time() - start
     except CudaContextLost as exc:
         aborted = f"ABORTED, the CUDA context is lost after {exc}; the tables hold what ran before"
     finally:
         ctx.progress.close()
-    return _finish(ctx, plan, targets, env, out_dir, aborted, t0)
+    return _finish(ctx, plan, targets, env, out_dir, aborted, t0, suite_s)
 
 
 def _finish(ctx: Context, plan: Plan, targets: list[str], env: dict, out_dir: str | None,
-            aborted: str | None, t0: float) -> int:
+            aborted: str | None, t0: float, suite_s: dict[str, float]) -> int:
     rows = ctx.rows
     out_dir = out_dir or files.default_out_dir(str(env["gpu"]))
     plot_paths, no_plots = plots.write_plots(rows, out_dir)
@@ -175,7 +178,8 @@ def _finish(ctx: Context, plan: Plan, targets: list[str], env: dict, out_dir: st
     if no_plots:
         summary.append(no_plots)
     tail = "\n".join(["## Summary", "", *(f"- {line}" for line in summary),
-                      f"- wall time {time.time() - t0:.0f} s"])
+                      f"- wall time {time.time() - t0:.0f} s ("
+                      + ", ".join(f"{k} {v:.0f} s" for k, v in suite_s.items()) + ")"])
     text = files.report_markdown(sections, head, tail)
     print()
     print(text, flush=True)
