@@ -176,7 +176,9 @@ def _bench_options(args: argparse.Namespace) -> dict:
     if bad:
         raise ValueError(f"unknown suite(s) {', '.join(bad)}; known: {', '.join(SUITE_NAMES)}")
     head_dims = [d for group in args.head_dim or [] for d in group] or None
+    named = bool(args.providers or args.backend)
     return dict(providers=providers, suites=suites, quick=args.quick, full=args.full,
+                materializing_everywhere=named,
                 out_dir=args.out, head_dims=head_dims, seqlens=args.seqlens, dtypes=dtypes)
 
 

@@ -56,7 +56,7 @@ def _flex(plan: Plan) -> None:
 
 def make_plan(providers: Sequence[str], device: str, quick: bool, full: bool,
               head_dims: Sequence[int] | None, seqlens: Sequence[int] | None,
-              dtypes: Sequence[torch.dtype] | None) -> Plan:
+              dtypes: Sequence[torch.dtype] | None, materializing_everywhere: bool = False) -> Plan:
     """What the run measures; raises ``ValueError`` for an unknown provider name."""
     unknown = unknown_providers(providers)
     if unknown:
@@ -66,6 +66,7 @@ def make_plan(providers: Sequence[str], device: str, quick: bool, full: bool,
     skipped = _unavailable(providers, device)
     plan = Plan([p for p in providers if p not in skipped], skipped, device, quick, full,
                 head_dims or HEAD_DIMS, seqlens, dtypes or default_dtypes)
+    plan.materializing_everywhere = materializing_everywhere or full or device == "cpu"
     if device == "cpu":
         plan.tokens, plan.hidden = CPU_SIZES["tokens"], CPU_SIZES["hidden"]
         plan.head_dims = head_dims or CPU_SIZES["head_dims"]
@@ -115,12 +116,17 @@ def run_benchmark(
     seqlens: Sequence[int] | None = None,
     dtypes: Sequence[torch.dtype] | None = None,
     device: str | None = None,
+    materializing_everywhere: bool = False,
 ) -> int:
     """Run ``suites`` over ``providers``; print tables and summary; write the output files.
 
     Returns 0 when no cell of a fused flashduo backend failed (ERR) and every SDPA check passed,
     1 otherwise (missing a speed target or running out of memory is a measurement, not a
     failure). Raises ``ValueError`` for an unknown provider or suite name.
+    ``materializing_everywhere``: time the providers that materialize N x N scores
+    (triton-unfused, torch-math, naive) at every sweep and ViT shape; otherwise a GPU run times
+    them in the scaling suite and at the reference ViT shape only (``full`` sets it too; the CLI
+    sets it when providers are named).
     """
     bad = [s for s in suites if s not in SUITE_NAMES]
     if bad:
@@ -133,7 +139,8 @@ def run_benchmark(
         os.environ["FLASHDUO_AUTOTUNE"] = "0"  # one Triton config per shape class: no tuning time
     env = environment()
     print(header_line(env), flush=True)
-    plan = make_plan(providers, device, quick, full, head_dims, seqlens, dtypes)
+    plan = make_plan(providers, device, quick, full, head_dims, seqlens, dtypes,
+                     materializing_everywhere)
     targets = report.target_backends(plan.providers, [p for p in plan.providers if is_flashduo(p)])
     total = sum(SUITES[s][1](plan) for s in suites if s in SUITES)
     total += tiles_count(quick) if "tiles" in suites else 0

@@ -19,6 +19,7 @@ MODES = ("fwd", "fwdbwd")  # the ViT and scaling suites; the sweep adds "bwd"
 SWEEP_MODES = ("fwd", "bwd", "fwdbwd")
 FLEX = "torch-flex"
 NAIVE = "naive"
+MATERIALIZING = ("triton-unfused", "torch-math", NAIVE)  # keep N x N scores in memory
 NOROPE = "torch-cudnn-norope"  # the ViT-with-RoPE rows' cuDNN SDPA without the rotation
 CHECK_RTOL = 5e-2  # max |x - sdpa| / max |sdpa| above this marks a backend's result SUSPECT
 FLOP_NOTE = ("FLOPs = 4*B*H*N^2*D, halved when causal; x2.5 bwd, x3.5 fwd+bwd "

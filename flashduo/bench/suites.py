@@ -1,15 +1,17 @@
 """The benchmark's suites and their shapes: sweep, vit, scaling (``tiles`` is in ``tiles.py``).
 
 - sweep: FlashAttention's TFLOPS-vs-N sweep, B·N = 16384 tokens, H·D = 2048, fwd / bwd / fwd+bwd,
-  causal and not, D in {64, 128}; fp16 by default, fp16 and bf16 with ``full``.
+  causal and not, D in {64, 128}; bf16 by default, fp16 and bf16 with ``full``.
 - vit: ViT shapes N = 197, 257, 577 (CLS + 14², 16², 24² patches), D = 64, ViT-S/B/L head counts
-  (6 / 12 / 16), B = 256, bf16, ms per call; then the same shapes with 2D RoPE.
+  (6 / 12 / 16), B = 256, bf16, ms per call; then with 2D RoPE at N = 197 (every shape with
+  ``full``).
 - scaling: B = 1, H = 16, D = 64, bf16, N doubling from 1024: time and peak memory of one call;
   once a provider runs out of memory its larger sizes are marked OOM without running.
 
 Every suite takes a ``Plan`` (what to run) and a ``Context`` (where results go). FlexAttention
 compiles per shape, so it runs only at ``FLEX_SEQLENS`` of the sweep and the reference ViT shape
-unless ``full``.
+unless ``full``; the providers that materialize N x N scores (slow, and their story is memory) run
+in the scaling suite and at the reference ViT shape unless ``full`` or named in ``--providers``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 import reference
 from flashduo.bench.cells import Context, Entry, Shape, run_shape
 from flashduo.bench.providers import ROPE_PREFIX, FlexFactory, is_flashduo, make_impl, rope_impls
-from flashduo.bench.records import FLEX, MODES, OOM, SWEEP_MODES
+from flashduo.bench.records import FLEX, MATERIALIZING, MODES, OOM, SWEEP_MODES
 
 TOKENS, HIDDEN = 16384, 2048  # B * N and H * D of the sweep
 SEQLENS = (512, 1024, 2048, 4096, 8192, 16384)
@@ -56,6 +58,7 @@ class Plan:
     flex: FlexFactory | None = None
     tokens: int = TOKENS
     hidden: int = HIDDEN
+    materializing_everywhere: bool = False  # else MATERIALIZING providers skip some shapes
 
     def checked(self) -> list[str]:
         """flashduo backends to compare with SDPA before timing (GPU only: the check's SDPA
@@ -64,12 +67,16 @@ class Plan:
             return []
         return [p for p in self.providers if is_flashduo(p)]
 
-    def impls(self, causal: bool, n: int, flex_here: bool) -> dict[str, Entry]:
+    def impls(self, causal: bool, n: int, flex_here: bool, materializing_here: bool = True
+              ) -> dict[str, Entry]:
         """Each provider's callable, or why it does not run."""
         out: dict[str, Entry] = {}
         for name in self.providers:
             if name == FLEX and not flex_here:
                 out[name] = "not at this shape (compiles per shape; --full runs it everywhere)"
+            elif name in MATERIALIZING and not (materializing_here or self.materializing_everywhere):
+                out[name] = ("not at this shape by default (materializes N x N; the scaling "
+                             "suite shows it; --full or naming it in --providers runs it)")
             else:
                 out[name] = make_impl(name, causal, n, self.flex, self.device)
         return out
@@ -96,7 +103,8 @@ def run_sweep(plan: Plan, ctx: Context) -> None:
                     b, h = sweep_shape(n, d, plan.tokens, plan.hidden)
                     shape = Shape("sweep", b, h, n, d, causal, dtype, SWEEP_MODES)
                     flex_here = plan.full or n in FLEX_SEQLENS
-                    run_shape(shape, plan.impls(causal, n, flex_here), ctx, plan.checked())
+                    impls = plan.impls(causal, n, flex_here, materializing_here=False)
+                    run_shape(shape, impls, ctx, plan.checked())
 
 
 def vit_shapes(plan: Plan) -> list[tuple[str, int, int]]:
@@ -108,18 +116,23 @@ def vit_shapes(plan: Plan) -> list[tuple[str, int, int]]:
 
 def vit_count(plan: Plan) -> int:
     """Number of cells ``run_vit`` adds (the RoPE rows' count is an estimate before they exist)."""
+    shapes = vit_shapes(plan)
+    rope_shapes = [s for s in shapes if plan.full or s[2] == VIT_REF[1]]
     rope = sum(1 for p in plan.providers if is_flashduo(p)) + 5
-    return len(vit_shapes(plan)) * len(MODES) * (len(plan.providers) + rope)
+    return len(MODES) * (len(shapes) * len(plan.providers) + len(rope_shapes) * rope)
 
 
 def run_vit(plan: Plan, ctx: Context) -> None:
-    """ms per call at ViT shapes (tag "vit"), then with 2D RoPE (tag "vit-rope"), bf16."""
+    """ms per call at ViT shapes (tag "vit"), then with 2D RoPE (tag "vit-rope"), bf16.
+
+    Unless ``full``: the materializing providers and FlexAttention run at the reference shape
+    only, and the RoPE rows at N = 197 only (each length compiles the PyTorch rotation anew)."""
     batch = 2 if plan.device == "cpu" else VIT_BATCH
     for model, h, n in vit_shapes(plan):
         ref = (model, n) == VIT_REF
         shape = Shape("vit", batch, h, n, VIT_D, False, torch.bfloat16, MODES)
-        run_shape(shape, plan.impls(False, n, plan.full or ref), ctx, plan.checked())
-        if plan.device != "cuda":
+        run_shape(shape, plan.impls(False, n, plan.full or ref, ref), ctx, plan.checked())
+        if plan.device != "cuda" or not (plan.full or n == VIT_REF[1]):
             continue
         grid = math.isqrt(n - ROPE_PREFIX)
         table = reference.CosSinTable(100.0, grid, VIT_D, device=plan.device)
