@@ -1,9 +1,10 @@
-"""Command line: ``python -m flashduo {info,bench,demo}``.
+"""Command line: ``python -m flashduo {info,bench,plot,demo}``.
 
 ``info`` lists the registered backends and why any is unavailable, the GPU and library versions.
 ``bench`` runs the benchmark suites on a CUDA GPU; without one it runs the CPU correctness demo of
 the Triton kernels in Triton's interpreter, then the suites at tiny sizes with the PyTorch
-providers (to show what the benchmark writes). ``demo`` runs that demo directly.
+providers (to show what the benchmark writes). ``plot`` redraws a run's PNGs from its
+results.json. ``demo`` runs that demo directly.
 
 The Triton interpreter is chosen when the kernels are imported, so the demo paths set
 ``TRITON_INTERPRET=1`` before anything imports ``triton_impl`` (flashduo imports it lazily).
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m flashduo",
         description="flashduo: FlashAttention in Triton (and CUDA C++) behind one PyTorch API.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{info,bench,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{info,bench,plot,demo}")
     sub.required = True
 
     sub.add_parser("info", help="registered backends, availability, GPU and versions")
@@ -91,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sweep dtypes (default: bf16; fp16 and bf16 with --full)")
     bench.add_argument("--no-vit", action="store_true", help="leave out the vit suite")
     bench.add_argument("--no-sweep", action="store_true", help="leave out the sweep suite")
+
+    plot = sub.add_parser(
+        "plot",
+        help="redraw a benchmark's PNG plots from its results.json (no GPU needed)",
+        description="Read DIR/results.json written by `bench` and draw its plots again, e.g. on "
+        "a machine with matplotlib after a run on one without.",
+    )
+    plot.add_argument("dir", metavar="DIR", help="a bench output folder holding results.json")
+    plot.add_argument("--out", metavar="DIR", help="where the PNGs go (default: DIR)")
 
     sub.add_parser(
         "demo",
@@ -206,6 +216,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_benchmark(**options) or demo_rc
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Redraw the plots of a bench run from its results.json."""
+    from flashduo.bench import files, plots
+
+    path = os.path.join(args.dir, "results.json")
+    if not os.path.isfile(path):
+        print(f"error: no results.json in {args.dir}", file=sys.stderr)
+        return 2
+    rows, _ = files.read_json(path)
+    written, why = plots.write_plots(rows, args.out or args.dir)
+    if why:
+        print(f"error: {why}", file=sys.stderr)
+        return 1
+    print(f"wrote {', '.join(written)}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m flashduo`` and the ``flashduo`` console script; returns the exit
     code."""
@@ -214,4 +241,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_info()
     if args.command == "demo":
         return cmd_demo()
+    if args.command == "plot":
+        return cmd_plot(args)
     return cmd_bench(args)

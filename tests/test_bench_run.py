@@ -77,6 +77,26 @@ def test_quick_cpu_run_plots(quick_run) -> None:
         assert f"]({png.name})" in report, f"{png.name} not linked from the report"
 
 
+def test_plot_command_redraws_from_results_json(quick_run, tmp_path: Path) -> None:
+    """``python -m flashduo plot DIR`` reads DIR/results.json back into rows and draws the plots
+    the run drew (same files, same image sizes); a folder without results.json is an error."""
+    pytest.importorskip("matplotlib")
+    from flashduo.bench.files import read_json
+    from flashduo.cli import main
+
+    _, out = quick_run
+    rows, env = read_json(str(out / "results.json"))
+    with open(out / "results.csv", newline="") as f:
+        assert len(rows) == sum(1 for _ in csv.DictReader(f))
+    assert env["gpu"] == "cpu" and all(r.env is env for r in rows)
+    assert main(["plot", str(out), "--out", str(tmp_path)]) == 0
+    redrawn = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert redrawn == sorted(p.name for p in out.glob("*.png"))
+    for name in redrawn:
+        assert png_size(tmp_path / name) == png_size(out / name)
+    assert main(["plot", str(tmp_path / "nowhere")]) == 2
+
+
 def test_gpu_shaped_plots(tmp_path: Path) -> None:
     """The scaling plot with memory and OOM marks and the tiles heatmap, from synthetic rows."""
     pytest.importorskip("matplotlib")

@@ -53,6 +53,19 @@ def write_json(path: str, rows: Sequence[Row], checks: Sequence[Check], env: dic
         json.dump(data, f, indent=1)
 
 
+def read_json(path: str) -> tuple[list[Row], dict]:
+    """(rows, env) back from a ``results.json`` written by ``write_json`` (null as NaN)."""
+    with open(path) as f:
+        data = json.load(f)
+    env = data["env"]
+    names = {f.name for f in fields(Row)}
+    rows = []
+    for raw in data["rows"]:
+        values = {k: (math.nan if v is None else v) for k, v in raw.items() if k in names}
+        rows.append(Row(**values, env=env))
+    return rows, env
+
+
 def report_markdown(sections: Sequence[tuple[str, str, Sequence[str]]], head: str,
                     tail: str) -> str:
     """The report: ``head``, then per (title, table, plot paths) a heading, the table and the
