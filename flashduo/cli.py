@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="small subset of every suite (D=64, no torch-flex, Triton autotuning "
                        "off unless FLASHDUO_AUTOTUNE is set): about a minute on a GPU")
     bench.add_argument("--full", action="store_true",
-                       help="fp16 and bf16 in the sweep, FlexAttention at every shape")
+                       help="fp16 and bf16 in the sweep; FlexAttention, the materializing "
+                       "providers and RoPE rows at every shape; longer timing (25/100 ms)")
     bench.add_argument("--no-flex", action="store_true", help="leave out torch-flex (compile time)")
     bench.add_argument("--out", metavar="DIR",
                        help="output folder (default: bench_results/<gpu-name>)")

@@ -133,8 +133,12 @@ def run_benchmark(
         raise ValueError(f"unknown suite(s) {', '.join(bad)}; known: {', '.join(SUITE_NAMES)}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.time()
-    timing.BUDGET.update(warmup=timing.QUICK_WARMUP_MS if quick else timing.WARMUP_MS,
-                         rep=timing.QUICK_REP_MS if quick else timing.REP_MS)
+    if quick:
+        timing.BUDGET.update(warmup=timing.QUICK_WARMUP_MS, rep=timing.QUICK_REP_MS)
+    elif full:
+        timing.BUDGET.update(warmup=timing.FULL_WARMUP_MS, rep=timing.FULL_REP_MS)
+    else:
+        timing.BUDGET.update(warmup=timing.WARMUP_MS, rep=timing.REP_MS)
     if quick and device == "cuda" and "FLASHDUO_AUTOTUNE" not in os.environ:
         os.environ["FLASHDUO_AUTOTUNE"] = "0"  # one Triton config per shape class: no tuning time
     env = environment()
