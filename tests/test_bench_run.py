@@ -150,3 +150,30 @@ def test_interpreter_blocker_names_the_versions(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(triton, "__version__", "3.6.0")
     monkeypatch.setattr(numpy, "__version__", "1.26.4")
     assert interpreter_blocker() is None
+
+
+def test_default_gpu_plan_leaves_materializing_providers_to_scaling_and_the_vit_reference() -> None:
+    """A GPU plan (built without a GPU: nothing runs) skips the materializing providers in the
+    sweep and at ViT shapes other than the reference one, with the reason; naming them or --full
+    times them everywhere."""
+    from flashduo.bench.records import MATERIALIZING
+    from flashduo.bench.suites import VIT_REF, Plan, vit_count, vit_shapes
+
+    providers = ["torch-flash", *MATERIALIZING]
+    plan = Plan(list(providers), {}, device="cuda")
+    sweep = plan.impls(False, 4096, False, materializing_here=False)
+    assert callable(sweep["torch-flash"])
+    for name in MATERIALIZING:
+        assert isinstance(sweep[name], str) and "--full" in sweep[name]
+    assert all(callable(f) for f in plan.impls(False, VIT_REF[1], False).values())
+    plan.materializing_everywhere = True
+    assert all(callable(f) for f in plan.impls(False, 4096, False, False).values())
+    shapes = vit_shapes(plan)
+    rope_shapes = [s for s in shapes if s[2] == VIT_REF[1]]
+    assert len(shapes) == 9 and len(rope_shapes) == 3
+    # RoPE rows: triton-unfused+rope, rope-eager and rope-compiled in front of torch-flash
+    modes = 2
+    assert vit_count(plan) == modes * (9 * len(providers) + 3 * 3)
+    plan.full = True
+    assert vit_count(plan) == modes * (9 * len(providers) + 9 * 3)
+    assert vit_count(Plan(list(providers), {}, device="cpu", full=True)) == modes * 9 * 4

@@ -115,10 +115,12 @@ def vit_shapes(plan: Plan) -> list[tuple[str, int, int]]:
 
 
 def vit_count(plan: Plan) -> int:
-    """Number of cells ``run_vit`` adds (the RoPE rows' count is an estimate before they exist)."""
+    """Number of cells ``run_vit`` adds (as many as ``rope_impls`` gives per RoPE shape)."""
     shapes = vit_shapes(plan)
-    rope_shapes = [s for s in shapes if plan.full or s[2] == VIT_REF[1]]
-    rope = sum(1 for p in plan.providers if is_flashduo(p)) + 5
+    rope_shapes = [s for s in shapes if plan.device == "cuda" and (plan.full or s[2] == VIT_REF[1])]
+    sdpa = [p for p in ("torch-flash", "torch-cudnn") if p in plan.providers]
+    rope = (sum(1 for p in plan.providers if is_flashduo(p)) + 2 * len(sdpa)
+            + ("torch-cudnn" in sdpa))
     return len(MODES) * (len(shapes) * len(plan.providers) + len(rope_shapes) * rope)
 
 
