@@ -171,6 +171,36 @@ def test_triton_fused_rope(case) -> None:
         assert_close(f"triton fused rope {name}", x, ref, bl, kind, dtype)
 
 
+@pytest.mark.parametrize("has_cls", [True, False])
+def test_sdpa_triton_fa_rope(has_cls: bool) -> None:
+    """The seed-compatible entry point: the CLS token (has_cls) left unrotated, the grid rotated;
+    output and gradients as float64 RoPE + attention; a table for another grid is refused."""
+    import triton_impl
+
+    dtype = torch.bfloat16 if ON_GPU else torch.float16
+    skip_if_unrunnable("triton", Case(2, 4, 2, 1, 1, 64, dtype, True))
+    prefix = int(has_cls)
+    q, k, v, dout = _rope_case_inputs(dtype, (4, 5), prefix, d=64, seed=5)
+    table = reference.CosSinTable(100.0, 4, 64, device=DEVICE, W_img=5)
+    out = triton_impl.sdpa_triton_fa_rope(q, k, v, table, causal=True, sm_scale=0.3,
+                                          has_cls=has_cls)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+
+    def run(upcast: bool):
+        xs = [(t.detach().double() if upcast else t.detach()).requires_grad_() for t in (q, k, v)]
+        qr, kr = (reference.apply_rope(x, table, prefix) for x in xs[:2])
+        o = reference.attention_ref(qr, kr, xs[2], True, 0.3, upcast=upcast)[0]
+        return (o, *torch.autograd.grad(o, xs, dout.to(o.dtype)))
+
+    truth, base = run(True), run(False)
+    for name, kind, x, ref, bl in zip(("out", "dq", "dk", "dv"), ("out", "grad", "grad", "grad"),
+                                      (out, *grads), truth, base):
+        assert_close(f"sdpa_triton_fa_rope {name}", x, ref, bl, kind, dtype)
+    other = reference.CosSinTable(100.0, 5, 64, device=DEVICE)
+    with pytest.raises(ValueError, match="grid"):
+        triton_impl.sdpa_triton_fa_rope(q, k, v, other, has_cls=has_cls)
+
+
 @pytest.mark.parametrize("backend", ["reference", "triton", "cuda"] if ON_GPU else ["reference"])
 def test_rope_opcheck(backend) -> None:
     """The ops' schema, fake and autograd registrations hold with the rope tables passed."""
