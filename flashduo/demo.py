@@ -139,15 +139,16 @@ def _major_minor(version: str) -> tuple[int, ...]:
 def interpreter_blocker() -> str | None:
     """Why Triton's interpreter cannot run the kernels in this environment, or None.
 
-    Triton 3.6 and older turn a loop bound into a Python int with ``int()`` on a one-element
-    array, which numpy 2 refuses; every kernel with a ``range`` loop then fails. Triton 3.7 fixed it.
+    Triton 3.6's interpreter turns a loop bound into a Python int with ``int()`` on a one-element
+    array, which numpy 2.4 and later refuse; every kernel with a ``range`` loop then fails (seen
+    with triton 3.6.0 under numpy 2.4 and 2.5; numpy 2.3 and triton 3.7 work).
     """
     import numpy
     import triton
 
-    if _major_minor(triton.__version__) < (3, 7) and _major_minor(numpy.__version__) >= (2, 0):
+    if _major_minor(triton.__version__) < (3, 7) and _major_minor(numpy.__version__) >= (2, 4):
         return (f"triton {triton.__version__}'s interpreter cannot run loops under numpy "
-                f"{numpy.__version__}; the CPU demo needs triton >= 3.7 or numpy < 2")
+                f"{numpy.__version__}; the CPU demo needs triton >= 3.7 or numpy < 2.4")
     return None
 
 

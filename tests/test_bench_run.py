@@ -137,7 +137,8 @@ def test_parse_providers() -> None:
 
 
 def test_interpreter_blocker_names_the_versions(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Triton < 3.7 under numpy 2 is reported as unable to run the demo; newer Triton is not."""
+    """Triton < 3.7 under numpy >= 2.4 is reported as unable to run the demo; newer Triton, or
+    older numpy, is not."""
     import numpy
     import triton
 
@@ -148,7 +149,7 @@ def test_interpreter_blocker_names_the_versions(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(triton, "__version__", "3.7.0")
     assert interpreter_blocker() is None
     monkeypatch.setattr(triton, "__version__", "3.6.0")
-    monkeypatch.setattr(numpy, "__version__", "1.26.4")
+    monkeypatch.setattr(numpy, "__version__", "2.3.5")
     assert interpreter_blocker() is None
 
 
