@@ -60,6 +60,8 @@ def test_quick_cpu_run_writes_csv_json_and_report(quick_run) -> None:
     report = (out / "report.md").read_text()
     assert "## Sweep: TFLOPS vs N" in report and "## Scaling" in report
     assert "FLOPs = 4*B*H*N^2*D" in report
+    spent = next(line for line in report.splitlines() if line.startswith("- time by provider"))
+    assert all(name in spent for name in ("torch-flash", "torch-math", "naive")), spent
 
 
 def test_quick_cpu_run_plots(quick_run) -> None:

@@ -9,6 +9,7 @@ sticky CUDA error (after which every CUDA call fails) ends the run, as ``CudaCon
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -43,13 +44,19 @@ from flashduo.bench.timing import (
 @dataclass
 class Context:
     """What every cell of a run shares: where it runs, the environment its rows carry, the
-    progress bar, and the lists the results go to."""
+    progress bar, the lists the results go to, and the wall seconds spent on each provider
+    (its checks and timed cells, first-call compilation and autotuning included)."""
 
     device: str
     env: dict
     progress: Progress
     rows: list[Row] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
+    spent: dict[str, float] = field(default_factory=dict)
+
+    def charge(self, name: str, since: float) -> None:
+        """Add the wall time from ``since`` (``time.perf_counter()``) to provider ``name``."""
+        self.spent[name] = self.spent.get(name, 0.0) + time.perf_counter() - since
 
 
 @dataclass(frozen=True)
@@ -152,7 +159,9 @@ def run_shape(
     for name in checked:
         fn = impls.get(name)
         if callable(fn) and not shape_reasons(name, sets[0][0], shape.causal):
+            start = time.perf_counter()
             _check(shape, name, fn, sets[0], dout, ctx)
+            ctx.charge(name, start)
 
     for name, fn in impls.items():
         why = fn if isinstance(fn, str) else "; ".join(shape_reasons(name, sets[0][0], shape.causal))
@@ -161,7 +170,10 @@ def run_shape(
             if why:
                 add(shape.row(name, mode, ctx, status=SKIP, note=why))
             else:
-                add(_measure(shape, name, fn, mode, sets, dout, memory, ctx))
+                start = time.perf_counter()
+                row = _measure(shape, name, fn, mode, sets, dout, memory, ctx)
+                ctx.charge(name, start)
+                add(row)
     del sets, dout
     if ctx.device == "cuda":
         torch.cuda.empty_cache()

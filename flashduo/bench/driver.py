@@ -188,6 +188,10 @@ def _finish(ctx: Context, plan: Plan, targets: list[str], env: dict, out_dir: st
         summary.insert(0, aborted)
     if no_plots:
         summary.append(no_plots)
+    if ctx.spent:
+        ranked = sorted(ctx.spent.items(), key=lambda kv: -kv[1])
+        summary.append("time by provider (checks and timed cells, first-call compilation and "
+                       "autotuning included): " + ", ".join(f"{k} {v:.3g} s" for k, v in ranked))
     tail = "\n".join(["## Summary", "", *(f"- {line}" for line in summary),
                       f"- wall time {time.time() - t0:.0f} s ("
                       + ", ".join(f"{k} {v:.0f} s" for k, v in suite_s.items()) + ")"])
