@@ -133,7 +133,8 @@ def run_vit(plan: Plan, ctx: Context) -> None:
     for model, h, n in vit_shapes(plan):
         ref = (model, n) == VIT_REF
         shape = Shape("vit", batch, h, n, VIT_D, False, torch.bfloat16, MODES)
-        run_shape(shape, plan.impls(False, n, plan.full or ref, ref), ctx, plan.checked())
+        run_shape(shape, plan.impls(False, n, plan.full or ref, materializing_here=ref), ctx,
+                  plan.checked())
         if plan.device != "cuda" or not (plan.full or n == VIT_REF[1]):
             continue
         grid = math.isqrt(n - ROPE_PREFIX)
