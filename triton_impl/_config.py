@@ -96,14 +96,19 @@ def make_prune(resident: str):
 _CHOSEN: dict[tuple, triton.Config] = {}
 
 
-def launch(kernel, grid, shape_class: tuple, *args, **kwargs) -> None:
+def launch(kernel, grid, shape_class: tuple, *args, config: triton.Config | None = None,
+           **kwargs) -> None:
     """Launch an autotuned kernel, going through the autotuner only once per shape class.
 
     The first launch of a shape class tunes (or picks the single config) as usual; later ones call
     the compiled kernel with the remembered config directly, skipping the autotuner's per-call
     argument handling (tens of microseconds of host time per launch, which shows at small sizes).
     ``shape_class`` must determine the autotune key: (Nq bucket, Nk bucket, D, causal, dtype).
+    ``config``: launch this one instead, without tuning and without remembering it.
     """
+    if config is not None:
+        kernel.fn[grid](*args, **kwargs, **config.all_kwargs())
+        return
     key = (kernel, *shape_class)
     config = _CHOSEN.get(key)
     if config is None:

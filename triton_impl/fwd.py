@@ -120,7 +120,7 @@ def rope_args(rope: Rope | None, like: torch.Tensor) -> tuple:
 
 def attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
-    rope: Rope | None = None,
+    rope: Rope | None = None, config: triton.Config | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel.
 
@@ -129,6 +129,9 @@ def attention_fwd(
         causal: top-left aligned causal mask. scale: score scale.
         rope: optional (cos, sin, num_prefix_tokens): float32 contiguous (N_pos, D / 2) per-pair
             tables; q and k tiles are rotated (2D RoPE, ``reference.rope``) right after loading.
+        config: a ``triton.Config`` with BLOCK_M and BLOCK_N (and num_warps, num_stages) to launch
+            instead of the tuned one, e.g. ``triton.Config({"BLOCK_M": 64, "BLOCK_N": 32},
+            num_warps=4, num_stages=3)`` (the benchmark's tile sweep); the tuned choice is untouched.
 
     Returns:
         out (B, Hq, Nq, D) contiguous in q's dtype; lse (B, Hq, Nq) float32, natural log.
@@ -147,6 +150,6 @@ def attention_fwd(
         q, k, v, out, lse, *rope_args(rope, q)[:2],
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
         h, h // hkv, nq, nk, scale * LOG2E, qb, kb, *rope_args(rope, q)[2:],
-        HEAD_DIM=d, BLOCK_D=block_d(d), CAUSAL=causal, ROPE=rope is not None,
+        HEAD_DIM=d, BLOCK_D=block_d(d), CAUSAL=causal, ROPE=rope is not None, config=config,
     )
     return out, lse

@@ -1,12 +1,9 @@
 """Tiles suite: TFLOPS of the Triton forward kernel for each forced (BLOCK_M, BLOCK_N) at one shape.
 
-The Triton launchers go through ``triton_impl._config.launch``, which remembers the config chosen
-for a shape class in ``_config._CHOSEN`` (keyed by (kernel, Nq bucket, Nk bucket, D, causal,
-dtype, rope)) and launches a remembered config directly. This suite seeds that entry with the
-config it wants, times ``triton_impl.fwd.attention_fwd`` (the kernel alone, no front door), and
-puts the previous entry back. If those names or that key change, the suite is skipped with the
-reason. Each config's output is compared with SDPA's; a wrong one is marked ERR. The CUDA kernel
-has a single tile configuration per head dim, so it has no heatmap.
+Each config goes to ``triton_impl.fwd.attention_fwd(..., config=...)``, which launches it instead of
+the tuned one (the kernel alone, no front door). Each config's output is compared with SDPA's; a
+wrong one is marked ERR. The CUDA kernel has a single tile configuration per head dim, so it has no
+heatmap.
 """
 
 from __future__ import annotations
@@ -46,18 +43,13 @@ def warps_stages(bm: int, bn: int) -> tuple[int, int]:
     return (8 if bm >= 128 else 4), (2 if bm * bn >= 128 * 128 else 3)
 
 
-def _hook() -> tuple[object, object, str | None]:
-    """(triton_impl._config, triton_impl.fwd, None), or why the config cannot be forced."""
+def _forward() -> tuple[Callable | None, str | None]:
+    """(triton_impl.fwd.attention_fwd, None), or (None, why it cannot be imported)."""
     try:
-        from triton_impl import _config, fwd
+        from triton_impl.fwd import attention_fwd
     except Exception as exc:
-        return None, None, f"triton_impl not importable ({short(exc)})"
-    needed = [(_config, "_CHOSEN"), (_config, "launch"), (_config, "bucket"),
-              (fwd, "_fwd_kernel"), (fwd, "attention_fwd")]
-    missing = [f"{mod.__name__}.{name}" for mod, name in needed if not hasattr(mod, name)]
-    if missing:
-        return None, None, "no way to force a Triton config (missing " + ", ".join(missing) + ")"
-    return _config, fwd, None
+        return None, f"triton_impl not importable ({short(exc)})"
+    return attention_fwd, None
 
 
 def run_tiles(quick: bool, ctx: Context, usable: bool) -> str | None:
@@ -65,7 +57,7 @@ def run_tiles(quick: bool, ctx: Context, usable: bool) -> str | None:
     s = TILE_SHAPE
     shape = Shape("tiles", s["B"], s["H"], s["N"], s["D"], False, TILE_DTYPE, ("fwd",))
     ms_, ns_ = tile_grid(quick)
-    config, fwd, why = _hook()
+    attention_fwd, why = _forward()
     if ctx.device != "cuda":
         why = "needs a CUDA GPU"
     elif not usable:
@@ -81,55 +73,39 @@ def run_tiles(quick: bool, ctx: Context, usable: bool) -> str | None:
     q, k, v = (t.detach() for t in sets[0])
     ref = F.scaled_dot_product_attention(q, k, v)
     scale = s["D"] ** -0.5
-    bucket = config.bucket(s["N"])
-    key = (fwd._fwd_kernel, bucket, bucket, s["D"], False, TILE_DTYPE, False)
+    for bm in ms_:
+        for bn in ns_:
+            warps, stages = warps_stages(bm, bn)
+            cfg = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps,
+                                num_stages=stages)
 
-    def kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return fwd.attention_fwd(q, k, v, False, scale)[0]
+            def kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       cfg: triton.Config = cfg) -> torch.Tensor:
+                return attention_fwd(q, k, v, False, scale, config=cfg)[0]
 
-    previous = config._CHOSEN.get(key)
-    try:
-        for bm in ms_:
-            for bn in ns_:
-                warps, stages = warps_stages(bm, bn)
-                cfg = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps,
-                                    num_stages=stages)
-                ctx.progress.describe(f"tiles BLOCK_M={bm} BLOCK_N={bn}")
-                mismatch = _time_config(ctx, shape, config, key, cfg, kernel, (q, k, v), ref)
-                if mismatch:
-                    return mismatch
-    finally:
-        if previous is None:
-            config._CHOSEN.pop(key, None)
-        else:
-            config._CHOSEN[key] = previous
+            ctx.progress.describe(f"tiles BLOCK_M={bm} BLOCK_N={bn}")
+            _time_config(ctx, shape, cfg, kernel, (q, k, v), ref)
     return None
 
 
-def _time_config(ctx: Context, shape: Shape, config, key: tuple, cfg, kernel: Callable,
-                 qkv: tuple, ref: torch.Tensor) -> str | None:
+def _time_config(ctx: Context, shape: Shape, cfg, kernel: Callable, qkv: tuple,
+                 ref: torch.Tensor) -> None:
     bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
     label = f"num_warps={cfg.num_warps} num_stages={cfg.num_stages}"
-    before = set(config._CHOSEN)
-    config._CHOSEN[key] = cfg
     try:
         out = kernel(*qkv)
-        if set(config._CHOSEN) - before - {key}:
-            return ("the Triton launcher's config cache key changed: the forced config was not "
-                    "used (see flashduo/bench/tiles.py)")
         err = ((out.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
         if not err <= CHECK_RTOL:
             _add(ctx, shape, bm, bn, math.nan, ERR, f"{label}; wrong result, rel err {err:.3g}")
-            return None
+            return
         ms = time_ms(kernel, [qkv], ref, "fwd")
     except Exception as exc:
         ctx.progress.write(f"ERR tiles BLOCK_M={bm} BLOCK_N={bn}: {short(exc)}")
         raise_if_sticky(exc, f"tiles BLOCK_M={bm} BLOCK_N={bn}")
         torch.cuda.empty_cache()
         _add(ctx, shape, bm, bn, math.nan, OOM if is_oom(exc) else ERR, f"{label}; {short(exc, 100)}")
-        return None
+        return
     _add(ctx, shape, bm, bn, ms, "ok", label)
-    return None
 
 
 def _add(ctx: Context, shape: Shape, bm: int, bn: int, ms: float, status: str, note: str) -> None:

@@ -1,0 +1,57 @@
+"""The Triton forward launched with a forced tile config (``attention_fwd(..., config=...)``, what
+the benchmark's tile sweep uses): every config gives the reference's out and lse, including ragged
+tails and the causal diagonal, and leaves the tuned choice alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.cases import ON_GPU, Case, assert_close, poison_allocator
+from tests.helpers import case_inputs, run_reference, skip_if_unrunnable
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages): small tiles in the interpreter, the heatmap's on a GPU
+CONFIGS = ([(32, 16, 4, 3), (64, 32, 4, 3), (128, 64, 8, 3), (64, 128, 4, 3), (128, 128, 8, 2)]
+           if ON_GPU else [(16, 16, 4, 1), (32, 16, 4, 1), (16, 32, 4, 1)])
+CASES = ([Case(2, 4, 2, 203, 203, d, torch.float16, c) for d in (64, 128) for c in (False, True)]
+         + [Case(1, 2, 2, 113, 300, 64, torch.bfloat16, True)]
+         if ON_GPU else
+         [Case(1, 2, 1, 37, 37, 32, torch.float32, c) for c in (False, True)]
+         + [Case(1, 2, 2, 21, 50, 16, torch.float16, True)])
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "bm{}-bn{}-w{}-s{}".format(*c))
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_forced_config_matches_reference(case: Case, cfg: tuple[int, int, int, int]) -> None:
+    skip_if_unrunnable("triton", case)
+    import triton
+
+    from triton_impl import _config
+    from triton_impl.fwd import attention_fwd
+
+    q, k, v, dout = case_inputs(case)
+    q, k, v = (t.detach() for t in (q, k, v))
+    bm, bn, warps, stages = cfg
+    config = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
+    chosen = dict(_config._CHOSEN)
+    poison_allocator((q.shape, q.dtype), (q.shape[:3], torch.float32))
+    out, lse = attention_fwd(q, k, v, case.causal, case.d ** -0.5, config=config)
+    assert _config._CHOSEN == chosen, "a forced config must not replace the tuned choice"
+    truth, baseline = run_reference(q, k, v, case.causal, dout)
+    assert_close(f"bm={bm} bn={bn} out", out, truth[0], baseline[0], "out", case.dtype)
+    assert_close(f"bm={bm} bn={bn} lse", lse, truth[1], baseline[1], "lse", case.dtype)
+
+
+def test_forced_config_is_the_one_launched() -> None:
+    """A config the kernel cannot compile (BLOCK_M = 24 is not a power of two) fails: the forced
+    config, not a tuned one, is what runs."""
+    case = CASES[0]
+    skip_if_unrunnable("triton", case)
+    import triton
+
+    from triton_impl.fwd import attention_fwd
+
+    q, k, v, _ = case_inputs(case)
+    bad = triton.Config({"BLOCK_M": 24, "BLOCK_N": 16}, num_warps=4, num_stages=1)
+    with pytest.raises(Exception, match="power of 2"):
+        attention_fwd(q.detach(), k.detach(), v.detach(), case.causal, 0.125, config=bad)
