@@ -52,7 +52,7 @@ def attention_with_lse(
         reference.check_rope(k, rope, num_prefix_tokens, "k")
         tables = (rope.COSP, rope.SINP, num_prefix_tokens)
     q, k, v = last_dim_contiguous(q), last_dim_contiguous(k), last_dim_contiguous(v)
-    out, lse = ops.attention_fwd(q, k, v, causal, scale, name, *tables)
+    out, lse = ops.attention(q, k, v, causal, scale, name, *tables)
     return out, lse.detach()
 
 
