@@ -55,3 +55,30 @@ def test_forced_config_is_the_one_launched() -> None:
     bad = triton.Config({"BLOCK_M": 24, "BLOCK_N": 16}, num_warps=4, num_stages=1)
     with pytest.raises(Exception, match="power of 2"):
         attention_fwd(q.detach(), k.detach(), v.detach(), case.causal, 0.125, config=bad)
+
+
+def test_tuning_compiles_and_times_every_candidate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With autotuning on (as in the benchmark), a new shape class compiles its candidates together,
+    times each of them, launches the fastest, and the result is right."""
+    case = CASES[0]
+    skip_if_unrunnable("triton", case)
+    if not ON_GPU:
+        pytest.skip("autotuning needs a GPU: the interpreter runs a single config")
+    import math
+
+    from triton_impl import _config, fwd
+
+    monkeypatch.setenv("FLASHDUO_AUTOTUNE", "1")
+    monkeypatch.setattr(_config, "_CHOSEN", {})
+    monkeypatch.setattr(fwd._fwd_kernel, "cache", {})
+    q, k, v, dout = case_inputs(case)
+    q, k, v = (t.detach() for t in (q, k, v))
+    poison_allocator((q.shape, q.dtype), (q.shape[:3], torch.float32))
+    out, lse = fwd.attention_fwd(q, k, v, case.causal, case.d ** -0.5)
+    timings = {cfg: t[0] for cfg, t in fwd._fwd_kernel.configs_timings.items()}
+    assert len(timings) > 1, "autotuning should have timed several candidates"
+    assert all(math.isfinite(t) and t > 0 for t in timings.values()), timings
+    assert fwd._fwd_kernel.best_config == min(timings, key=timings.get)
+    truth, baseline = run_reference(q, k, v, case.causal, dout)
+    assert_close("tuned out", out, truth[0], baseline[0], "out", case.dtype)
+    assert_close("tuned lse", lse, truth[1], baseline[1], "lse", case.dtype)

@@ -5,15 +5,29 @@ does not trigger a new search), head dim, causal and dtype (Triton adds the tens
 the key itself). Configs are listed best-first for the common head dims; ``prune`` drops those
 that cannot fit in shared memory and, when tuning is switched off (``FLASHDUO_AUTOTUNE=0``, used
 by the test suite) or under the interpreter, keeps only the first survivor.
+
+Tuning a new shape class costs compile time plus timing time, seconds per kernel, so both are kept
+short: the candidates are compiled together on a thread pool before the autotuner times them, and
+each is timed for ``TUNE_REP_MS`` (after ``TUNE_WARMUP_MS``) instead of triton's 25 / 100 ms.
 """
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import triton
+import triton.testing
+
+try:
+    from triton.runtime._async_compile import AsyncCompileMode
+except ImportError:  # triton without async compilation: candidates compile one by one
+    AsyncCompileMode = None
 
 SMEM_BUDGET = 200 * 1024
+TUNE_WARMUP_MS, TUNE_REP_MS = 10, 25
+TUNE_KEY = ["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "CAUSAL", "ROPE"]
+COMPILE_THREADS = min(16, os.cpu_count() or 1)
 
 
 def interpreting() -> bool:
@@ -93,6 +107,30 @@ def make_prune(resident: str):
     return prune
 
 
+def _time_candidate(kernel_call, quantiles):
+    """The autotuner's timer: triton's ``do_bench`` with the short tuning budget."""
+    return triton.testing.do_bench(kernel_call, warmup=TUNE_WARMUP_MS, rep=TUNE_REP_MS,
+                                   quantiles=quantiles)
+
+
+def autotuned(table: list[tuple[int, int, int, int]], resident: str):
+    """``triton.autotune`` over ``table`` keyed on the shape class (``TUNE_KEY``), pruned by
+    ``make_prune(resident)`` and timed with the short tuning budget."""
+    return triton.autotune(configs=configs(table), key=TUNE_KEY,
+                           prune_configs_by={"early_config_prune": make_prune(resident)},
+                           do_bench=_time_candidate)
+
+
+def _compile_candidates(kernel, grid, args: tuple, kwargs: dict) -> None:
+    """Compile every candidate config of ``kernel`` for these arguments at once on a thread pool
+    (the autotuner would compile them one by one as it times them). A candidate that fails to
+    compile is left for the autotuner, which compiles it again and discards it."""
+    if AsyncCompileMode is None:
+        return
+    with ThreadPoolExecutor(COMPILE_THREADS) as pool, AsyncCompileMode(pool, ignore_errors=True):
+        kernel.warmup(*args, grid=grid, **kwargs)
+
+
 _CHOSEN: dict[tuple, triton.Config] = {}
 
 
@@ -112,6 +150,8 @@ def launch(kernel, grid, shape_class: tuple, *args, config: triton.Config | None
     key = (kernel, *shape_class)
     config = _CHOSEN.get(key)
     if config is None:
+        if autotuning():
+            _compile_candidates(kernel, grid, args, kwargs)
         kernel[grid](*args, **kwargs)
         _CHOSEN[key] = kernel.best_config
     else:

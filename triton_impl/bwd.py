@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from triton_impl._common import dot, dot_acc, key_ranges, load_tile, query_tile, rope_tile
-from triton_impl._config import BWD_DKDV, BWD_DQ, block_d, bucket, configs, launch, make_prune
+from triton_impl._config import BWD_DKDV, BWD_DQ, autotuned, block_d, bucket, launch
 from triton_impl.fwd import LOG2E, Rope, rope_args
 
 PREPROCESS_BLOCK = 64
@@ -74,11 +74,7 @@ def _dkdv_inner(
     return dk, dv
 
 
-@triton.autotune(
-    configs=configs(BWD_DKDV),
-    key=["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "CAUSAL", "ROPE"],
-    prune_configs_by={"early_config_prune": make_prune("n")},
-)
+@autotuned(BWD_DKDV, "n")
 @triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET", "N_POS", "PREFIX"])
 def _dkdv_kernel(
     Q, K, V, DO, Lse, Delta, DK, DV, Cos, Sin,
@@ -172,11 +168,7 @@ def _dq_inner(
     return dq
 
 
-@triton.autotune(
-    configs=configs(BWD_DQ),
-    key=["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "CAUSAL", "ROPE"],
-    prune_configs_by={"early_config_prune": make_prune("m")},
-)
+@autotuned(BWD_DQ, "m")
 @triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET", "N_POS", "PREFIX"])
 def _dq_kernel(
     Q, K, V, DO, Lse, Delta, DQ, Cos, Sin,

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from triton_impl._common import dot, dot_acc, key_ranges, load_tile, query_tile, rope_tile
-from triton_impl._config import FWD, block_d, bucket, configs, launch, make_prune
+from triton_impl._config import FWD, autotuned, block_d, bucket, launch
 
 LOG2E = 1.4426950408889634
 
@@ -54,11 +54,7 @@ def _fwd_inner(
     return acc, l_i, m_i
 
 
-@triton.autotune(
-    configs=configs(FWD),
-    key=["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "CAUSAL", "ROPE"],
-    prune_configs_by={"early_config_prune": make_prune("m")},
-)
+@autotuned(FWD, "m")
 @triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET", "N_POS", "PREFIX"])
 def _fwd_kernel(
     Q, K, V, Out, Lse, Cos, Sin,
