@@ -16,8 +16,11 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import torch
 import triton
 import triton.testing
+from triton import knobs
+from triton.runtime import driver
 
 try:
     from triton.runtime._async_compile import AsyncCompileMode
@@ -132,15 +135,74 @@ def _compile_candidates(kernel, grid, args: tuple, kwargs: dict) -> None:
 
 
 _CHOSEN: dict[tuple, triton.Config] = {}
+# (kernel and shape class, device, argument signature, constexprs and options)
+#   -> (compiled kernel, names of the constexpr parameters after the positional arguments)
+_COMPILED: dict[tuple, tuple[object, tuple[str, ...]]] = {}
+
+
+def _signature(args: tuple) -> tuple:
+    """What Triton specializes a launch on, for each positional argument, or finer: a tensor's dtype
+    and 16-byte alignment; an integer's width, == 1 and divisibility by 16; other values' type."""
+    sig = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            sig.append((a.dtype, a.data_ptr() % 16 == 0))
+        elif isinstance(a, bool) or not isinstance(a, int):
+            sig.append(type(a))
+        else:
+            sig.append((a == 1, a % 16 == 0, -(2**31) <= a < 2**31, a >= 2**63))
+    return tuple(sig)
+
+
+def _hooked() -> bool:
+    """True when a launch hook (a profiler, say) is installed: launches then take Triton's own path."""
+    hooks = (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook)
+    return any(h is not None and getattr(h, "calls", True) for h in hooks)
+
+
+def _launch_compiled(fn, grid, key: tuple, args: tuple, meta: dict) -> None:
+    """Launch the ``triton.jit`` function ``fn`` with ``meta`` (constexprs and config options).
+
+    The first launch of an argument signature goes through Triton's ``JITFunction.run`` and keeps
+    the compiled kernel it returns; later ones hand the arguments to that kernel's launcher
+    directly, skipping ``run``'s per-launch specialization, cache lookup and launch metadata (tens
+    of microseconds of host time, which show at small sizes). ``grid``: a tuple or a function of
+    ``meta``.
+    """
+    size = tuple(grid(meta) if callable(grid) else grid) + (1, 1)
+    device = driver.active.get_current_device()
+    sig = (key, device, _signature(args), tuple(meta.items()))
+    hit = _COMPILED.get(sig)
+    if hit is None or _hooked():
+        compiled = fn[size[:3]](*args, **meta)
+        if hit is None and hasattr(compiled, "packed_metadata"):
+            _COMPILED[sig] = (compiled, tuple(fn.arg_names[len(args):]))
+        return
+    compiled, names = hit
+    stream = driver.active.get_current_stream(device)
+    try:
+        compiled.run(size[0], size[1], size[2], stream, compiled.function,
+                     compiled.packed_metadata, None, None, None, *args, *(meta[n] for n in names))
+    except TypeError:  # a launcher that takes other arguments (another Triton): its own path
+        fn[size[:3]](*args, **meta)
+
+
+def launch_jit(fn, grid, *args, **meta) -> None:
+    """Launch a kernel that is not autotuned (``fn[grid](*args, **meta)``) through
+    ``_launch_compiled``; under the interpreter, as usual."""
+    if interpreting():
+        fn[grid](*args, **meta)
+    else:
+        _launch_compiled(fn, grid, (fn,), args, meta)
 
 
 def launch(kernel, grid, shape_class: tuple, *args, config: triton.Config | None = None,
            **kwargs) -> None:
     """Launch an autotuned kernel, going through the autotuner only once per shape class.
 
-    The first launch of a shape class tunes (or picks the single config) as usual; later ones call
-    the compiled kernel with the remembered config directly, skipping the autotuner's per-call
-    argument handling (tens of microseconds of host time per launch, which shows at small sizes).
+    The first launch of a shape class tunes (or picks the single config) as usual; later ones
+    launch the remembered config's compiled kernel directly (``_launch_compiled``), skipping the
+    autotuner's and the JIT's per-call argument handling, which shows at small sizes.
     ``shape_class`` must determine the autotune key: (Nq bucket, Nk bucket, D, causal, dtype).
     ``config``: launch this one instead, without tuning and without remembering it.
     """
@@ -154,5 +216,7 @@ def launch(kernel, grid, shape_class: tuple, *args, config: triton.Config | None
             _compile_candidates(kernel, grid, args, kwargs)
         kernel[grid](*args, **kwargs)
         _CHOSEN[key] = kernel.best_config
-    else:
+    elif interpreting():
         kernel.fn[grid](*args, **kwargs, **config.all_kwargs())
+    else:
+        _launch_compiled(kernel.fn, grid, key, args, {**kwargs, **config.all_kwargs()})

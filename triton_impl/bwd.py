@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from triton_impl._common import dot, dot_acc, key_ranges, load_tile, query_tile, rope_tile
-from triton_impl._config import BWD_DKDV, BWD_DQ, autotuned, block_d, bucket, launch
+from triton_impl._config import BWD_DKDV, BWD_DQ, autotuned, block_d, bucket, launch, launch_jit
 from triton_impl.fwd import LOG2E, Rope, rope_args
 
 PREPROCESS_BLOCK = 64
@@ -240,7 +240,8 @@ def attention_bwd(
     bd = block_d(d)
     lse = lse.contiguous()
     delta = torch.empty((b, h, nq), dtype=torch.float32, device=q.device)
-    _preprocess_kernel[(triton.cdiv(nq, PREPROCESS_BLOCK), b * h)](
+    launch_jit(
+        _preprocess_kernel, (triton.cdiv(nq, PREPROCESS_BLOCK), b * h),
         out, dout, delta, *out.stride()[:3], *dout.stride()[:3], h, nq,
         HEAD_DIM=d, BLOCK_D=bd, BLOCK_M=PREPROCESS_BLOCK,
     )

@@ -1,0 +1,66 @@
+"""The Triton backend's direct launches (``triton_impl._config._launch_compiled``): after the first
+launch of an argument signature, kernels are launched through their compiled launcher. Results must
+equal Triton's own launch path bit for bit, and a new signature (here: inputs that are not 16-byte
+aligned) must get its own compiled kernel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import flashduo
+from tests.cases import ON_GPU, Case, assert_close
+from tests.helpers import case_inputs, run_backend, run_reference, skip_if_unrunnable
+
+CASE = Case(2, 4, 2, 203, 203, 64, torch.bfloat16, True)
+
+
+def _needs_gpu() -> None:
+    skip_if_unrunnable("triton", CASE)
+    if not ON_GPU:
+        pytest.skip("direct launches are GPU-only: the interpreter takes Triton's own path")
+
+
+def _fwd_bwd(q, k, v, dout) -> tuple[torch.Tensor, ...]:
+    out, lse = flashduo.attention_with_lse(q, k, v, causal=CASE.causal, backend="triton")
+    return (out, lse, *torch.autograd.grad(out, (q, k, v), dout))
+
+
+def test_direct_launch_equals_triton_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    _needs_gpu()
+    from triton_impl import _config, bwd, fwd
+
+    q, k, v, dout = case_inputs(CASE)
+    _fwd_bwd(q, k, v, dout)  # first launches: through Triton, compiled kernels remembered
+    kernels = {sig[0][0] for sig in _config._COMPILED}
+    for kernel in (fwd._fwd_kernel, bwd._dkdv_kernel, bwd._dq_kernel, bwd._preprocess_kernel):
+        assert kernel in kernels, f"{kernel} was not remembered for direct launches"
+    direct = _fwd_bwd(q, k, v, dout)
+    monkeypatch.setattr(_config, "_hooked", lambda: True)  # every launch through Triton's path
+    through_triton = _fwd_bwd(q, k, v, dout)
+    for name, a, b in zip(("out", "lse", "dq", "dk", "dv"), direct, through_triton):
+        assert torch.equal(a, b), f"{name}: direct launch differs from Triton's launch path"
+
+
+def test_unaligned_inputs_get_their_own_kernel() -> None:
+    """Inputs offset by one element from an aligned allocation are not 16-byte aligned: Triton
+    compiles them without the alignment assumption, and the direct launch must not reuse the
+    aligned inputs' kernel."""
+    _needs_gpu()
+    q, k, v, dout = case_inputs(CASE)
+    run_backend("triton", q, k, v, CASE.causal, dout)
+
+    def shifted(t: torch.Tensor) -> torch.Tensor:
+        buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+        view = buf[1:].view(t.shape)
+        view.copy_(t)
+        return view.detach().requires_grad_()
+
+    qs, ks, vs = shifted(q), shifted(k), shifted(v)
+    assert qs.data_ptr() % 16 != 0
+    truth, baseline = run_reference(qs, ks, vs, CASE.causal, dout)
+    for _ in range(2):  # the second call launches directly
+        got = run_backend("triton", qs, ks, vs, CASE.causal, dout)
+        for name, kind, g, t, b in zip(("out", "lse", "dq", "dk", "dv"),
+                                       ("out", "lse", "grad", "grad", "grad"), got, truth, baseline):
+            assert_close(f"unaligned {name}", g, t, b, kind, CASE.dtype)
