@@ -5,8 +5,9 @@
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.14.1
 PYTEST_ARGS ?= -q
-# On a GPU machine with pytest-xdist, spread the suite (mostly Triton compilation) over 8 workers.
-XDIST := $(shell $(PYTHON) -c "import torch, xdist; print('-n 8' if torch.cuda.is_available() else '')" 2>/dev/null)
+# On a GPU machine with pytest-xdist, spread the suite (mostly Triton compilation) over one worker
+# per CPU core, at most 16 (16 workers on a 16-core H200 machine: 153 s; 8 workers: 184 s).
+XDIST := $(shell $(PYTHON) -c "import os, torch, xdist; print(f'-n {min(16, os.cpu_count() or 1)}' if torch.cuda.is_available() else '')" 2>/dev/null)
 BENCH_ARGS ?=
 
 # CUDA examples: the visible GPU's architecture, sm_90 when none is visible.
