@@ -180,3 +180,30 @@ def test_default_gpu_plan_leaves_materializing_providers_to_scaling_and_the_vit_
     plan.full = True
     assert vit_count(plan) == modes * (9 * len(providers) + 9 * 3)
     assert vit_count(Plan(list(providers), {}, device="cpu", full=True)) == modes * 9 * 4
+
+
+def test_rope_rows_compute_rope_attention() -> None:
+    """Each ViT-with-RoPE row (flashduo with ``rope=``, the rotation in PyTorch in front of SDPA,
+    eager and compiled in one graph) computes RoPE attention: out and gradients match the float64
+    reference. On the CPU: SDPA's flash backend and the reference backend, a 2 x 2 grid."""
+    import torch
+
+    import reference
+    from flashduo.bench.providers import ROPE_PREFIX, rope_impls
+
+    table = reference.CosSinTable(100.0, 2, 8, device="cpu")
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 3, 5, 8, generator=gen).requires_grad_() for _ in range(3))
+    dout = torch.randn(2, 3, 5, 8, generator=gen)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    rq, rk = (reference.apply_rope(t, table, ROPE_PREFIX) for t in (q64, k64))
+    want_out = reference.attention_ref(rq, rk, v64, False)[0]
+    want = (want_out, *torch.autograd.grad(want_out, (q64, k64, v64), dout.double()))
+    impls = rope_impls(["torch-flash", "reference"], table)
+    assert set(impls) == {"reference+rope", "rope-eager+torch-flash", "rope-compiled+torch-flash"}
+    for name, fn in impls.items():
+        out = fn(q, k, v)
+        got = (out, *torch.autograd.grad(out, (q, k, v), dout))
+        for what, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+            err = (g.double() - w).abs().max().item()
+            assert err < 1e-4, f"{name} {what}: max abs error {err:.3g}"

@@ -167,14 +167,18 @@ def make_impl(name: str, causal: bool, n: int, flex: FlexFactory | None, device:
 
 def rope_impls(providers: Sequence[str], table: reference.CosSinTable) -> dict[str, Impl]:
     """The ViT-with-RoPE rows (N = 1 + table grid): each flashduo backend of ``providers`` (all
-    usable here) with ``rope=``, against the rotation in PyTorch (eager, and ``torch.compile``'d) in
-    front of torch-flash and torch-cudnn, and torch-cudnn without any rotation."""
+    usable here) with ``rope=``, against the rotation in PyTorch in front of torch-flash and
+    torch-cudnn, eager and ``torch.compile``'d (rotation and SDPA in one graph, as a user compiling
+    the attention would), and torch-cudnn without any rotation."""
 
-    def rotate(x: torch.Tensor) -> torch.Tensor:
-        return reference.apply_rope(x, table, ROPE_PREFIX)
+    def with_rope(sdpa: Impl) -> Impl:
+        def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return sdpa(reference.apply_rope(q, table, ROPE_PREFIX),
+                        reference.apply_rope(k, table, ROPE_PREFIX), v)
+
+        return fn
 
     raise_recompile_limit()
-    compiled = torch.compile(rotate)
     impls: dict[str, Impl] = {}
     for be in providers:
         if is_flashduo(be):
@@ -182,9 +186,8 @@ def rope_impls(providers: Sequence[str], table: reference.CosSinTable) -> dict[s
                 q, k, v, backend=be, rope=table, num_prefix_tokens=ROPE_PREFIX)
     for name in ("torch-flash", "torch-cudnn"):
         if name in providers:
-            sdpa = sdpa_impl(name, False)
-            impls[f"rope-eager+{name}"] = lambda q, k, v, f=sdpa: f(rotate(q), rotate(k), v)
-            impls[f"rope-compiled+{name}"] = lambda q, k, v, f=sdpa: f(compiled(q), compiled(k), v)
+            impls[f"rope-eager+{name}"] = with_rope(sdpa_impl(name, False))
+            impls[f"rope-compiled+{name}"] = torch.compile(with_rope(sdpa_impl(name, False)))
     if "torch-cudnn" in providers:
         impls[NOROPE] = sdpa_impl("torch-cudnn", False)
     return impls
