@@ -19,13 +19,16 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import triton
 import triton.testing
-from triton import knobs
 from triton.runtime import driver
 
 try:
     from triton.runtime._async_compile import AsyncCompileMode
 except ImportError:  # triton without async compilation: candidates compile one by one
     AsyncCompileMode = None
+try:
+    from triton import knobs
+except ImportError:  # triton before knobs (3.4): no direct launches
+    knobs = None
 
 SMEM_BUDGET = 200 * 1024
 TUNE_WARMUP_MS, TUNE_REP_MS = 10, 25
@@ -155,7 +158,10 @@ def _signature(args: tuple) -> tuple:
 
 
 def _hooked() -> bool:
-    """True when a launch hook (a profiler, say) is installed: launches then take Triton's own path."""
+    """True when a launch hook (a profiler, say) is installed, or on a Triton without ``knobs``:
+    launches then take Triton's own path."""
+    if knobs is None:
+        return True
     hooks = (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook)
     return any(h is not None and getattr(h, "calls", True) for h in hooks)
 
