@@ -5,7 +5,9 @@ argument. They are plain dispatcher ops (``torch.library.Library.define`` + ``im
 implementations and ``register_autograd``, so ``torch.compile`` treats each as one graph node (no
 graph breaks, whatever the backend does inside) while eager calls stay cheap: the dispatcher calls
 the implementation directly, without ``custom_op``'s extra Python layers (about 40% less
-per-call overhead, which shows at small problem sizes).
+per-call overhead, which shows at small problem sizes). The front door calls them through
+``attention``, a plain ``autograd.Function`` that shares ``_setup_context`` and ``_backward`` with
+the registration (one backward, without torch.library's per-call autograd wrapper).
 """
 
 from __future__ import annotations
