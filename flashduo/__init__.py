@@ -13,6 +13,7 @@
 from flashduo import backends as _backends  # noqa: F401  (registers the built-in backends)
 from flashduo import nn
 from flashduo.api import attention, attention_with_lse
+from flashduo.compat import flash_attention, sdpa_triton_fa, sdpa_triton_fa_rope
 from flashduo.registry import (
     Backend,
     available_backends,
@@ -35,5 +36,8 @@ __all__ = [
     "CosSinTable",
     "apply_rope",
     "nn",
+    "sdpa_triton_fa",
+    "sdpa_triton_fa_rope",
+    "flash_attention",
 ]
 __version__ = "0.1.0"

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 import flashduo
-import triton_impl
 from flashduo import registry
 from tests.cases import DEVICE, ON_GPU
 from tests.helpers import assert_compiled_matches_eager
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def qkv(dtype=torch.float16, n=64, d=64, grad=False):
@@ -65,10 +70,16 @@ def test_seed_compatible_names() -> None:
         pytest.skip(flashduo.get_backend("triton").unavailable())
     q, k, v = qkv(torch.float32 if not ON_GPU else torch.float16, n=40, d=32)
     want = flashduo.attention(q, k, v, causal=True, scale=0.3, backend="reference")
-    got1 = triton_impl.sdpa_triton_fa(q, k, v, causal=True, sm_scale=0.3)
-    got2 = triton_impl.flash_attention(q, k, v, 0.3, True)
+    got1 = flashduo.sdpa_triton_fa(q, k, v, causal=True, sm_scale=0.3)
+    got2 = flashduo.flash_attention(q, k, v, 0.3, True)
     torch.testing.assert_close(got1, want, atol=2e-3, rtol=0)
     torch.testing.assert_close(got2, want, atol=2e-3, rtol=0)
+
+
+def test_triton_impl_does_not_import_the_front_door() -> None:
+    """The kernels never import flashduo: a fresh interpreter imports triton_impl alone."""
+    code = "import sys, triton_impl; assert 'flashduo' not in sys.modules, sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
 
 
 def _opcheck_backends() -> list[str]:

@@ -175,15 +175,13 @@ def test_triton_fused_rope(case) -> None:
 def test_sdpa_triton_fa_rope(has_cls: bool) -> None:
     """The seed-compatible entry point: the CLS token (has_cls) left unrotated, the grid rotated;
     output and gradients as float64 RoPE + attention; a table for another grid is refused."""
-    import triton_impl
-
     dtype = torch.bfloat16 if ON_GPU else torch.float16
     skip_if_unrunnable("triton", Case(2, 4, 2, 1, 1, 64, dtype, True))
     prefix = int(has_cls)
     q, k, v, dout = _rope_case_inputs(dtype, (4, 5), prefix, d=64, seed=5)
     table = reference.CosSinTable(100.0, 4, 64, device=DEVICE, W_img=5)
-    out = triton_impl.sdpa_triton_fa_rope(q, k, v, table, causal=True, sm_scale=0.3,
-                                          has_cls=has_cls)
+    out = flashduo.sdpa_triton_fa_rope(q, k, v, table, causal=True, sm_scale=0.3,
+                                       has_cls=has_cls)
     grads = torch.autograd.grad(out, (q, k, v), dout)
 
     def run(upcast: bool):
@@ -198,7 +196,7 @@ def test_sdpa_triton_fa_rope(has_cls: bool) -> None:
         assert_close(f"sdpa_triton_fa_rope {name}", x, ref, bl, kind, dtype)
     other = reference.CosSinTable(100.0, 5, 64, device=DEVICE)
     with pytest.raises(ValueError, match="grid"):
-        triton_impl.sdpa_triton_fa_rope(q, k, v, other, has_cls=has_cls)
+        flashduo.sdpa_triton_fa_rope(q, k, v, other, has_cls=has_cls)
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton", "cuda"] if ON_GPU else ["reference"])
