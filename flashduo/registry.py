@@ -15,13 +15,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from triton_impl._env import interpreting as triton_interpreting
+
 FwdFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 BwdFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-
-
-def triton_interpreting() -> bool:
-    """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @dataclass(frozen=True)

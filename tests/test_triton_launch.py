@@ -26,18 +26,39 @@ def _fwd_bwd(q, k, v, dout) -> tuple[torch.Tensor, ...]:
     return (out, lse, *torch.autograd.grad(out, (q, k, v), dout))
 
 
+def test_direct_launch_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Direct launches only on the Triton releases the GPU tests ran them on, and not with
+    FLASHDUO_DIRECT_LAUNCH=0."""
+    pytest.importorskip("triton")
+    from triton_impl import _config
+
+    lo, hi = _config.DIRECT_LAUNCH_TRITON
+    monkeypatch.delenv("FLASHDUO_DIRECT_LAUNCH", raising=False)
+    for release, allowed in ((lo, True), (hi, True), ((lo[0], lo[1] - 1), False),
+                             ((hi[0], hi[1] + 1), False), ((hi[0] + 1, 0), False)):
+        monkeypatch.setattr(_config, "TRITON_RELEASE", release)
+        assert _config.direct_launch() is (allowed and _config.knobs is not None), release
+    monkeypatch.setattr(_config, "TRITON_RELEASE", lo)
+    monkeypatch.setenv("FLASHDUO_DIRECT_LAUNCH", "0")
+    assert not _config.direct_launch()
+
+
 def test_direct_launch_equals_triton_path(monkeypatch: pytest.MonkeyPatch) -> None:
     _needs_gpu()
     from triton_impl import _config, bwd, fwd
 
+    if not _config.direct_launch():
+        pytest.skip(f"direct launches are off for triton {'.'.join(map(str, _config.TRITON_RELEASE))}")
     q, k, v, dout = case_inputs(CASE)
     _fwd_bwd(q, k, v, dout)  # first launches: through Triton, compiled kernels remembered
     kernels = {sig[0][0] for sig in _config._COMPILED}
     for kernel in (fwd._fwd_kernel, bwd._dkdv_kernel, bwd._dq_kernel, bwd._preprocess_kernel):
         assert kernel in kernels, f"{kernel} was not remembered for direct launches"
     direct = _fwd_bwd(q, k, v, dout)
-    monkeypatch.setattr(_config, "_hooked", lambda: True)  # every launch through Triton's path
+    monkeypatch.setenv("FLASHDUO_DIRECT_LAUNCH", "0")  # every launch through Triton's path
+    _config._COMPILED.clear()
     through_triton = _fwd_bwd(q, k, v, dout)
+    assert not _config._COMPILED, "FLASHDUO_DIRECT_LAUNCH=0 still remembered kernels"
     for name, a, b in zip(("out", "lse", "dq", "dk", "dv"), direct, through_triton):
         assert torch.equal(a, b), f"{name}: direct launch differs from Triton's launch path"
 

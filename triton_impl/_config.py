@@ -21,6 +21,8 @@ import triton
 import triton.testing
 from triton.runtime import driver
 
+from triton_impl._env import interpreting
+
 try:
     from triton.runtime._async_compile import AsyncCompileMode
 except ImportError:  # triton without async compilation: candidates compile one by one
@@ -30,15 +32,15 @@ try:
 except ImportError:  # triton before knobs (3.4): no direct launches
     knobs = None
 
+# The Triton releases (major, minor), inclusive, whose compiled-kernel launcher the GPU tests have
+# run direct launches on (tests/test_triton_launch.py); other releases take Triton's own path.
+DIRECT_LAUNCH_TRITON = ((3, 6), (3, 6))
+TRITON_RELEASE = tuple(int(x) for x in triton.__version__.split(".")[:2])
+
 SMEM_BUDGET = 200 * 1024
 TUNE_WARMUP_MS, TUNE_REP_MS = 10, 25
 TUNE_KEY = ["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "CAUSAL", "ROPE"]
 COMPILE_THREADS = min(16, os.cpu_count() or 1)
-
-
-def interpreting() -> bool:
-    """True when kernels run in Triton's CPU interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def autotuning() -> bool:
@@ -157,11 +159,18 @@ def _signature(args: tuple) -> tuple:
     return tuple(sig)
 
 
+def direct_launch() -> bool:
+    """Whether launches may skip ``JITFunction.run`` (``_launch_compiled``): only on the Triton
+    releases in ``DIRECT_LAUNCH_TRITON`` (the launcher call it replays is Triton's private API),
+    and not with ``FLASHDUO_DIRECT_LAUNCH=0``."""
+    lo, hi = DIRECT_LAUNCH_TRITON
+    return (knobs is not None and lo <= TRITON_RELEASE <= hi
+            and os.environ.get("FLASHDUO_DIRECT_LAUNCH", "1") != "0")
+
+
 def _hooked() -> bool:
-    """True when a launch hook (a profiler, say) is installed, or on a Triton without ``knobs``:
-    launches then take Triton's own path."""
-    if knobs is None:
-        return True
+    """True when a launch hook (a profiler, say) is installed: launches then take Triton's own
+    path so that the hook sees them."""
     hooks = (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook)
     return any(h is not None and getattr(h, "calls", True) for h in hooks)
 
@@ -173,9 +182,12 @@ def _launch_compiled(fn, grid, key: tuple, args: tuple, meta: dict) -> None:
     the compiled kernel it returns; later ones hand the arguments to that kernel's launcher
     directly, skipping ``run``'s per-launch specialization, cache lookup and launch metadata (tens
     of microseconds of host time, which show at small sizes). ``grid``: a tuple or a function of
-    ``meta``.
+    ``meta``. Without ``direct_launch()``, every launch takes Triton's own path.
     """
     size = tuple(grid(meta) if callable(grid) else grid) + (1, 1)
+    if not direct_launch():
+        fn[size[:3]](*args, **meta)
+        return
     device = driver.active.get_current_device()
     sig = (key, device, _signature(args), tuple(meta.items()))
     hit = _COMPILED.get(sig)
