@@ -18,13 +18,12 @@
 
 #include "../cuda/flash/api.h"
 
-// Argument checks return a message naming the bad argument ("" when all is well); `fwd_problem`
-// and `bwd_problem` are exposed so that bindings/flash.py raises ValueError from Python before any
-// launch, and `fwd` / `bwd` throw std::runtime_error with the same message for direct callers.
-// Messages are built by `cat` from plain std::string pieces, not with c10::str / TORCH_CHECK:
-// under the torch 2.11 CUDA 13 wheels, formatting a number through std::ostringstream inside a
-// JIT-built extension ended the interpreter with SIGSEGV (a one-line load_inline extension whose
-// TORCH_CHECK fails shows it).
+// Argument guards: a second line of defence for callers that skip flashduo's front door, which
+// refuses bad input first with a ValueError. `fwd` / `bwd` throw std::runtime_error (RuntimeError
+// in Python) naming the bad argument. The messages are concatenated from std::string pieces by
+// `cat` instead of TORCH_CHECK / c10::str because, under the torch 2.11 CUDA 13 wheels, formatting
+// a number through std::ostringstream inside a JIT-built extension ended the interpreter with
+// SIGSEGV (a one-line load_inline extension whose TORCH_CHECK fails shows it).
 #define FLASHDUO_REQUIRE(cond, ...)              \
   do {                                           \
     if (!(cond)) return cat(__VA_ARGS__);        \
@@ -237,16 +236,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "flashduo CUDA FlashAttention kernels";
-  m.def("fwd_problem", &fwd_problem, "why fwd cannot take (q, k, v, scale); '' when it can",
-        pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("scale"));
-  m.def("bwd_problem", &bwd_problem,
-        "why bwd cannot take (dout, q, k, v, out, lse, scale); '' when it can",
-        pybind11::arg("dout"), pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"),
-        pybind11::arg("out"), pybind11::arg("lse"), pybind11::arg("scale"));
-  m.def("rope_problem", &rope_problem,
-        "why (rope_cos, rope_sin, num_prefix) cannot serve (q, k); '' when they can",
-        pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("rope_cos"),
-        pybind11::arg("rope_sin"), pybind11::arg("num_prefix"));
   m.def("fwd", &fwd,
         "FlashAttention forward: (q, k, v, causal, scale, rope_cos=None, rope_sin=None, "
         "num_prefix=0) -> (out, lse)",

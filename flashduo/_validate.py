@@ -1,4 +1,12 @@
-"""Input validation for the front door: one place, messages that name the argument."""
+"""The front door's validation: the one place a call's arguments are checked, with messages that
+name the argument.
+
+A call is checked twice, for two different things, and each once: ``check_inputs`` (here, called
+by ``flashduo.api`` before the backend is chosen) for the arguments themselves, then the chosen
+backend's ``Backend.check`` (its ``not_supported_reasons``) when the ``flashduo::fwd`` op runs
+(``flashduo.ops``), so that ``torch.compile`` traces none of the backend's probing. Backends trust
+what arrives; the CUDA extension's own guards only protect callers that bypass the front door.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +14,19 @@ import math
 
 import torch
 
+import reference
+
 
 def check_inputs(
-    q: object, k: object, v: object, causal: object, scale: object
+    q: object, k: object, v: object, causal: object, scale: object,
+    rope: object = None, num_prefix_tokens: object = 1,
 ) -> float:
-    """Validate q (B, Hq, Nq, D), k and v (B, Hkv, Nk, D); return the effective scale.
+    """Validate q (B, Hq, Nq, D), k and v (B, Hkv, Nk, D), and a RoPE table for q and k when
+    ``rope`` is given; return the effective scale.
 
-    Raises TypeError for a wrong kind of argument (not a tensor, integer dtype, mixed dtypes)
-    and ValueError for a wrong value (rank, shapes, head counts, devices, scale).
+    Raises TypeError for a wrong kind of argument (not a tensor, integer dtype, mixed dtypes, a
+    rope that is not a ``CosSinTable``) and ValueError for a wrong value (rank, shapes, head
+    counts, devices, scale, a table for another grid, head dim or device).
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
@@ -45,6 +58,9 @@ def check_inputs(
         )
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    if rope is not None:
+        reference.check_rope(q, rope, num_prefix_tokens, "q")
+        reference.check_rope(k, rope, num_prefix_tokens, "k")
     if scale is None:
         return 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] > 0 else 1.0
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):

@@ -43,14 +43,10 @@ def attention_with_lse(
         out: (B, Hq, Nq, D), q's dtype. Differentiable with respect to q, k, v.
         lse: (B, Hq, Nq) float32, natural log of the softmax denominator of each row (no gradient).
     """
-    scale = check_inputs(q, k, v, causal, scale)
+    scale = check_inputs(q, k, v, causal, scale, rope, num_prefix_tokens)
     q, k, v = _autocast(q, k, v)
     name = registry.resolve_backend(backend)
-    tables = (None, None, 0)
-    if rope is not None:
-        reference.check_rope(q, rope, num_prefix_tokens, "q")
-        reference.check_rope(k, rope, num_prefix_tokens, "k")
-        tables = (rope.COSP, rope.SINP, num_prefix_tokens)
+    tables = (None, None, 0) if rope is None else (rope.COSP, rope.SINP, num_prefix_tokens)
     q, k, v = last_dim_contiguous(q), last_dim_contiguous(k), last_dim_contiguous(v)
     out, lse = ops.attention(q, k, v, causal, scale, name, *tables)
     return out, lse.detach()

@@ -32,11 +32,20 @@ def _triton_devices() -> frozenset[str]:
     return frozenset({"cuda", "cpu"}) if triton_interpreting() else frozenset({"cuda"})
 
 
+INTERPRETER_BF16 = ("dtype=bfloat16 under the Triton interpreter (TRITON_INTERPRET=1), whose bfloat16 "
+                    "dots give wrong results (use float16 or float32 on the CPU)")
+
+
+def _interpreter_limits(q) -> list[str]:
+    return [INTERPRETER_BF16] if q.dtype == torch.bfloat16 and triton_interpreting() else []
+
+
 def _triton_limits(q, k, v, causal) -> list[str]:
+    reasons = _interpreter_limits(q)
     if q.dtype == torch.float32 and q.shape[-1] > 128:
-        return [f"head_dim={q.shape[-1]} in float32 needs more shared memory than one SM has "
-                "(use float16/bfloat16, or head_dim <= 128)"]
-    return []
+        reasons.append(f"head_dim={q.shape[-1]} in float32 needs more shared memory than one SM "
+                       "has (use float16/bfloat16, or head_dim <= 128)")
+    return reasons
 
 
 def _triton_fwd(q, k, v, causal, scale, rope=None):
@@ -78,15 +87,16 @@ def unfused_limit_bytes(device: torch.device) -> int:
 
 
 def _unfused_limits(q, k, v, causal) -> list[str]:
+    reasons = _interpreter_limits(q)
     b, h, nq = q.shape[:3]
     nk = k.shape[2]
     need = UNFUSED_BUFFERS * 4 * b * h * nq * nk
     if need == 0:
-        return []
+        return reasons
     limit = unfused_limit_bytes(q.device)
     if need <= limit:
-        return []
-    return [f"materializing the scores takes {UNFUSED_BUFFERS} float32 (B, Hq, Nq, Nk) = "
+        return reasons
+    return reasons + [f"materializing the scores takes {UNFUSED_BUFFERS} float32 (B, Hq, Nq, Nk) = "
             f"({b}, {h}, {nq}, {nk}) buffers, {need / 2**30:.2f} GiB > the {limit / 2**30:.2f} GiB "
             f"allowed on {q.device.type} (use a fused backend)"]
 
@@ -159,7 +169,7 @@ def _reference_bwd(dout, q, k, v, out, lse, causal, scale):
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
-TRITON = register_backend(
+register_backend(
     Backend(
         name="triton",
         fwd=_triton_fwd,
@@ -175,7 +185,7 @@ TRITON = register_backend(
     )
 )
 
-TRITON_UNFUSED = register_backend(
+register_backend(
     Backend(
         name="triton-unfused",
         fwd=_unfused_fwd,
@@ -190,7 +200,7 @@ TRITON_UNFUSED = register_backend(
     )
 )
 
-CUDA = register_backend(
+register_backend(
     Backend(
         name="cuda",
         fwd=_cuda_fwd,
@@ -206,7 +216,7 @@ CUDA = register_backend(
     )
 )
 
-TORCH = register_backend(
+register_backend(
     Backend(
         name="torch",
         fwd=_torch_fwd,
@@ -218,7 +228,7 @@ TORCH = register_backend(
     )
 )
 
-REFERENCE = register_backend(
+register_backend(
     Backend(
         name="reference",
         fwd=_reference_fwd,

@@ -6,7 +6,7 @@ q is (B, Hq, Nq, D), k and v are (B, Hkv, Nk, D) with Hq % Hkv == 0.
 """
 
 from reference.attention import attention_bwd_ref, attention_naive, attention_ref, causal_mask
-from reference.rope import CosSinTable, apply_rope, check_rope, rotate_pairs
+from reference.rope import CosSinTable, RopeTables, apply_rope, check_rope, rotate_pairs
 
 __all__ = ["attention_ref", "attention_bwd_ref", "attention_naive", "causal_mask", "CosSinTable",
-           "apply_rope", "check_rope", "rotate_pairs"]
+           "RopeTables", "apply_rope", "check_rope", "rotate_pairs"]

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import torch
 
+# What the kernels of a fused-RoPE backend take: (cos, sin, num_prefix_tokens), the tables float32
+# contiguous (N_pos, D / 2) like ``CosSinTable.COSP`` / ``SINP``.
+RopeTables = tuple[torch.Tensor, torch.Tensor, int]
+
 
 class CosSinTable:
     """Per-pair cos / sin of the rotation angles of every grid position.
