@@ -1,49 +1,33 @@
-"""The test cases and tolerances, in one place, shared by every backend.
+"""The test cases, in one place, shared by every backend; the pass rule and ``Case`` itself are
+``reference.passrule`` (the CPU demo uses them too).
 
-Pass rule (FlashAttention's): a backend's max abs error against the float64 reference must be at
-most ``FACTOR`` x PyTorch's own error computing the same in the input dtype (plain float32 for
-float32: the Triton kernels use 3xTF32 dots there), plus a small per-dtype absolute floor.
+FACTOR is 2 for out, lse and every gradient (FlashAttention's rule). The measured exceptions are
+``GRAD_FACTOR``'s entries, each with its reason.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 
 import torch
+
+from reference import passrule
+from reference.passrule import Case
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
 
-FACTOR = {"out": 2.0, "lse": 2.0, "grad": 3.0}
-FLOOR = {torch.float16: 2e-4, torch.bfloat16: 2e-3, torch.float32: 2e-5}
+# (backend, device type, dtype) -> the factor its gradients are allowed instead of FACTOR["grad"].
+# - PyTorch's own SDPA on the CPU in float16 (the `torch` backend, a comparison, not a flashduo
+#   kernel): over this file's CPU cases and three seeds its dv reached 2.60x and dk 1.97x
+#   PyTorch's materialized float16 error (causal, N = 128 and 113).
+GRAD_FACTOR = {("torch", "cpu", torch.float16): 3.0}
 
 # Without a GPU the Triton kernels run in the interpreter: small shapes only.
 SEQLENS = [1, 17, 64, 113, 128, 197, 203, 1023, 1025] + ([2048, 4096] if ON_GPU else [])
 SMALL_SEQLENS = [1, 17, 64, 113, 128]
 HEAD_DIMS = [16, 32, 64, 80, 96, 128, 256]
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
-
-
-@dataclass(frozen=True)
-class Case:
-    """One attention problem: q (b, hq, nq, d), k/v (b, hkv, nk, d)."""
-
-    b: int
-    hq: int
-    hkv: int
-    nq: int
-    nk: int
-    d: int
-    dtype: torch.dtype
-    causal: bool
-    layout: str = "contiguous"  # contiguous | packed | bnhd | strided_last
-
-    @property
-    def id(self) -> str:
-        dt = str(self.dtype).removeprefix("torch.")
-        c = "causal" if self.causal else "full"
-        return f"b{self.b}h{self.hq}x{self.hkv}-q{self.nq}k{self.nk}-d{self.d}-{dt}-{c}-{self.layout}"
 
 
 def _seq_cases() -> list[Case]:
@@ -119,64 +103,20 @@ CASES = (
 
 
 def make_inputs(case: Case, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fresh standard-normal q, k, v for ``case`` in its layout, requiring grad."""
-    g = torch.Generator(device=DEVICE).manual_seed(seed)
-
-    def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g, device=DEVICE, dtype=torch.float32).to(case.dtype)
-
-    b, hq, hkv, nq, nk, d = case.b, case.hq, case.hkv, case.nq, case.nk, case.d
-    if case.layout == "packed":
-        # One (B, N, 3, H, D) projection output, viewed as q, k, v without copies.
-        qkv = randn(b, nq, 3, hq, d)
-        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
-    elif case.layout == "bnhd":
-        q = randn(b, nq, hq, d).transpose(1, 2)
-        k = randn(b, nk, hkv, d).transpose(1, 2)
-        v = randn(b, nk, hkv, d).transpose(1, 2)
-    elif case.layout == "strided_last":
-        q = randn(b, hq, d, nq).transpose(-1, -2)
-        k = randn(b, hkv, d, nk).transpose(-1, -2)
-        v = randn(b, hkv, d, nk).transpose(-1, -2)
-    else:
-        q, k, v = randn(b, hq, nq, d), randn(b, hkv, nk, d), randn(b, hkv, nk, d)
-    return tuple(t.requires_grad_() for t in (q, k, v))
-
-
-def tolerance(kind: str, baseline_err: float, dtype: torch.dtype) -> float:
-    """Allowed max abs error: FACTOR[kind] x PyTorch's own error + FLOOR[dtype]."""
-    return FACTOR[kind] * baseline_err + FLOOR[dtype]
-
-
-def max_err(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """Max abs difference in float64; NaN anywhere counts as infinite error."""
-    diff = (x.double() - ref.double()).abs()
-    if diff.numel() == 0:
-        return 0.0
-    if torch.isnan(diff).any():
-        return float("inf")
-    return diff.max().item()
+    """Fresh standard-normal q, k, v for ``case`` on this machine's device, requiring grad."""
+    return passrule.make_inputs(case, seed, DEVICE)
 
 
 def assert_close(
     name: str, x: torch.Tensor, ref: torch.Tensor, baseline: torch.Tensor, kind: str,
-    dtype: torch.dtype,
+    dtype: torch.dtype, backend: str | None = None,
 ) -> None:
-    """Assert ``x`` is within tolerance of ``ref``; the message gives max/mean error and where.
-
-    ``baseline`` is PyTorch's own result in the input ``dtype``; it sets the tolerance.
-    """
-    err = max_err(x, ref)
-    base = max_err(baseline, ref)
-    tol = tolerance(kind, base, dtype)
-    if not err <= tol:
-        diff = (x.double() - ref.double()).abs().nan_to_num(float("inf"))
-        where = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
-        n_nan = int(torch.isnan(x).sum())
-        raise AssertionError(
-            f"{name}: max err {err:.3e} > tol {tol:.3e} (PyTorch's own {base:.3e}); "
-            f"mean err {diff.clamp(max=1e30).mean().item():.3e}; worst at {where}; NaNs {n_nan}"
-        )
+    """Assert ``x`` passes the rule against ``ref``; ``baseline`` is PyTorch's own result in the
+    input ``dtype``, which sets the tolerance. ``backend``: apply its ``GRAD_FACTOR`` entry."""
+    factor = GRAD_FACTOR.get((backend, x.device.type, dtype)) if kind == "grad" else None
+    why = passrule.failure(name, x, ref, baseline, kind, dtype, factor)
+    if why:
+        raise AssertionError(why)
 
 
 def poison_allocator(*like: tuple[tuple[int, ...], torch.dtype]) -> None:

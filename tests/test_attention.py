@@ -20,15 +20,18 @@ from tests.helpers import (
 )
 
 BACKENDS = flashduo.registered_backends()
+# The reference backend is the float64 math every result is compared with: comparing it with
+# itself could not fail (tests/test_reference.py checks it against an independent formula).
+CHECKED_BACKENDS = [b for b in BACKENDS if b != "reference"]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CHECKED_BACKENDS)
 def test_matches_reference(backend: str, case) -> None:
     check_case(backend, case)
 
 
-GPU_BACKENDS = [b for b in BACKENDS if b != "reference"]
+GPU_BACKENDS = CHECKED_BACKENDS
 PAIR_CASES = [c for c in CASES if c.layout == "contiguous" and c.dtype != torch.float32][::3]
 
 
@@ -63,7 +66,7 @@ def test_backends_agree(pair: tuple[str, str], case) -> None:
         assert_close(f"{a} vs {b} {name}", xa, xb, base, kind, case.dtype)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CHECKED_BACKENDS)
 def test_backward_deterministic(backend: str) -> None:
     """Two backward runs on the same inputs give bit-identical gradients (no atomics)."""
     case = next(c for c in CASES if c.hq != c.hkv and c.causal)
