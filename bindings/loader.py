@@ -1,14 +1,16 @@
 """JIT-build and load the CUDA extension with ``torch.utils.cpp_extension.load``.
 
 The build goes into a persistent cache directory (``FLASHDUO_BUILD_DIR``, default
-``~/.cache/flashduo/<torch version>-sm<arch>``): nothing is rebuilt unless a source or flag
-changes, and a second process reuses the build. The architecture is the visible GPU's;
+``~/.cache/flashduo/torch<version>-sm<arch>-<hash of the source tree's path>``): nothing is
+rebuilt unless a source or flag changes, and a second process of the same checkout reuses the
+build. The architecture is the visible GPU's;
 ``TORCH_CUDA_ARCH_LIST`` wins when set, and ``9.0`` is used when no GPU is visible, so the
 extension also compiles on machines without one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import pathlib
@@ -50,10 +52,14 @@ def arch_list() -> str:
 
 
 def build_dir(arch: str) -> pathlib.Path:
-    """Where the extension is built and cached."""
+    """Where the extension is built and cached: one folder per torch version, architecture and
+    source tree. The build files hold the sources' absolute paths, so two checkouts never share
+    (and never overwrite) one build; each reuses its own."""
     root = os.environ.get("FLASHDUO_BUILD_DIR")
     base = pathlib.Path(root) if root else pathlib.Path.home() / ".cache" / "flashduo"
-    tag = f"torch{torch.__version__.split('+')[0]}-sm{arch.replace('.', '').replace(';', '_')}"
+    tree = hashlib.sha1(str(sources.ROOT).encode()).hexdigest()[:12]
+    tag = (f"torch{torch.__version__.split('+')[0]}-sm{arch.replace('.', '').replace(';', '_')}"
+           f"-{tree}")
     path = base / tag
     path.mkdir(parents=True, exist_ok=True)
     return path

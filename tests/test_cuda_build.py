@@ -24,7 +24,20 @@ def ext():
 def test_extension_builds_and_imports(ext) -> None:
     assert "FlashAttention forward" in ext.fwd.__doc__
     assert "FlashAttention backward" in ext.bwd.__doc__
-    assert callable(ext.fwd_problem) and callable(ext.bwd_problem)
+
+
+def test_build_cache_is_per_checkout(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """Two checkouts get two build folders (their build files name their own sources); one
+    checkout gets the same folder every time, so it reuses its build."""
+    from bindings import sources
+
+    monkeypatch.setenv("FLASHDUO_BUILD_DIR", str(tmp_path))
+    monkeypatch.setattr(sources, "ROOT", tmp_path / "clone-a")
+    first = loader.build_dir("9.0")
+    assert loader.build_dir("9.0") == first
+    monkeypatch.setattr(sources, "ROOT", tmp_path / "clone-b")
+    assert loader.build_dir("9.0") != first
+    assert loader.build_dir("9.0").parent == first.parent == tmp_path
 
 
 FWD_CASES = [
@@ -99,26 +112,29 @@ def test_cuda_unaligned_views(ext) -> None:
 
 
 @pytest.mark.skipif(not ON_GPU, reason="the argument checks run on CUDA tensors")
-def test_cuda_checks_arguments(ext) -> None:
-    """Bad arguments raise ValueError naming them, before any launch."""
+def test_cuda_extension_guards(ext) -> None:
+    """Callers that skip the front door still get an error naming the argument, before any
+    launch: the extension's own guards raise RuntimeError."""
     q = torch.randn(1, 2, 16, 48, device="cuda", dtype=torch.float16)
-    with pytest.raises(ValueError, match="head dim must be 64 or 128, got 48"):
+    with pytest.raises(RuntimeError, match="head dim must be 64 or 128, got 48"):
         flash.fwd(q, q, q, False, 0.1)
     q = torch.randn(1, 2, 16, 64, device="cuda", dtype=torch.float32)
-    with pytest.raises(ValueError, match="float16 or bfloat16"):
+    with pytest.raises(RuntimeError, match="float16 or bfloat16"):
         flash.fwd(q, q, q, False, 0.1)
     q = torch.randn(1, 2, 16, 64, device="cuda", dtype=torch.float16)
-    with pytest.raises(ValueError, match="k must be a CUDA tensor"):
+    with pytest.raises(RuntimeError, match="k must be a CUDA tensor"):
         flash.fwd(q, q.cpu(), q, False, 0.1)
-    with pytest.raises(ValueError, match="v must have last-dim stride 1"):
+    with pytest.raises(RuntimeError, match="v must have last-dim stride 1"):
         flash.fwd(q, q, q.transpose(-1, -2), False, 0.1)
-    with pytest.raises(ValueError, match="multiple of k heads"):
+    with pytest.raises(RuntimeError, match="multiple of k heads"):
         flash.fwd(q, q[:, :1].expand(1, 3, 16, 64)[:, :3], q[:, :1].expand(1, 3, 16, 64), False, 0.1)
+    with pytest.raises(RuntimeError, match="scale must be positive and finite"):
+        flash.fwd(q, q, q, False, -1.0)
     cos = torch.ones(15, 32, device="cuda")
-    with pytest.raises(ValueError, match="rope covers 0 prefix \\+ 15 tokens, but Nq = 16"):
+    with pytest.raises(RuntimeError, match="rope covers 0 prefix \\+ 15 tokens, but Nq = 16"):
         flash.fwd(q, q, q, False, 0.1, rope=(cos, cos, 0))
-    with pytest.raises(ValueError, match="rope tables must be contiguous float32"):
+    with pytest.raises(RuntimeError, match="rope tables must be contiguous float32"):
         flash.fwd(q, q, q, False, 0.1, rope=(cos.half(), cos.half(), 1))
     out, lse = flash.fwd(q, q, q, False, 0.1)
-    with pytest.raises(ValueError, match="lse must be a contiguous float32"):
+    with pytest.raises(RuntimeError, match="lse must be a contiguous float32"):
         flash.bwd(q, q, q, q, out, lse[:, :, :8], False, 0.1)
