@@ -1,12 +1,13 @@
 # flashduo: `make bench` (benchmark on this GPU, or a CPU demo without one) and `make test`.
-# Both install what is missing (and nothing when torch, triton and pytest are already there).
+# Both install what is missing (torch, triton, pytest, numpy, ninja, matplotlib) and nothing
+# when it is already there; `make lint` likewise installs ruff.
 # `make` alone builds the CUDA warm-up examples into build/; `make run-examples` runs them.
 
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.14.1
 PYTEST_ARGS ?= -q
 # On a GPU machine with pytest-xdist, spread the suite (mostly Triton compilation) over one worker
-# per CPU core, at most 16 (16 workers on a 16-core H200 machine: 153 s; 8 workers: 184 s).
+# per CPU core, at most 16 (timings in docs/perf-notes.md, Triton v1.3).
 XDIST := $(shell $(PYTHON) -c "import os, torch, xdist; print(f'-n {min(16, os.cpu_count() or 1)}' if torch.cuda.is_available() else '')" 2>/dev/null)
 BENCH_ARGS ?=
 
@@ -33,7 +34,9 @@ run-examples: examples
 	@set -e; for x in $(EXAMPLE_BINS); do ./$$x; done
 
 # Standalone check of the CUDA FlashAttention forward kernel against a host reference (GPU).
-$(BUILD)/check_flash: cuda/flash/check_flash.cu cuda/flash/fwd_kernel.cuh cuda/flash/fwd_tile.cuh cuda/flash/fwd_short_kernel.cuh cuda/flash/bwd_kernel.cuh cuda/flash/params.h cuda/flash/common.cuh cuda/examples/cuda_common.cuh
+# The kernels' headers: the extension's one list (bindings/sources.py).
+FLASH_HEADERS := $(shell $(PYTHON) -c "from bindings import sources; print(*sources.DEPENDS)" 2>/dev/null)
+$(BUILD)/check_flash: cuda/flash/check_flash.cu $(FLASH_HEADERS) cuda/examples/cuda_common.cuh
 	@mkdir -p $(BUILD)
 	$(NVCC) $(NVCC_FLAGS) -arch=$(ARCH) -Xptxas -v -o $@ $<
 
@@ -46,6 +49,7 @@ deps:
 	@$(PYTHON) -c "import pytest" 2>/dev/null || $(PYTHON) -m pip install pytest
 	@$(PYTHON) -c "import numpy" 2>/dev/null || $(PYTHON) -m pip install numpy  # Triton's interpreter
 	@$(PYTHON) -c "import ninja" 2>/dev/null || $(PYTHON) -m pip install ninja  # CUDA extension build
+	@$(PYTHON) -c "import matplotlib" 2>/dev/null || $(PYTHON) -m pip install matplotlib  # bench plots
 
 # pytest's exit code 5 means "no tests collected": not a failure of the suite.
 test: deps
@@ -59,6 +63,7 @@ info: deps
 	$(PYTHON) -m flashduo info
 
 lint:
+	@$(PYTHON) -m ruff --version >/dev/null 2>&1 || $(PYTHON) -m pip install ruff
 	$(PYTHON) -m ruff check .
 
 clean:

@@ -7,7 +7,7 @@ extension is built on first use.
 
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ext_modules, cmdclass = [], {}
 if os.environ.get("FLASHDUO_BUILD_CUDA") == "1":
@@ -29,10 +29,11 @@ setup(
     name="flashduo",
     version="0.1.0",
     description="FlashAttention forward and backward in Triton and CUDA C++ behind one PyTorch API",
-    packages=["flashduo", "triton_impl", "reference", "bindings"],
+    packages=find_packages(include=["flashduo*", "triton_impl*", "reference*", "bindings*"]),
     python_requires=">=3.10",
-    install_requires=["torch>=2.5"],
-    extras_require={"triton": ["triton>=3.1"], "test": ["pytest"]},
+    install_requires=["torch>=2.5", "numpy"],  # numpy: Triton's CPU interpreter
+    extras_require={"triton": ["triton>=3.1"], "test": ["pytest"], "bench": ["matplotlib"],
+                    "lint": ["ruff"]},
     entry_points={"console_scripts": ["flashduo=flashduo.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -1,9 +1,10 @@
 """flashduo in a few lines: attention, backends, GQA, a packed qkv projection, gradients.
 
-After `pip install -e .` (or with PYTHONPATH set to the repository root):
+From the repository root (or drop `PYTHONPATH=.` after `pip install -e .`):
 
-Run on a GPU:            python examples/quickstart.py
-Run on a CPU (slowly):   TRITON_INTERPRET=1 python examples/quickstart.py
+    PYTHONPATH=. python examples/quickstart.py                     # GPU: the triton backend
+    PYTHONPATH=. python examples/quickstart.py                     # CPU: the reference backend
+    TRITON_INTERPRET=1 PYTHONPATH=. python examples/quickstart.py  # CPU: triton, interpreted
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ def main() -> None:
     k = torch.randn(b, 2, n, d, device=device, dtype=dtype, requires_grad=True)
     v = torch.randn(b, 2, n, d, device=device, dtype=dtype, requires_grad=True)
 
-    out = flashduo.attention(q, k, v, causal=True)  # default backend: triton
-    out.float().square().mean().backward()  # runs the Triton backward kernels
+    backend = flashduo.registry.resolve_backend(None)  # FLASHDUO_BACKEND, else triton on a GPU
+    out = flashduo.attention(q, k, v, causal=True)  # no backend= given: the default
+    out.float().square().mean().backward()  # the backend's own backward
     with flashduo.use_backend("torch"):  # PyTorch SDPA, for comparison
         ref = flashduo.attention(q, k, v, causal=True)
-    print("max |triton - sdpa|:", (out - ref).abs().max().item())
+    print(f"default backend {backend}: max |{backend} - sdpa| = {(out - ref).abs().max().item():.2e}")
 
     # A ViT-style fused projection (B, N, 3, H, D): views, no copies.
     qkv = torch.randn(b, n, 3, 6, d, device=device, dtype=dtype)

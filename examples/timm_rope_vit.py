@@ -1,8 +1,8 @@
 """Patch timm's ``vit_small_patch16_rope_224`` to run its attention through flashduo, check it
 against the unpatched model, and time a bf16 training step against timm's own.
 
-    python examples/timm_rope_vit.py --backend triton            # GPU: check + timings
-    python examples/timm_rope_vit.py --batch 2 --no-time         # CPU: the check only
+    PYTHONPATH=. python examples/timm_rope_vit.py --backend triton            # GPU: check + timings
+    PYTHONPATH=. python examples/timm_rope_vit.py --batch 2 --no-time         # CPU: the check only
 
 Needs timm. The check compares logits and every parameter gradient of one forward+backward in
 float32 (layer scales raised from timm's 1e-5 init so attention matters). The timing is a full

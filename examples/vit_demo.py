@@ -1,7 +1,7 @@
 """A minimal ViT block with 2D RoPE attention through flashduo, trained for a few steps.
 
-    python examples/vit_demo.py                      # CPU: the reference backend
-    python examples/vit_demo.py --backend triton     # GPU: any registered backend
+    PYTHONPATH=. python examples/vit_demo.py                      # CPU: the reference backend
+    PYTHONPATH=. python examples/vit_demo.py --backend triton     # GPU: any registered backend
 
 The block is pre-norm attention + MLP on (B, 1 + H_img * W_img, C) tokens (a CLS token, then the
 patch grid row-major); q and k are rotated by the table inside ``flashduo.attention``.

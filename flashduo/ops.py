@@ -4,8 +4,8 @@
 argument. They are plain dispatcher ops (``torch.library.Library.define`` + ``impl``) with fake
 implementations and ``register_autograd``, so ``torch.compile`` treats each as one graph node (no
 graph breaks, whatever the backend does inside) while eager calls stay cheap: the dispatcher calls
-the implementation directly, without ``custom_op``'s extra Python layers (about 40% less
-per-call overhead, which shows at small problem sizes). The front door calls them through
+the implementation directly, without ``custom_op``'s extra Python layers (their cost shows at
+small problem sizes; docs/perf-notes.md, v1). The front door calls them through
 ``attention``, a plain ``autograd.Function`` that shares ``_setup_context`` and ``_backward`` with
 the registration (one backward, without torch.library's per-call autograd wrapper).
 """
@@ -50,7 +50,8 @@ def _fwd_impl(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """out (B, Hq, Nq, D) like q, lse float32 (B, Hq, Nq); q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D).
 
-    With rope tables, backends with ``fused_rope`` get them; others get q, k rotated here.
+    With rope tables, backends with ``fused_rope`` get them; others get q, k rotated here. The
+    backend's refusals are raised here, once per call (see ``flashduo._validate``).
     """
     impl = registry.get_backend(backend)
     impl.check(q, k, v, causal)
@@ -141,7 +142,7 @@ attention_bwd = torch.ops.flashduo.bwd
 
 class _Attention(torch.autograd.Function):
     """The front door's autograd node: the same two ops, without torch.library's per-call Python
-    wrapper (its schema-driven argument handling costs ~60 us per forward+backward on a CPU).
+    wrapper and its schema-driven argument handling (measured in docs/perf-notes.md).
     The ops keep their own autograd registration for callers that use them directly."""
 
     @staticmethod

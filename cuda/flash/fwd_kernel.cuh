@@ -20,10 +20,9 @@ namespace flashduo {
 constexpr int kFwdBlockN = 64;
 
 // The shipped shape per head dim: warps per block, the minimum resident blocks per SM that
-// __launch_bounds__ asks the register allocator for, and 16-row query tiles per warp. Measured on
-// an H100 (check_flash, bf16, B*N = 16k): at D = 64, 4 warps of 32 rows (241 registers, 2 blocks
-// per SM) reach 247-270 TFLOPS against 219-234 with 16 rows; at D = 128, 32 rows spill and lose
-// 20-30%, and 8 warps of 16 rows are 4-9% faster than 4.
+// __launch_bounds__ asks the register allocator for, and 16-row query tiles per warp. Two tiles
+// per warp win at D = 64 and spill at D = 128, where 8 warps beat 4 (see docs/perf-notes.md,
+// CUDA v1.1 and v1.3).
 template <int D>
 struct FwdConfig {
   static constexpr int kWarps = D >= 128 ? 8 : 4;
