@@ -2,8 +2,8 @@
 
 ``info`` lists the registered backends and why any is unavailable, the GPU and library versions.
 ``bench`` runs the benchmark suites on a CUDA GPU; without one it runs the CPU correctness demo of
-the Triton kernels in Triton's interpreter, then the suites at tiny sizes with the PyTorch
-providers (to show what the benchmark writes). ``plot`` redraws a run's PNGs from its
+the Triton kernels in Triton's interpreter (its output goes into the report too), then the suites
+at tiny sizes with the PyTorch providers, timed in ms. ``plot`` redraws a run's PNGs from its
 results.json. ``demo`` runs that demo directly.
 
 The Triton interpreter is chosen when the kernels are imported, so the demo paths set
@@ -13,18 +13,23 @@ The Triton interpreter is chosen when the kernels are imported, so the demo path
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
+import io
 import os
 import sys
 from collections.abc import Sequence
+from typing import TextIO
 
 from flashduo.bench.driver import SUITE_NAMES
 from flashduo.bench.providers import PROVIDERS
+from flashduo.bench.timing import FULL_BUDGET
 
 NO_GPU_BENCH = (
-    "no CUDA GPU visible: running the CPU correctness demo of the Triton kernels in the "
-    "interpreter instead"
+    "no CUDA GPU visible: the CPU correctness demo of the Triton kernels in the interpreter "
+    "first, then the suites at tiny sizes with the PyTorch providers"
 )
+DEMO_TITLE = "CPU correctness demo (Triton kernels in the interpreter vs float64)"
 
 
 def _csv_ints(text: str) -> list[int]:
@@ -62,8 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME[,NAME]",
         help=f"providers to time; repeat or comma-separate (default: all of {', '.join(PROVIDERS)})",
     )
-    bench.add_argument("--backend", action="append", metavar="NAME[,NAME]",
-                       help="same as --providers (flashduo backend names are providers)")
     bench.add_argument(
         "--suite",
         action="append",
@@ -72,11 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--quick", action="store_true",
                        help="small subset of every suite (D=64, no torch-flex, Triton autotuning "
-                       "off unless FLASHDUO_AUTOTUNE is set): about a minute on a GPU")
+                       "off unless FLASHDUO_AUTOTUNE is set)")
     bench.add_argument("--full", action="store_true",
                        help="fp16 and bf16 in the sweep; FlexAttention, the materializing "
-                       "providers and RoPE rows at every shape; longer timing (25/100 ms)")
-    bench.add_argument("--no-flex", action="store_true", help="leave out torch-flex (compile time)")
+                       "providers and RoPE rows at every shape; longer timing "
+                       f"({FULL_BUDGET.describe()})")
     bench.add_argument("--out", metavar="DIR",
                        help="output folder (default: bench_results/<gpu-name>)")
     bench.add_argument(
@@ -91,8 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--dtype", metavar="fp16[,bf16]",
                        help="sweep dtypes (default: bf16; fp16 and bf16 with --full)")
-    bench.add_argument("--no-vit", action="store_true", help="leave out the vit suite")
-    bench.add_argument("--no-sweep", action="store_true", help="leave out the sweep suite")
 
     plot = sub.add_parser(
         "plot",
@@ -165,32 +166,49 @@ def _bench_options(args: argparse.Namespace) -> dict:
     """run_benchmark's keyword arguments from the command line; ValueError for a bad value."""
     import torch
 
-    from flashduo.bench.providers import parse_providers, unknown_providers
+    from flashduo.bench.driver import check_names
+    from flashduo.bench.providers import parse_providers
 
-    providers = parse_providers([*(args.providers or ()), *(args.backend or ())])
-    if args.no_flex:
-        providers = [p for p in providers if p != "torch-flex"]
+    providers = parse_providers(args.providers)
     suites = _names(args.suite) or list(SUITE_NAMES)
-    suites = [s for s in suites if not (args.no_vit and s == "vit")
-              and not (args.no_sweep and s == "sweep")]
+    check_names(providers, suites)
     dtypes = None
     if args.dtype:
         bad = [d for d in _names([args.dtype]) if d not in DTYPES]
         if bad:
             raise ValueError(f"unknown dtype(s) {', '.join(bad)}; known: fp16, bf16")
         dtypes = [getattr(torch, DTYPES[d]) for d in _names([args.dtype])]
-    unknown = unknown_providers(providers)
-    if unknown:
-        raise ValueError(f"unknown provider(s) {', '.join(unknown)}; known: {', '.join(PROVIDERS)} "
-                         "and the registered flashduo backends")
-    bad = [s for s in suites if s not in SUITE_NAMES]
-    if bad:
-        raise ValueError(f"unknown suite(s) {', '.join(bad)}; known: {', '.join(SUITE_NAMES)}")
     head_dims = [d for group in args.head_dim or [] for d in group] or None
-    named = bool(args.providers or args.backend)
     return dict(providers=providers, suites=suites, quick=args.quick, full=args.full,
-                materializing_everywhere=named,
+                materializing_everywhere=bool(args.providers),
                 out_dir=args.out, head_dims=head_dims, seqlens=args.seqlens, dtypes=dtypes)
+
+
+class _Tee(io.TextIOBase):
+    """A text stream that writes through to ``stream`` and keeps a copy of what it wrote."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream, self.parts = stream, []
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        self.parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _cpu_demo(quick: bool) -> tuple[int, str]:
+    """Run the CPU correctness demo (its first cases when ``quick``): (exit code, its output).
+    An interpreter that cannot run the kernels here is not a failure: the demo says why."""
+    os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton_impl
+    from flashduo.demo import CANNOT_RUN, demo_cases, run_demo
+
+    tee = _Tee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        rc = run_demo(demo_cases()[:4] if quick else None)
+    return (0 if rc == CANNOT_RUN else rc), "".join(tee.parts)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -205,13 +223,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     demo_rc = 0
     if not torch.cuda.is_available():
         print(NO_GPU_BENCH, flush=True)
-        os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton_impl
-        from flashduo.demo import CANNOT_RUN, demo_cases, run_demo
-
-        demo_rc = run_demo(demo_cases()[:4] if args.quick else None)
-        demo_rc = 0 if demo_rc == CANNOT_RUN else demo_rc  # said why; the suites still run
+        demo_rc, demo_text = _cpu_demo(args.quick)
+        options["notes"] = [(DEMO_TITLE, demo_text)]
         print("\nTimings need a CUDA GPU; the suites below run at tiny sizes on the CPU with the "
-              "PyTorch providers, to show (and test) what the benchmark writes.\n", flush=True)
+              "PyTorch providers, in ms per call.\n", flush=True)
     from flashduo.bench import run_benchmark
 
     return run_benchmark(**options) or demo_rc

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from flashduo.bench.providers import parse_providers
+from flashduo.bench.providers import parse_providers, unknown_providers
 from flashduo.bench.records import OOM, Row
 from flashduo.demo import interpreter_blocker
 
@@ -32,7 +33,8 @@ def png_size(path: Path) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
     out = tmp_path_factory.mktemp("bench")
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
+    # one CPU thread: at these tiny sizes thread hand-offs would cost more than the work itself
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     env.pop("TRITON_INTERPRET", None)
     proc = subprocess.run(
         [sys.executable, "-m", "flashduo", "bench", "--quick", "--out", str(out)],
@@ -58,8 +60,16 @@ def test_quick_cpu_run_writes_csv_json_and_report(quick_run) -> None:
     assert all(r["status"] == "skip" for r in rows if r["tag"] == "tiles")
     assert (out / "results.json").stat().st_size > 0
     report = (out / "report.md").read_text()
-    assert "## Sweep: TFLOPS vs N" in report and "## Scaling" in report
-    assert "FLOPs = 4*B*H*N^2*D" in report
+    assert "## Sweep: ms per call vs N" in report and "## Scaling" in report
+    assert "FLOPs = 4*B*H*N^2*D" in report and "(warm-up 10 ms, rep 30 ms)" in report
+    assert "## CPU correctness demo" in report and ("4 cases" in report or blocked)
+    assert "| bfloat16 | 64 | 0 | fwd | fastest |" in report
+    assert "peak memory not measured" in report and "Tiles: not run (needs a CUDA GPU)" in report
+    assert "## Facts summary" in report and "- sweep: " in report
+    for text in (report, proc.stdout):
+        assert not re.search(r"\bnan\b", text, re.IGNORECASE)
+        assert "target" not in text.lower()
+    assert report.strip() in proc.stdout.replace("\r", "")
     spent = next(line for line in report.splitlines() if line.startswith("- time by provider"))
     assert all(name in spent for name in ("torch-flash", "torch-math", "naive")), spent
 
@@ -71,8 +81,8 @@ def test_quick_cpu_run_plots(quick_run) -> None:
     _, out = quick_run
     pngs = sorted(out.glob("*.png"))
     names = {p.name for p in pngs}
-    assert {"scaling.png", "tiles.png", "sweep_bfloat16_fwd.png", "sweep_bfloat16_bwd.png",
-            "sweep_bfloat16_fwdbwd.png"} <= names
+    assert names == {"scaling.png", "sweep_bfloat16_fwd.png", "sweep_bfloat16_bwd.png",
+                     "sweep_bfloat16_fwdbwd.png"}, "no tiles heatmap without a tile measured"
     report = (out / "report.md").read_text()
     for png in pngs:
         assert png_size(png) == SIZES[png.name.split("_")[0].removesuffix(".png")], png.name
@@ -125,17 +135,22 @@ def test_gpu_shaped_plots(tmp_path: Path) -> None:
         assert png_size(Path(p)) == SIZES[name]
 
 
-def test_cli_rejects_unknown_provider_and_suite() -> None:
+def test_cli_rejects_unknown_provider_suite_and_removed_options() -> None:
     from flashduo.cli import main
 
     assert main(["bench", "--providers", "nope", "--suite", "sweep"]) == 2
     assert main(["bench", "--suite", "nope"]) == 2
+    for removed in ("--backend=triton", "--no-flex", "--no-vit", "--no-sweep"):
+        with pytest.raises(SystemExit) as exc:
+            main(["bench", removed])
+        assert exc.value.code == 2, removed
 
 
 def test_parse_providers() -> None:
-    assert parse_providers(["triton,sdpa-flash", "flex", "triton"]) == ["triton", "torch-flash",
-                                                                        "torch-flex"]
+    assert parse_providers(["triton,torch-flash", "torch-flex", "triton"]) == [
+        "triton", "torch-flash", "torch-flex"]
     assert "triton-unfused" in parse_providers(None)
+    assert unknown_providers(["sdpa-flash", "flex", "torch-cudnn"]) == ["sdpa-flash", "flex"]
 
 
 def test_interpreter_blocker_names_the_versions(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -207,3 +222,18 @@ def test_rope_rows_compute_rope_attention() -> None:
         for what, g, w in zip(("out", "dq", "dk", "dv"), got, want):
             err = (g.double() - w).abs().max().item()
             assert err < 1e-4, f"{name} {what}: max abs error {err:.3g}"
+
+
+def test_without_matplotlib_the_run_says_so_in_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    """No matplotlib: no PNG, one summary line saying why, and every other file still written."""
+    from flashduo.bench import cells, run_benchmark
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # ``import matplotlib`` now fails
+    monkeypatch.setattr(cells, "time_ms", lambda *args: 1.0)  # nothing to learn from real timings
+    assert run_benchmark(["torch-flash"], ["scaling"], quick=True, device="cpu",
+                         out_dir=str(tmp_path)) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md", "results.csv",
+                                                          "results.json"]
+    lines = [x for x in (tmp_path / "report.md").read_text().splitlines() if "matplotlib" in x]
+    assert lines == ["- matplotlib is not installed (pip install matplotlib): no PNG plots"]

@@ -30,6 +30,7 @@ from flashduo.bench.records import (
     tflops,
 )
 from flashduo.bench.timing import (
+    Budget,
     check_vs_sdpa,
     is_oom,
     make_inputs,
@@ -44,12 +45,14 @@ from flashduo.bench.timing import (
 @dataclass
 class Context:
     """What every cell of a run shares: where it runs, the environment its rows carry, the
-    progress bar, the lists the results go to, and the wall seconds spent on each provider
-    (its checks and timed cells, first-call compilation and autotuning included)."""
+    progress bar, the timing budget of every cell, the lists the results go to, and the wall
+    seconds spent on each provider (its checks and timed cells, first-call compilation and
+    autotuning included)."""
 
     device: str
     env: dict
     progress: Progress
+    budget: Budget
     rows: list[Row] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     spent: dict[str, float] = field(default_factory=dict)
@@ -111,7 +114,7 @@ def _measure(shape: Shape, name: str, fn: Impl, mode: str, sets: list, dout: tor
              memory: bool, ctx: Context) -> Row:
     where = f"{name} {shape.where()} {mode}"
     try:
-        ms = time_ms(fn, sets, dout, mode)
+        ms = time_ms(fn, sets, dout, mode, ctx.budget)
         mem = peak_mb(fn, sets, dout, mode) if memory else math.nan
     except Exception as exc:
         oom = is_oom(exc)

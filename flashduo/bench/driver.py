@@ -1,9 +1,10 @@
 """``run_benchmark``: pick the providers that can run, run the chosen suites with one progress bar,
-print the tables and summary, and write CSV, JSON, PNG plots and the markdown report.
+print the report (the suites' tables, the facts summary, the summary) and write it with CSV, JSON
+and PNG plots.
 
 On a GPU the suites run at their real sizes. On the CPU (``device="cpu"``) they run at tiny sizes
-with the PyTorch providers only, so the outputs can be produced and checked anywhere; those
-timings are illustrative, the ones to quote need a GPU.
+(``CPU_SIZES``) with the PyTorch providers only, timed in ms, so the outputs can be produced and
+checked anywhere; those timings are illustrative, the ones to quote need a GPU.
 """
 
 from __future__ import annotations
@@ -14,54 +15,72 @@ from collections.abc import Sequence
 
 import torch
 
-from flashduo.bench import files, plots, report, timing
+from flashduo.bench import files, plots, report, summary
 from flashduo.bench.cells import Context
 from flashduo.bench.progress import Progress
 from flashduo.bench.providers import (
+    PROVIDERS,
     FlexFactory,
     is_flashduo,
     unavailable_reason,
     unknown_providers,
 )
-from flashduo.bench.records import ERR, FLEX, FLOP_NOTE, environment, header_line
+from flashduo.bench.records import ERR, FLEX, FLOP_NOTE, environment, header_line, sweep_unit
 from flashduo.bench.suites import HEAD_DIMS, SUITES, Plan
 from flashduo.bench.tiles import run_tiles, tiles_count
-from flashduo.bench.timing import CudaContextLost, short
+from flashduo.bench.timing import (
+    CPU_MAX_REPS,
+    CPU_MIN_REPS,
+    MAX_ROTATION,
+    Budget,
+    CudaContextLost,
+    budget_for,
+    short,
+)
 from flashduo.registry import registered_backends
 
 SUITE_NAMES = ("sweep", "vit", "scaling", "tiles")
 CPU_SIZES = {"tokens": 512, "hidden": 256, "head_dims": (64,), "seqlens": (64, 128)}
 
 
+def check_names(providers: Sequence[str], suites: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming any unknown provider or suite, and the known ones."""
+    unknown = unknown_providers(providers)
+    if unknown:
+        known = dict.fromkeys([*PROVIDERS, *registered_backends()])
+        raise ValueError(f"unknown provider(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    bad = [s for s in suites if s not in SUITE_NAMES]
+    if bad:
+        raise ValueError(f"unknown suite(s) {', '.join(bad)}; known: {', '.join(SUITE_NAMES)}")
+
+
 def _unavailable(providers: Sequence[str], device: str) -> dict[str, str]:
-    """Provider -> why it cannot run here, for those that cannot (each printed once)."""
-    skipped = {}
-    for name in providers:
-        why = unavailable_reason(name, device)
-        if why:
-            skipped[name] = why
-            print(f"SKIP provider {name}: {why}", flush=True)
+    """Provider -> why it cannot run here, for those that cannot (one line per reason)."""
+    skipped = {name: why for name in providers if (why := unavailable_reason(name, device))}
+    for why, names in _by_reason(skipped).items():
+        print(f"SKIP provider(s) {', '.join(names)}: {why}", flush=True)
     return skipped
 
 
-def _flex(plan: Plan) -> None:
-    if FLEX in plan.providers:
-        try:
-            plan.flex = FlexFactory()
-        except Exception as exc:
-            print(f"SKIP provider {FLEX}: {short(exc)}", flush=True)
-            plan.skipped[FLEX] = short(exc)
-            plan.providers.remove(FLEX)
+def _by_reason(skipped: dict[str, str]) -> dict[str, list[str]]:
+    """reason -> the providers skipped for it."""
+    out: dict[str, list[str]] = {}
+    for name, why in skipped.items():
+        out.setdefault(why, []).append(name)
+    return out
+
+
+def _leave_out(plan: Plan, name: str, why: str) -> None:
+    """Drop provider ``name`` from the plan, with the reason (printed)."""
+    plan.providers.remove(name)
+    plan.skipped[name] = why
+    print(f"SKIP provider(s) {name}: {why}", flush=True)
 
 
 def make_plan(providers: Sequence[str], device: str, quick: bool, full: bool,
               head_dims: Sequence[int] | None, seqlens: Sequence[int] | None,
               dtypes: Sequence[torch.dtype] | None, materializing_everywhere: bool = False) -> Plan:
-    """What the run measures; raises ``ValueError`` for an unknown provider name."""
-    unknown = unknown_providers(providers)
-    if unknown:
-        raise ValueError(f"unknown provider(s) {', '.join(unknown)}; known: "
-                         f"{', '.join(_known())}")
+    """What the run measures (the names are known: ``check_names``)."""
     default_dtypes = (torch.float16, torch.bfloat16) if full else (torch.bfloat16,)
     skipped = _unavailable(providers, device)
     plan = Plan([p for p in providers if p not in skipped], skipped, device, quick, full,
@@ -71,39 +90,32 @@ def make_plan(providers: Sequence[str], device: str, quick: bool, full: bool,
         plan.tokens, plan.hidden = CPU_SIZES["tokens"], CPU_SIZES["hidden"]
         plan.head_dims = head_dims or CPU_SIZES["head_dims"]
         plan.seqlens = seqlens or CPU_SIZES["seqlens"]
-    elif quick and FLEX in plan.providers:
-        plan.providers.remove(FLEX)
-        plan.skipped[FLEX] = "left out by --quick (it compiles per shape)"
-        print(f"SKIP provider {FLEX}: {plan.skipped[FLEX]}", flush=True)
-    else:
-        _flex(plan)
+    elif FLEX in plan.providers and quick:
+        _leave_out(plan, FLEX, "left out by --quick (it compiles per shape)")
+    elif FLEX in plan.providers:
+        try:
+            plan.flex = FlexFactory()
+        except Exception as exc:
+            _leave_out(plan, FLEX, short(exc))
     if quick and device == "cuda" and not head_dims:
         plan.head_dims = HEAD_DIMS[:1]
     return plan
 
 
-def _known() -> list[str]:
-    from flashduo.bench.providers import PROVIDERS
-
-    return list(dict.fromkeys([*PROVIDERS, *registered_backends()]))
-
-
-def _sections(rows: list, targets: list[str]) -> list[tuple[str, str, str]]:
-    """(title, table, plot file prefix) per suite that has rows."""
+def _sections(rows: list, backends: list[str]) -> list[tuple[str, str, str | None]]:
+    """(title, table, plot file prefix or None) per suite that has rows."""
     tags = {r.tag for r in rows}
-    out = []
-    if "sweep" in tags:
-        out.append(("Sweep: TFLOPS vs N", report.format_sweep_table(rows, targets), "sweep_"))
-    if "vit" in tags:
-        out.append(("ViT shapes", report.format_vit_table(rows, targets), "vit"))
-    if "vit-rope" in tags:
-        out.append(("ViT shapes with 2D RoPE", report.format_vit_rope_table(rows, targets),
-                    "vit-rope"))
-    if "scaling" in tags:
-        out.append(("Scaling", report.format_scaling_table(rows, targets), "scaling"))
-    if "tiles" in tags:
-        out.append(("Tiles", report.format_tiles_table(rows), "tiles"))
-    return out
+    unit = report.UNITS[sweep_unit(r for r in rows if r.tag == "sweep")]
+    every = [
+        ("sweep", f"Sweep: {unit} vs N", lambda: report.format_sweep_table(rows, backends),
+         "sweep_"),
+        ("vit", "ViT shapes", lambda: report.format_vit_table(rows, backends), None),
+        ("vit-rope", "ViT shapes with 2D RoPE",
+         lambda: report.format_vit_rope_table(rows, backends), None),
+        ("scaling", "Scaling", lambda: report.format_scaling_table(rows, backends), "scaling"),
+        ("tiles", "Tiles", lambda: report.format_tiles_table(rows), "tiles"),
+    ]
+    return [(title, table(), prefix) for tag, title, table, prefix in every if tag in tags]
 
 
 def run_benchmark(
@@ -117,38 +129,34 @@ def run_benchmark(
     dtypes: Sequence[torch.dtype] | None = None,
     device: str | None = None,
     materializing_everywhere: bool = False,
+    budget: Budget | None = None,
+    notes: Sequence[tuple[str, str]] = (),
 ) -> int:
-    """Run ``suites`` over ``providers``; print tables and summary; write the output files.
+    """Run ``suites`` over ``providers``; print the report; write the output files.
 
-    Returns 0 when no cell of a fused flashduo backend failed (ERR) and every SDPA check passed,
-    1 otherwise (missing a speed target or running out of memory is a measurement, not a
-    failure). Raises ``ValueError`` for an unknown provider or suite name.
+    Returns 0 when no cell of a flashduo backend failed (ERR) and every SDPA check passed, 1
+    otherwise (running out of memory is a measurement, not a failure). Raises ``ValueError`` for
+    an unknown provider or suite name.
     ``materializing_everywhere``: time the providers that materialize N x N scores
     (triton-unfused, torch-math, naive) at every sweep and ViT shape; otherwise a GPU run times
     them in the scaling suite and at the reference ViT shape only (``full`` sets it too; the CLI
-    sets it when providers are named).
+    sets it when providers are named). ``budget``: warm-up and timed ms of every cell (default:
+    ``timing.budget_for(quick, full)``). ``notes``: (title, preformatted text) sections put in
+    the report before the suites' (the CLI's CPU correctness demo).
     """
-    bad = [s for s in suites if s not in SUITE_NAMES]
-    if bad:
-        raise ValueError(f"unknown suite(s) {', '.join(bad)}; known: {', '.join(SUITE_NAMES)}")
+    check_names(providers, suites)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    budget = budget or budget_for(quick, full)
     t0 = time.time()
-    if quick:
-        timing.BUDGET.update(warmup=timing.QUICK_WARMUP_MS, rep=timing.QUICK_REP_MS)
-    elif full:
-        timing.BUDGET.update(warmup=timing.FULL_WARMUP_MS, rep=timing.FULL_REP_MS)
-    else:
-        timing.BUDGET.update(warmup=timing.WARMUP_MS, rep=timing.REP_MS)
     if quick and device == "cuda" and "FLASHDUO_AUTOTUNE" not in os.environ:
         os.environ["FLASHDUO_AUTOTUNE"] = "0"  # one Triton config per shape class: no tuning time
     env = environment()
     print(header_line(env), flush=True)
     plan = make_plan(providers, device, quick, full, head_dims, seqlens, dtypes,
                      materializing_everywhere)
-    targets = report.target_backends(plan.providers, [p for p in plan.providers if is_flashduo(p)])
     total = sum(SUITES[s][1](plan) for s in suites if s in SUITES)
     total += tiles_count(quick) if "tiles" in suites else 0
-    ctx = Context(device, env, Progress(total))
+    ctx = Context(device, env, Progress(total), budget)
     aborted = None
     suite_s: dict[str, float] = {}
     try:
@@ -165,42 +173,52 @@ def run_benchmark(
         aborted = f"ABORTED, the CUDA context is lost after {exc}; the tables hold what ran before"
     finally:
         ctx.progress.close()
-    return _finish(ctx, plan, targets, env, out_dir, aborted, t0, suite_s)
+    return _finish(ctx, plan, out_dir, aborted, t0, suite_s, notes)
 
 
-def _finish(ctx: Context, plan: Plan, targets: list[str], env: dict, out_dir: str | None,
-            aborted: str | None, t0: float, suite_s: dict[str, float]) -> int:
+def _timing_note(device: str, budget: Budget) -> str:
+    """How the cells were timed, for the report's head."""
+    if device == "cuda":
+        return (f"median of triton.testing.do_bench ({budget.describe()}), L2 cleared before "
+                f"each call, inputs smaller than twice the L2 cycled over up to {MAX_ROTATION} "
+                "copies")
+    return (f"median of {CPU_MIN_REPS} to {CPU_MAX_REPS} wall-clock calls after warm-up "
+            f"({budget.describe()}) at tiny sizes on the CPU: illustrative only, timings that "
+            "mean something need a GPU")
+
+
+def _finish(ctx: Context, plan: Plan, out_dir: str | None, aborted: str | None, t0: float,
+            suite_s: dict[str, float], notes: Sequence[tuple[str, str]]) -> int:
     rows = ctx.rows
-    out_dir = out_dir or files.default_out_dir(str(env["gpu"]))
+    backends = [p for p in plan.providers if is_flashduo(p)]
+    out_dir = out_dir or files.default_out_dir(str(ctx.env["gpu"]))
     plot_paths, no_plots = plots.write_plots(rows, out_dir)
-    how = (f"triton.testing.do_bench median (warm-up {timing.BUDGET['warmup']} ms, rep "
-           f"{timing.BUDGET['rep']} ms), L2 cleared before each call and small inputs rotated"
-           if plan.device == "cuda" else
-           "CPU wall-clock medians at tiny sizes: illustrative only, timings need a GPU")
-    head = "\n".join([header_line(env), "", f"{FLOP_NOTE}. Timing: {how}. Speed ratios > 1 "
-                      "mean the flashduo backend is faster."])
-    sections = [(title, table, [p for p in plot_paths
-                                if p.rsplit("/", 1)[-1].startswith(prefix)])
-                for title, table, prefix in _sections(rows, targets)]
-    summary = report.summary_lines(rows, targets, ctx.checks)
-    summary += [f"{name} not run: {why}" for name, why in plan.skipped.items()]
+    head = "\n".join([header_line(ctx.env), "", f"{FLOP_NOTE}; TFLOPS = FLOPs / time. Timing: "
+                      f"{_timing_note(plan.device, ctx.budget)}. Speed ratios (baseline ms / "
+                      "backend ms) > 1 mean the flashduo backend is faster."])
+    sections = [(title, f"```\n{text.rstrip()}\n```", []) for title, text in notes]
+    sections += [(title, table, [p for p in plot_paths if prefix
+                                 and os.path.basename(p).startswith(prefix)])
+                 for title, table, prefix in _sections(rows, backends)]
+    sections.append(("Facts summary", summary.facts_section(rows, backends), []))
+    lines = summary.summary_lines(rows, backends, ctx.checks)
+    lines += [f"not run: {', '.join(names)}: {why}" for why, names in _by_reason(plan.skipped).items()]
     if aborted:
-        summary.insert(0, aborted)
+        lines.insert(0, aborted)
     if no_plots:
-        summary.append(no_plots)
+        lines.append(no_plots)
     if ctx.spent:
         ranked = sorted(ctx.spent.items(), key=lambda kv: -kv[1])
-        summary.append("time by provider (checks and timed cells, first-call compilation and "
-                       "autotuning included): " + ", ".join(f"{k} {v:.3g} s" for k, v in ranked))
-    tail = "\n".join(["## Summary", "", *(f"- {line}" for line in summary),
+        lines.append("time by provider (checks and timed cells, first-call compilation and "
+                     "autotuning included): " + ", ".join(f"{k} {v:.3g} s" for k, v in ranked))
+    tail = "\n".join(["## Summary", "", *(f"- {line}" for line in lines),
                       f"- wall time {time.time() - t0:.0f} s ("
                       + ", ".join(f"{k} {v:.0f} s" for k, v in suite_s.items()) + ")"])
     text = files.report_markdown(sections, head, tail)
     print()
     print(text, flush=True)
-    written = files.write_all(out_dir, rows, ctx.checks, env, text)
+    written = files.write_all(out_dir, rows, ctx.checks, ctx.env, text)
     print(f"wrote {', '.join(written + plot_paths)}", flush=True)
-    failed = [r for r in rows if r.impl in targets and r.status == ERR and r.tag != "tiles"]
-    wrong = [c for c in ctx.checks if c.impl in targets and not c.ok]
+    failed = [r for r in rows if r.impl in backends and r.status == ERR and r.tag != "tiles"]
+    wrong = [c for c in ctx.checks if c.impl in backends and not c.ok]
     return 1 if aborted or failed or wrong else 0
-

@@ -6,13 +6,14 @@ Every provider is a function (q, k, v) -> out on (B, H, N, D) tensors:
   registered one): ``flashduo.attention(..., backend=name)``;
 - ``torch-flash`` / ``torch-cudnn`` / ``torch-efficient`` / ``torch-math``: PyTorch SDPA restricted
   to one of its backends;
-- ``torch-flex``: FlexAttention under ``torch.compile`` (recompile limit raised, DESIGN.md §4);
+- ``torch-flex``: FlexAttention under ``torch.compile``, Dynamo's recompile limit raised so that
+  a new shape compiles instead of falling back to eager;
 - ``naive``: textbook softmax(QKᵀ)V in PyTorch (``reference.attention_naive``), N×N in memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,28 +22,20 @@ import flashduo
 import reference
 from flashduo import registry
 from flashduo.bench.records import FLEX, NAIVE, NOROPE
-
-Impl = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+from flashduo.bench.timing import Impl
 
 FLASHDUO_PROVIDERS = ("triton", "cuda", "triton-unfused")
 SDPA_PROVIDERS = ("torch-flash", "torch-cudnn", "torch-efficient", "torch-math")
 PROVIDERS = (*FLASHDUO_PROVIDERS, *SDPA_PROVIDERS, FLEX, NAIVE)
 CPU_PROVIDERS = ("torch-flash", "torch-math", NAIVE)  # what the CPU run can time
-ALIASES = {"sdpa-flash": "torch-flash", "sdpa-cudnn": "torch-cudnn", "flex": FLEX,
-           "sdpa-efficient": "torch-efficient", "sdpa-math": "torch-math"}
 ROPE_PREFIX = 1  # the CLS token in front of the patch grid
 
 
 def parse_providers(values: Iterable[str] | None) -> list[str]:
-    """Flatten repeated / comma-separated ``--providers`` / ``--backend`` values in order (old
-    names like ``sdpa-flash`` map to ``torch-flash``); every provider when none is given."""
-    names: list[str] = []
-    for value in values or ():
-        for name in value.split(","):
-            name = ALIASES.get(name.strip(), name.strip())
-            if name and name not in names:
-                names.append(name)
-    return names or list(PROVIDERS)
+    """Flatten repeated / comma-separated ``--providers`` values in order, without repeats; every
+    provider when none is given."""
+    names = [n.strip() for value in values or () for n in value.split(",") if n.strip()]
+    return list(dict.fromkeys(names)) or list(PROVIDERS)
 
 
 def is_flashduo(name: str) -> bool:
@@ -121,8 +114,8 @@ def _causal_mask_mod(b, h, q_idx, kv_idx):
 class FlexFactory:
     """``torch.compile``'d FlexAttention, one block mask per causal length.
 
-    Dynamo recompiles per shape and silently falls back to eager (~5 TFLOPS) once its recompile
-    limit is hit, so the limit is raised here before the first compile.
+    Dynamo recompiles per shape and silently falls back to eager (far slower, see perf-notes) once
+    its recompile limit is hit, so the limit is raised here before the first compile.
     """
 
     def __init__(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +25,8 @@ NOROPE = "torch-cudnn-norope"  # the ViT-with-RoPE rows' cuDNN SDPA without the 
 CHECK_RTOL = 5e-2  # max |x - sdpa| / max |sdpa| above this marks a backend's result SUSPECT
 FLOP_NOTE = ("FLOPs = 4*B*H*N^2*D, halved when causal; x2.5 bwd, x3.5 fwd+bwd "
              "(FlashAttention's convention)")
+
+MIN_SHOWN_TFLOPS = 0.05  # tables print TFLOPS with one decimal: below this they read 0.0
 
 # A cell's status: measured, out of memory (caught), failed, or not run (with the reason).
 OK, OOM, ERR, SKIP = "ok", "OOM", "ERR", "skip"
@@ -92,6 +95,13 @@ def attention_flops(
 def tflops(ms: float, flops: float) -> float:
     """Throughput in TFLOPS of ``flops`` done in ``ms`` milliseconds (NaN stays NaN)."""
     return flops / (ms * 1e-3) / 1e12 if ms > 0 else math.nan
+
+
+def sweep_unit(rows: Iterable[Row]) -> str:
+    """What the sweep's table and plots show: "tflops", or "ms" (per call) when a measured cell's
+    TFLOPS would print as 0.0, as at the CPU run's tiny sizes."""
+    measured = [r.tflops for r in rows if r.status == OK]
+    return "tflops" if all(tf >= MIN_SHOWN_TFLOPS for tf in measured) else "ms"
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -4,7 +4,7 @@
   causal and not, D in {64, 128}; bf16 by default, fp16 and bf16 with ``full``.
 - vit: ViT shapes N = 197, 257, 577 (CLS + 14², 16², 24² patches), D = 64, ViT-S/B/L head counts
   (6 / 12 / 16), B = 256, bf16, ms per call; then with 2D RoPE at N = 197 (every shape with
-  ``full``).
+  ``full``). On the CPU: B = 2, and ViT-S at N = 197 only unless ``full``.
 - scaling: B = 1, H = 16, D = 64, bf16, N doubling from 1024: time and peak memory of one call;
   once a provider runs out of memory its larger sizes are marked OOM without running.
 
@@ -30,16 +30,17 @@ from flashduo.bench.records import FLEX, MATERIALIZING, MODES, OOM, SWEEP_MODES
 TOKENS, HIDDEN = 16384, 2048  # B * N and H * D of the sweep
 SEQLENS = (512, 1024, 2048, 4096, 8192, 16384)
 QUICK_SEQLENS = (1024, 4096)
-FLEX_SEQLENS = (1024, 16384)  # the ends of the sweep: each length is a compile of ~6 s
+FLEX_SEQLENS = (1024, 16384)  # the ends of the sweep: each length is a compile (see perf-notes)
 HEAD_DIMS = (64, 128)
 VIT_MODELS = {"ViT-S": 6, "ViT-B": 12, "ViT-L": 16}
 VIT_SEQLENS = (197, 257, 577)
 VIT_BATCH, VIT_D = 256, 64
-VIT_REF = ("ViT-S", 197)  # the ViT shape the summary's targets are measured at
+VIT_REF = ("ViT-S", 197)  # the ViT shape every provider runs at (the RoPE rows too)
 SCALING_SEQLENS = tuple(1024 * 2**i for i in range(7))  # up to 65536
 QUICK_SCALING_SEQLENS = (1024, 2048, 4096)
+CPU_SCALING_SEQLENS = (64, 128, 256)
 SCALING_SHAPE = {"B": 1, "H": 16, "D": 64}
-SCALING_EXCLUDED = (FLEX,)  # a compile per length: minutes for a curve that adds nothing new
+SCALING_EXCLUDED = (FLEX,)  # a compile per length, for a curve the sweep already shows
 
 
 @dataclass
@@ -108,8 +109,9 @@ def run_sweep(plan: Plan, ctx: Context) -> None:
 
 
 def vit_shapes(plan: Plan) -> list[tuple[str, int, int]]:
-    """(model, heads, N) of the ViT suite; only the reference shape when quick."""
-    if plan.quick:
+    """(model, heads, N) of the ViT suite; only the reference shape when quick, and on the CPU
+    unless full (its tiny-batch timings say little more at the other shapes)."""
+    if plan.quick or (plan.device == "cpu" and not plan.full):
         return [(VIT_REF[0], VIT_MODELS[VIT_REF[0]], VIT_REF[1])]
     return [(m, h, n) for m, h in VIT_MODELS.items() for n in VIT_SEQLENS]
 
@@ -144,9 +146,9 @@ def run_vit(plan: Plan, ctx: Context) -> None:
 
 
 def scaling_seqlens(plan: Plan) -> tuple[int, ...]:
-    """The scaling suite's lengths: tiny on the CPU, three when quick."""
+    """The scaling suite's lengths: tiny on the CPU, fewer when quick."""
     if plan.device == "cpu":
-        return (64, 128, 256)
+        return CPU_SCALING_SEQLENS[:2] if plan.quick else CPU_SCALING_SEQLENS
     return QUICK_SCALING_SEQLENS if plan.quick else SCALING_SEQLENS
 
 

@@ -98,7 +98,7 @@ def _time_config(ctx: Context, shape: Shape, cfg, kernel: Callable, qkv: tuple,
         if not err <= CHECK_RTOL:
             _add(ctx, shape, bm, bn, math.nan, ERR, f"{label}; wrong result, rel err {err:.3g}")
             return
-        ms = time_ms(kernel, [qkv], ref, "fwd")
+        ms = time_ms(kernel, [qkv], ref, "fwd", ctx.budget)
     except Exception as exc:
         ctx.progress.write(f"ERR tiles BLOCK_M={bm} BLOCK_N={bn}: {short(exc)}")
         raise_if_sticky(exc, f"tiles BLOCK_M={bm} BLOCK_N={bn}")

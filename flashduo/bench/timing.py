@@ -1,9 +1,10 @@
 """How one call is timed and its memory measured, and how failures are told apart.
 
-GPU (DESIGN.md §4): ``triton.testing.do_bench`` median after its warm-up; it clears L2 before
-every timed call, and inputs small enough to sit in L2 are also rotated over several copies, so no
-call finds its operands cached. CPU: the median of a few wall-clock calls after one warm-up call
-(illustrative only: the numbers that matter need a GPU).
+GPU: the median of ``triton.testing.do_bench`` after its warm-up, with the run's ``Budget``; it
+clears L2 before every timed call, and inputs small enough to sit in L2 are also rotated over
+several copies (``rotation_count``), so no call finds its operands cached. CPU: the median of
+``CPU_MIN_REPS`` to ``CPU_MAX_REPS`` wall-clock calls after at least one warm-up call, within the
+same budget (illustrative only: the numbers that matter need a GPU).
 """
 
 from __future__ import annotations
@@ -13,18 +14,38 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 Impl = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
-WARMUP_MS, REP_MS = 10, 40  # default: a kernel of 0.1-10 ms runs 4-400 timed calls
-FULL_WARMUP_MS, FULL_REP_MS = 25, 100
-QUICK_WARMUP_MS, QUICK_REP_MS = 10, 30
-BUDGET = {"warmup": WARMUP_MS, "rep": REP_MS}  # do_bench's budget; ``--quick`` lowers it
-CPU_REPS, CPU_BUDGET_S = 5, 0.5
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Time given to one timed cell, in ms: ``warmup_ms`` of untimed calls, then ``rep_ms`` of
+    timed ones (``do_bench``'s ``warmup`` and ``rep``; on the CPU, bounds on the call counts)."""
+
+    warmup_ms: float
+    rep_ms: float
+
+    def describe(self) -> str:
+        """E.g. "warm-up 10 ms, rep 40 ms"."""
+        return f"warm-up {self.warmup_ms:g} ms, rep {self.rep_ms:g} ms"
+
+
+DEFAULT_BUDGET = Budget(10, 40)  # a kernel of 0.1-10 ms runs 4-400 timed calls
+QUICK_BUDGET = Budget(10, 30)
+FULL_BUDGET = Budget(25, 100)
+CPU_MIN_REPS, CPU_MAX_REPS = 2, 5
 MAX_ROTATION = 8
+
+
+def budget_for(quick: bool, full: bool) -> Budget:
+    """The budget of a ``--quick``, ``--full`` or default run."""
+    return QUICK_BUDGET if quick else FULL_BUDGET if full else DEFAULT_BUDGET
 
 
 def rotation_count(nbytes: int, device: str) -> int:
@@ -74,27 +95,41 @@ def _clear_grads(sets: Sequence[Inputs]) -> None:
             t.grad = None
 
 
-def time_ms(fn: Impl, sets: Sequence[Inputs], dout: torch.Tensor, mode: str) -> float:
-    """Median ms of one call of ``mode`` on q, k, v (B, H, N, D) cycling over ``sets``."""
-    step = _step(fn, sets, dout, mode)
-    leaves = [t for s in sets for t in s]
-    if dout.is_cuda:
-        from triton.testing import do_bench
+def _cpu_ms(step: Callable[[], None], sets: Sequence[Inputs], budget: Budget) -> float:
+    """Median wall-clock ms of ``step``: warm-up calls for ``budget.warmup_ms`` (at least one),
+    then ``CPU_MIN_REPS`` to ``CPU_MAX_REPS`` timed calls, stopping once ``budget.rep_ms`` is
+    spent."""
 
-        ms = do_bench(step, warmup=BUDGET["warmup"], rep=BUDGET["rep"], grad_to_none=leaves,
-                      return_mode="median")
-        _clear_grads(sets)
-        return ms
-    step()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < CPU_REPS and (len(times) < 2 or time.perf_counter() - start < CPU_BUDGET_S):
+    def timed() -> float:
         _clear_grads(sets)
         t0 = time.perf_counter()
         step()
-        times.append((time.perf_counter() - t0) * 1e3)
-    _clear_grads(sets)
+        return (time.perf_counter() - t0) * 1e3
+
+    spent = timed()
+    while spent < budget.warmup_ms:
+        spent += timed()
+    times: list[float] = []
+    while len(times) < CPU_MAX_REPS and (len(times) < CPU_MIN_REPS
+                                         or sum(times) < budget.rep_ms):
+        times.append(timed())
     return statistics.median(times)
+
+
+def time_ms(fn: Impl, sets: Sequence[Inputs], dout: torch.Tensor, mode: str,
+            budget: Budget) -> float:
+    """Median ms of one call of ``mode`` on q, k, v (B, H, N, D) cycling over ``sets``, with
+    ``budget`` for the warm-up and the timed calls."""
+    step = _step(fn, sets, dout, mode)
+    if dout.is_cuda:
+        from triton.testing import do_bench
+
+        ms = do_bench(step, warmup=budget.warmup_ms, rep=budget.rep_ms,
+                      grad_to_none=[t for s in sets for t in s], return_mode="median")
+    else:
+        ms = _cpu_ms(step, sets, budget)
+    _clear_grads(sets)
+    return ms
 
 
 def peak_mb(fn: Impl, sets: Sequence[Inputs], dout: torch.Tensor, mode: str) -> float:

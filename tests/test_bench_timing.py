@@ -1,0 +1,96 @@
+"""The timing budget is an argument: from ``run_benchmark`` through each cell to ``time_ms`` and
+``do_bench``, with no module-level budget to rebind (runs without a GPU)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from flashduo.bench import cells, timing
+from flashduo.bench.cells import Context, Shape, run_shape
+from flashduo.bench.progress import Progress
+from flashduo.bench.timing import (
+    CPU_MAX_REPS,
+    CPU_MIN_REPS,
+    QUICK_BUDGET,
+    Budget,
+    make_inputs,
+    time_ms,
+)
+
+
+def _counting(sleep_s: float = 0.0) -> tuple[list[int], timing.Impl]:
+    calls = [0]
+
+    def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        time.sleep(sleep_s)
+        return q * 1.0
+
+    return calls, fn
+
+
+def test_no_module_level_budget() -> None:
+    assert not any(hasattr(timing, name) for name in ("BUDGET", "WARMUP_MS", "REP_MS"))
+
+
+def test_cpu_time_ms_follows_the_budget() -> None:
+    sets, dout = make_inputs(1, 1, 4, 8, torch.float32, "cpu", seed=0)
+    calls, fn = _counting()
+    time_ms(fn, sets, dout, "fwd", Budget(0, 0))
+    assert calls[0] == 1 + CPU_MIN_REPS  # one warm-up call, the fewest timed calls
+    calls, fn = _counting()
+    time_ms(fn, sets, dout, "fwd", Budget(0, 1e6))
+    assert calls[0] == 1 + CPU_MAX_REPS
+    calls, fn = _counting(sleep_s=0.002)
+    time_ms(fn, sets, dout, "fwd", Budget(10, 0))
+    assert calls[0] >= 5 + CPU_MIN_REPS  # warm-up calls until 10 ms are spent
+
+
+def test_gpu_time_ms_passes_the_budget_to_do_bench(monkeypatch: pytest.MonkeyPatch) -> None:
+    import triton.testing
+
+    seen = {}
+    monkeypatch.setattr(triton.testing, "do_bench", lambda step, **kw: seen.update(kw) or 1.5)
+    sets, _ = make_inputs(1, 1, 4, 8, torch.float32, "cpu", seed=0)
+    cuda_dout = SimpleNamespace(is_cuda=True)  # do_bench is replaced: nothing runs on a GPU
+    assert time_ms(lambda q, k, v: q, sets, cuda_dout, "fwd", Budget(7, 9)) == 1.5
+    assert (seen["warmup"], seen["rep"], seen["return_mode"]) == (7, 9, "median")
+
+
+def _record_budgets(monkeypatch: pytest.MonkeyPatch) -> list[Budget]:
+    budgets: list[Budget] = []
+
+    def fake_time_ms(fn, sets, dout, mode, budget: Budget) -> float:
+        budgets.append(budget)
+        return 1.0
+
+    monkeypatch.setattr(cells, "time_ms", fake_time_ms)
+    return budgets
+
+
+def test_run_shape_times_with_the_context_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    budgets = _record_budgets(monkeypatch)
+    budget = Budget(1, 2)
+    ctx = Context("cpu", {}, Progress(2), budget)
+    shape = Shape("vit", 1, 2, 8, 8, False, torch.float32, ("fwd", "fwdbwd"))
+    rows = run_shape(shape, {"x": lambda q, k, v: q * 1.0}, ctx)
+    ctx.progress.close()
+    assert [r.ms for r in rows] == [1.0, 1.0] and budgets == [budget, budget]
+
+
+def test_run_benchmark_threads_its_budget(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from flashduo.bench import run_benchmark
+
+    budgets = _record_budgets(monkeypatch)
+    kw = dict(providers=["torch-flash"], suites=["vit"], quick=True, device="cpu")
+    assert run_benchmark(**kw, out_dir=str(tmp_path / "a"), budget=Budget(3, 4)) == 0
+    assert budgets and set(budgets) == {Budget(3, 4)}
+    assert "(warm-up 3 ms, rep 4 ms)" in (tmp_path / "a" / "report.md").read_text()
+    budgets.clear()
+    assert run_benchmark(**kw, out_dir=str(tmp_path / "b")) == 0
+    assert set(budgets) == {QUICK_BUDGET}
