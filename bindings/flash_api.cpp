@@ -182,7 +182,7 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
                         out.stride(0), out.stride(1), out.stride(2),
                         static_cast<int>(b), static_cast<int>(hq), static_cast<int>(hkv),
                         static_cast<int>(nq), static_cast<int>(nk),
-                        static_cast<float>(scale * 1.4426950408889634),
+                        static_cast<float>(scale * flashduo::kLog2e),
                         rope_params(rope_cos, rope_sin, num_prefix)};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const cudaError_t err = dtype == at::kHalf
@@ -221,7 +221,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const
                         dk.stride(0), dk.stride(1), dk.stride(2),
                         static_cast<int>(b), static_cast<int>(hq), static_cast<int>(hkv),
                         static_cast<int>(nq), static_cast<int>(nk), static_cast<float>(scale),
-                        static_cast<float>(scale * 1.4426950408889634),
+                        static_cast<float>(scale * flashduo::kLog2e),
                         rope_params(rope_cos, rope_sin, num_prefix)};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const cudaError_t err =

@@ -17,9 +17,10 @@ import torch
 import triton
 import triton.language as tl
 
+from reference import RopeTables
 from triton_impl._common import dot, dot_acc, key_ranges, load_tile, query_tile, rope_tile
 from triton_impl._config import BWD_DKDV, BWD_DQ, autotuned, block_d, bucket, launch, launch_jit
-from triton_impl.fwd import LOG2E, Rope, rope_args
+from triton_impl.fwd import LOG2E, rope_args
 
 PREPROCESS_BLOCK = 64
 
@@ -223,7 +224,7 @@ def attention_bwd(
     lse: torch.Tensor,
     causal: bool,
     scale: float,
-    rope: Rope | None = None,
+    rope: RopeTables | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch preprocess, dK/dV and dQ.
 

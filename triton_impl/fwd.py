@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from reference import RopeTables
 from triton_impl._common import dot, dot_acc, key_ranges, load_tile, query_tile, rope_tile
 from triton_impl._config import FWD, autotuned, block_d, bucket, launch
 
@@ -103,10 +104,7 @@ def _fwd_kernel(
     tl.store(Lse + bh.to(tl.int64) * NQ + offs_m, lse, mask=offs_m < NQ)
 
 
-Rope = tuple[torch.Tensor, torch.Tensor, int]
-
-
-def rope_args(rope: Rope | None, like: torch.Tensor) -> tuple:
+def rope_args(rope: RopeTables | None, like: torch.Tensor) -> tuple:
     """(Cos, Sin, N_POS, PREFIX) kernel arguments; placeholders when ``rope`` is None."""
     if rope is None:
         return like, like, 0, 0
@@ -116,7 +114,7 @@ def rope_args(rope: Rope | None, like: torch.Tensor) -> tuple:
 
 def attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
-    rope: Rope | None = None, config: triton.Config | None = None,
+    rope: RopeTables | None = None, config: triton.Config | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel.
 

@@ -22,7 +22,6 @@ namespace flashduo {
 
 constexpr int kBwdThreads = 128;  // the delta pass
 constexpr int kDqKeys = 64;       // keys per step of the dQ loop
-constexpr float kLog2e = 1.4426950408889634f;
 
 // The shipped shape per head dim: warps of the dK/dV kernel (16 keys each) and of the dQ kernel
 // (16 query rows each). More warps per block mean fewer blocks re-reading the same Q, dO (dK/dV)
@@ -248,7 +247,7 @@ __global__ void __launch_bounds__(32 * W, D <= 64 && W <= 4 ? 3 : 1)
         const int kj = key_lo + (e >> 1) * 8;
         float pv = 0.f, dl = 0.f;
         if (qi < p.nq && (!kCausal || qi >= kj)) {
-          pv = exp2f(pt[t][e] * p.scale_log2 - tL[r] * kLog2e);
+          pv = exp2f(pt[t][e] * p.scale_log2 - tL[r] * kLog2eF);
           dl = tL[BM + r];
         }
         pt[t][e] = pv;
@@ -315,7 +314,7 @@ __global__ void __launch_bounds__(32 * W) flash_bwd_dq_kernel(const BwdParams p)
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int r = row_lo + i * 8;
-    lse2[i] = r < p.nq ? p.lse[row_base + r] * kLog2e : 0.f;
+    lse2[i] = r < p.nq ? p.lse[row_base + r] * kLog2eF : 0.f;
     dl[i] = r < p.nq ? p.delta[row_base + r] : 0.f;
   }
   float acc_dq[D / 8][4] = {};

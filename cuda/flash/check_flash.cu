@@ -12,6 +12,7 @@
 
 using flashduo::BwdParams;
 using flashduo::FwdParams;
+using flashduo::kLog2eF;
 
 template <typename T>
 float to_float(T x);
@@ -59,7 +60,7 @@ int check_backward(const Shape& s, const char* tname, const std::vector<float>& 
   const int64_t ksb = int64_t(s.hkv) * s.nk * D, ksh = int64_t(s.nk) * D;
   BwdParams p{dq_in, dk_in, dv_in, out, ddo, lse, delta, ddq, ddk, ddv,
               qsb, qsh, D, ksb, ksh, D, ksb, ksh, D, qsb, qsh, D, qsb, qsh, D, qsb, qsh, D,
-              ksb, ksh, D, s.b, s.hq, s.hkv, s.nq, s.nk, scale, scale * 1.4426950408889634f};
+              ksb, ksh, D, s.b, s.hq, s.hkv, s.nq, s.nk, scale, scale * kLog2eF};
   CUDA_CHECK((flashduo::launch_flash_bwd<T, D>(p, s.causal, 0)));
   CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<T> gq(nq_el), gk(nk_el), gv(nk_el);
@@ -160,7 +161,7 @@ int check_case(const Shape& s, const char* tname) {
               int64_t(s.hkv) * s.nk * D, int64_t(s.nk) * D, D,
               int64_t(s.hkv) * s.nk * D, int64_t(s.nk) * D, D,
               int64_t(s.hq) * s.nq * D, int64_t(s.nq) * D, D,
-              s.b, s.hq, s.hkv, s.nq, s.nk, scale * 1.4426950408889634f};
+              s.b, s.hq, s.hkv, s.nq, s.nk, scale * kLog2eF};
   CUDA_CHECK((flashduo::launch_flash_fwd<T, D>(p, s.causal, 0)));
   CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<float> lse(size_t(s.b) * s.hq * s.nq);
@@ -244,10 +245,10 @@ void time_case(int n) {
   const int64_t sb = int64_t(h) * n * D, sh = int64_t(n) * D;
   const float scale = 1.f / std::sqrt(float(D));
   FwdParams p{q, q, q, o, lse, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D,
-              b, h, h, n, n, 1.4426950408889634f * scale};
+              b, h, h, n, n, kLog2eF * scale};
   BwdParams pb{q, q, q, o, q, lse, delta, dq, dk, dv,
                sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D,
-               b, h, h, n, n, scale, 1.4426950408889634f * scale};
+               b, h, h, n, n, scale, kLog2eF * scale};
   for (int causal = 0; causal < 2; ++causal) {
     const double flops = 4.0 * b * h * double(n) * n * D / (causal ? 2 : 1);
     const float f4 =
@@ -285,7 +286,7 @@ void time_vit() {
   }
   const int64_t sb = int64_t(h) * n * D, sh = int64_t(n) * D;
   FwdParams p{q, k, v, o, lse, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D,
-              b, h, h, n, n, 1.4426950408889634f / 8.f};
+              b, h, h, n, n, kLog2eF / 8.f};
   flashduo::ShortPlan plan1, plan2;
   const bool fits = flashduo::plan_short_fwd<D, 1>(p, &plan1) &&
                     flashduo::plan_short_fwd<D, 2>(p, &plan2);

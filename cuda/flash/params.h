@@ -5,6 +5,11 @@
 
 namespace flashduo {
 
+// log2(e): the kernels run the softmax in base 2, scaling scores by scale * log2(e) and turning
+// the natural-log lse into base 2 with it.
+constexpr double kLog2e = 1.4426950408889634;
+constexpr float kLog2eF = static_cast<float>(kLog2e);  // for fp32 arithmetic in the kernels
+
 // Optional 2D RoPE (reference/rope.py): per-pair float32 tables cos, sin of shape (n_pos, D / 2);
 // token t of q and k rotates by row t - prefix when 0 <= t - prefix < n_pos. cos == nullptr: none.
 struct RopeParams {
