@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,12 +22,11 @@ from flashduo.bench.timing import (
 )
 
 
-def _counting(sleep_s: float = 0.0) -> tuple[list[int], timing.Impl]:
+def _counting() -> tuple[list[int], timing.Impl]:
     calls = [0]
 
     def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         calls[0] += 1
-        time.sleep(sleep_s)
         return q * 1.0
 
     return calls, fn
@@ -38,7 +36,7 @@ def test_no_module_level_budget() -> None:
     assert not any(hasattr(timing, name) for name in ("BUDGET", "WARMUP_MS", "REP_MS"))
 
 
-def test_cpu_time_ms_follows_the_budget() -> None:
+def test_cpu_time_ms_follows_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     sets, dout = make_inputs(1, 1, 4, 8, torch.float32, "cpu", seed=0)
     calls, fn = _counting()
     time_ms(fn, sets, dout, "fwd", Budget(0, 0))
@@ -46,9 +44,16 @@ def test_cpu_time_ms_follows_the_budget() -> None:
     calls, fn = _counting()
     time_ms(fn, sets, dout, "fwd", Budget(0, 1e6))
     assert calls[0] == 1 + CPU_MAX_REPS
-    calls, fn = _counting(sleep_s=0.002)
-    time_ms(fn, sets, dout, "fwd", Budget(10, 0))
-    assert calls[0] >= 5 + CPU_MIN_REPS  # warm-up calls until 10 ms are spent
+    clock = [0.0]  # a call takes exactly 2 ms of this clock, however loaded the machine is
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+    calls, counted = _counting()
+
+    def two_ms(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        clock[0] += 0.002
+        return counted(q, k, v)
+
+    time_ms(two_ms, sets, dout, "fwd", Budget(10, 0))
+    assert 5 <= calls[0] - CPU_MIN_REPS <= 6  # warm-up calls until 10 ms are spent
 
 
 def test_gpu_time_ms_passes_the_budget_to_do_bench(monkeypatch: pytest.MonkeyPatch) -> None:
