@@ -23,6 +23,7 @@ from triton_impl._config import BWD_DKDV, BWD_DQ, autotuned, block_d, bucket, la
 from triton_impl.fwd import LOG2E, rope_args
 
 PREPROCESS_BLOCK = 64
+_LOG2E = tl.constexpr(LOG2E)  # the kernels' lse (natural log) to base 2
 
 
 @triton.jit
@@ -63,7 +64,7 @@ def _dkdv_inner(
         do = load_tile(do_base + rows[:, None] * stride_dm + offs_d[None, :],
                        rows, NQ, offs_d, HEAD_DIM, BLOCK_D, True)
         # Rows past NQ get lse = +inf, so their probabilities are exactly 0.
-        lse2 = tl.load(lse_base + rows, mask=rows < NQ, other=float("inf")) * 1.4426950408889634
+        lse2 = tl.load(lse_base + rows, mask=rows < NQ, other=float("inf")) * _LOG2E
         delta = tl.load(delta_base + rows, mask=rows < NQ, other=0.0)
         p_t = tl.exp2(dot(k, tl.trans(q)) * qk_scale - lse2[None, :])
         if CAUSAL_MASK:
@@ -194,7 +195,7 @@ def _dq_kernel(
     do = load_tile(DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dm + offs_d[None, :],
                    offs_m, NQ, offs_d, HEAD_DIM, BLOCK_D, True)
     row_ok = offs_m < NQ
-    lse2 = tl.load(Lse + bh.to(tl.int64) * NQ + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
+    lse2 = tl.load(Lse + bh.to(tl.int64) * NQ + offs_m, mask=row_ok, other=0.0) * _LOG2E
     delta = tl.load(Delta + bh.to(tl.int64) * NQ + offs_m, mask=row_ok, other=0.0)
     k_base = K + b * stride_kb + hk * stride_kh
     v_base = V + b * stride_vb + hk * stride_vh
