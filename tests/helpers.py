@@ -15,13 +15,18 @@ from tests.cases import DEVICE, Case, assert_close, poison_allocator
 TRITON_BACKENDS = ("triton", "triton-unfused")
 
 
+def skip_if_unavailable(backend: str) -> None:
+    """Skip (with the reason) when the backend cannot run on this machine at all."""
+    why = flashduo.get_backend(backend).unavailable()
+    if why:
+        pytest.skip(f"{backend}: {why}")
+
+
 def skip_if_unrunnable(backend: str, case: Case) -> None:
     """Skip (with the reason) only what this machine cannot run; never on a GPU machine. Under
     the Triton interpreter, bf16 is what the Triton backends refuse (``test_errors`` checks the
     refusal)."""
-    why = flashduo.get_backend(backend).unavailable()
-    if why:
-        pytest.skip(f"{backend}: {why}")
+    skip_if_unavailable(backend)
     if backend in TRITON_BACKENDS and triton_interpreting() and case.dtype == torch.bfloat16:
         pytest.skip(f"{backend} refuses {INTERPRETER_BF16}; bf16 is tested on the GPU")
 
@@ -50,8 +55,7 @@ def case_inputs(case: Case, seed: int = 0):
 def check_case(backend: str, case: Case) -> None:
     """The backend's out, lse and gradients on ``case`` against float64 by the pass rule; a case
     the backend declares unsupported must be refused with a ValueError naming the backend."""
-    if flashduo.get_backend(backend).unavailable():
-        pytest.skip(f"{backend}: {flashduo.get_backend(backend).unavailable()}")
+    skip_if_unavailable(backend)
     q, k, v, dout = case_inputs(case)
     reasons = flashduo.get_backend(backend).not_supported_reasons(q, k, v, case.causal)
     if reasons:
