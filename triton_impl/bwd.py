@@ -9,6 +9,10 @@ Two passes and no atomics, so two runs give bit-identical gradients:
 * dK/dV: a program keeps one BLOCK_N tile of K and V resident and loops over every query head
   of its GQA group and over their query tiles, summing the group's gradients in registers;
 * dQ: a program keeps one BLOCK_M tile of Q, dO resident and loops over key tiles.
+
+A query row that sees a single key (every row when Nk = 1; row 0 under the causal mask) has
+``dS = 0``: its dQ, and the dK of a key that only such rows see, come out exactly 0 (see
+:func:`_one_key_rows`).
 """
 
 from __future__ import annotations
@@ -44,6 +48,27 @@ def _preprocess_kernel(
     o = load_tile(o_ptrs, offs_m, NQ, offs_d, HEAD_DIM, BLOCK_D, True).to(tl.float32)
     do = load_tile(do_ptrs, offs_m, NQ, offs_d, HEAD_DIM, BLOCK_D, True).to(tl.float32)
     tl.store(Delta + bh.to(tl.int64) * NQ + offs_m, tl.sum(o * do, 1), mask=offs_m < NQ)
+
+
+@triton.jit
+def _one_key_rows(rows, NK, CAUSAL: tl.constexpr):
+    """Which query rows see exactly one key: all of them when NK == 1 and, under the top-left
+    causal mask (row i sees keys j <= i), row 0.
+
+    A softmax over one score is constant (P = 1), so such a row's dS = P * (dP - delta) is 0 for
+    any input, and so are its dQ and its share of dK. Computed, they are not: dP (a dot over the
+    head dim) and delta (a sum over it in another kernel, off O, which equals that key's V) round
+    the same number differently, and the lse's natural-log round trip and the FMA in the
+    exponent leave P an ulp off 1. No way of forming P and delta from O cancels bit for bit on
+    every GPU and dtype (the 3xTF32 float32 forward does not even give O == V exactly), so the
+    kernels zero by this rule what it makes zero: a one-key row's dQ, and dK when every row is
+    one. The rule is exact: it only zeroes what is zero in exact arithmetic.
+    """
+    if CAUSAL:
+        one = tl.minimum(rows + 1, NK) == 1
+    else:
+        one = (rows >= 0) & (NK == 1)  # rows >= 0 only gives the answer the shape of rows
+    return one
 
 
 @triton.jit
@@ -133,6 +158,12 @@ def _dkdv_kernel(
             HEAD_DIM, BLOCK_D, BLOCK_M, False, ROPE,
         )
 
+    # The last query row sees the most keys: when it is a one-key row, so is every row, and dK, a
+    # sum of their dS, is exactly 0. Otherwise every key is seen by some row that sees several
+    # (key 0 by all rows, key j > 0 only by rows that also see 0..j - 1); a one-key row's term is
+    # then one of many, its residue far below dK's rounding, and is left in rather than tested for
+    # in the loop.
+    dk = tl.where(_one_key_rows(NQ - 1, NK, CAUSAL), 0.0, dk)
     out_off = b * stride_gb + hk * stride_gh + offs_n[:, None] * stride_gn + offs_d[None, :]
     ok = (offs_n[:, None] < NK) & (offs_d[None, :] < HEAD_DIM)
     if ROPE:  # dK was taken against the rotated keys: turn it back
@@ -208,6 +239,7 @@ def _dq_kernel(
     dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
                    full_hi, hi, NK, qk_scale, Cos, Sin, N_POS, PREFIX,
                    HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, True, ROPE)
+    dq = tl.where(_one_key_rows(offs_m, NK, CAUSAL)[:, None], 0.0, dq)
 
     if ROPE:  # dQ was taken against the rotated queries: turn it back
         dq = rope_tile(dq, offs_m, Cos, Sin, N_POS, PREFIX, BLOCK_M, HEAD_DIM // 2, BLOCK_D, True)

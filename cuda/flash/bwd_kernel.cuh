@@ -6,6 +6,8 @@
 //    accumulating dV += P^T dO and dK += dS^T Q with dS^T = P^T * (V dO^T - delta);
 // 3. dQ: a block keeps 16 W query rows of Q and dO in shared memory and loops over key tiles,
 //    accumulating dQ += dS K.
+// A query row that sees a single key has dS = 0: its dQ, and the dK of a key that only such rows
+// see, come out exactly 0 (one_key_row).
 // Causal tiles that see nothing are skipped; rows past Nq / Nk are zero-filled and not stored.
 // With 2D RoPE (p.rope), Q and K tiles are rotated in shared memory once landed (cos / sin fetched
 // ahead: registers for a block's fixed tile, a cp.async stage for the streamed ones), and the dQ /
@@ -88,6 +90,19 @@ __device__ __forceinline__ void store_rows(T* g, int64_t stride, int row0, int n
           pack2<T>(acc[t][2 * i] * mult, acc[t][2 * i + 1] * mult);
     }
   }
+}
+
+// Whether query row `row` sees exactly one key: every row when nk == 1 and, under the top-left
+// causal mask (row i sees keys j <= i), row 0. A softmax over one score is constant (P = 1), so
+// such a row's dS = P (dP - delta) is 0 for any input, and so are its dQ and its share of dK.
+// Computed, they are not: dP (an MMA over the head dim) and delta (a sum over it in the delta pass,
+// off O, which equals that key's V) round the same number differently, and P comes out an ulp off
+// 1 (the FFMA in the exponent, the lse's natural-log round trip). The kernels zero by this rule
+// what it makes zero, a one-key row's dQ and dK when every row is one; the rule is exact: it only
+// zeroes what is zero in exact arithmetic.
+template <bool kCausal>
+__device__ __forceinline__ bool one_key_row(int row, int nk) {
+  return nk == 1 || (kCausal && row == 0);
 }
 
 // Threads per query row in the delta pass: each reads 16 bytes of O and of dO.
@@ -266,7 +281,13 @@ __global__ void __launch_bounds__(32 * W, D <= 64 && W <= 4 ? 3 : 1)
   T* dk = static_cast<T*>(p.dk) + b * p.dk_sb + hk * p.dk_sh;
   T* dv = static_cast<T*>(p.dv) + b * p.dk_sb + hk * p.dk_sh;
   if (rope) rope_acc_inverse<D>(acc_dk, key_lo, p.nk, p.rope);
-  store_rows<T, D>(dk, p.dk_sn, n0 + warp * 16, p.nk, acc_dk, p.scale);
+  // The last query row sees the most keys: when it is a one-key row, so is every row, and dK,
+  // a sum of their dS, is exactly 0. Otherwise every key is seen by some row that sees several
+  // (key 0 by all rows, key j > 0 only by rows that also see 0..j - 1); a one-key row's term is
+  // then one of many, its residue far below dK's rounding, and is left in rather than tested for
+  // in the loop.
+  const bool all_one_key = one_key_row<kCausal>(p.nq - 1, p.nk);
+  store_rows<T, D>(dk, p.dk_sn, n0 + warp * 16, p.nk, acc_dk, all_one_key ? 0.f : p.scale);
   store_rows<T, D>(dv, p.dk_sn, n0 + warp * 16, p.nk, acc_dv, 1.f);
 }
 
@@ -369,6 +390,12 @@ __global__ void __launch_bounds__(32 * W) flash_bwd_dq_kernel(const BwdParams p)
       mma_acc_b<T, D, BN>(acc_dq, s, tK, kv);
     }
     __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {  // rows row_lo and row_lo + 8: a one-key row's dQ is exactly 0
+    if (!one_key_row<kCausal>(row_lo + 8 * i, p.nk)) continue;
+#pragma unroll
+    for (int t = 0; t < D / 8; ++t) acc_dq[t][2 * i] = acc_dq[t][2 * i + 1] = 0.f;
   }
   T* dq = static_cast<T*>(p.dq) + b * p.dq_sb + h * p.dq_sh;
   if (rope) rope_acc_inverse<D>(acc_dq, row_lo, p.nq, p.rope);

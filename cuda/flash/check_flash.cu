@@ -34,7 +34,9 @@ struct Shape {
 
 // Backward of one case with a random dO: dq, dk, dv against float64 host formulas
 // (P = softmax(S), dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)), dQ = scale dS K,
-// dK = scale dS^T Q, GQA gradients summed over the group). Returns the count of bad elements.
+// dK = scale dS^T Q, GQA gradients summed over the group), and exact zeros where the gradient is
+// zero by structure: the dq of a row that sees one key (softmax over one score is constant) and
+// the dk of a key that no row seeing several keys sees. Returns the count of bad elements.
 template <typename T, int D>
 int check_backward(const Shape& s, const char* tname, const std::vector<float>& qf,
                    const std::vector<float>& kf, const std::vector<float>& vf, const T* dq_in,
@@ -105,8 +107,8 @@ int check_backward(const Shape& s, const char* tname, const std::vector<float>& 
       }
     }
   auto compare = [&](const char* name, const std::vector<T>& got, const std::vector<double>& ref) {
-    // Gradients that are exactly zero (one key: softmax is constant) are compared against a floor
-    // of 1e-2 in place of their peak: the kernel's fp32 rounding leaves ~1e-7 there.
+    // The peak is floored at 1e-2: a gradient that is zero everywhere (every row sees one key)
+    // has no scale of its own. Its exact zeros are checked below.
     double peak = 1e-2, worst = 0;
     for (double r : ref) peak = std::max(peak, std::fabs(r));
     int n_bad = 0;
@@ -120,6 +122,22 @@ int check_backward(const Shape& s, const char* tname, const std::vector<float>& 
     return n_bad;
   };
   int bad = compare("dq", gq, rq) + compare("dk", gk, rk) + compare("dv", gv, rv);
+  // Row i sees keys [0, seen(i)); keys from `multi_end` on are seen by one-key rows alone (or by
+  // none), so their dk is exactly zero too.
+  auto seen = [&](int i) { return s.causal ? std::min(s.nk, i + 1) : s.nk; };
+  int multi_end = 0, n_nonzero = 0;
+  for (int i = 0; i < s.nq; ++i)
+    if (seen(i) > 1) multi_end = std::max(multi_end, seen(i));
+  for (size_t row = 0; row < size_t(s.b) * s.hq * s.nq; ++row) {
+    if (seen(static_cast<int>(row % s.nq)) > 1) continue;
+    for (int d = 0; d < D; ++d) n_nonzero += to_float(gq[row * D + d]) != 0.f;
+  }
+  for (size_t key = 0; key < size_t(s.b) * s.hkv * s.nk; ++key) {
+    if (static_cast<int>(key % s.nk) < multi_end) continue;
+    for (int d = 0; d < D; ++d) n_nonzero += to_float(gk[key * D + d]) != 0.f;
+  }
+  if (n_nonzero) std::printf("  one-key rows: %d nonzero dq / dk FAIL", n_nonzero);
+  bad += n_nonzero;
   std::printf("  <- %s backward\n", tname);
   cudaFree(ddo);
   cudaFree(ddq);
@@ -308,11 +326,14 @@ void time_vit() {
 }
 
 int main() {
-  // The first six run the streaming forward; the rest have enough heads (>= 2 per SM on an H100 or
-  // H200) for the short-sequence forward at D = 64 where Nq <= 256.
+  // The first nine run the streaming forward; the rest have enough heads (>= 2 per SM on an H100 or
+  // H200) for the short-sequence forward at D = 64 where Nq <= 256. One-key rows: all rows where
+  // Nk = 1, row 0 of every causal case; {1, 4, 2, 1, 40, true} is a single causal query.
   const Shape shapes[] = {{1, 2, 2, 1, 1, false},     {2, 4, 2, 17, 203, false},
                           {2, 4, 2, 203, 17, true},   {1, 8, 2, 197, 197, true},
                           {1, 4, 1, 113, 1025, false}, {1, 2, 2, 1025, 1023, true},
+                          {1, 4, 2, 70, 1, false},    {1, 2, 2, 3, 1, true},
+                          {1, 4, 2, 1, 40, true},
                           {300, 1, 1, 1, 1, false},   {40, 8, 2, 17, 203, false},
                           {40, 8, 8, 203, 17, true},  {48, 6, 3, 197, 197, true},
                           {48, 6, 6, 197, 197, false}, {34, 8, 4, 290, 290, true}};
