@@ -17,7 +17,13 @@ GPU_CC := $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/de
 ARCH ?= sm_$(if $(GPU_CC),$(GPU_CC),90)
 NVCC_FLAGS ?= -O3 -lineinfo -std=c++17
 BUILD ?= build
-EXAMPLES := vector_add_simple vector_add matrix_add matmul_tiled online_softmax
+EXAMPLES := vector_add_simple vector_add matrix_add matmul_tiled online_softmax wgmma_gemm
+# wgmma and setmaxnreg exist only in sm_90a code: wgmma_gemm always carries an sm_90a cubin (and
+# one for the visible GPU when that is not sm_90, where it says why it skips).
+comma := ,
+SM90A := -gencode arch=compute_90a$(comma)code=sm_90a
+WGMMA_ARCH := $(SM90A) $(if $(filter sm_90,$(ARCH)),,-gencode arch=compute_$(subst sm_,,$(ARCH))$(comma)code=$(ARCH))
+SM90_HEADERS := $(wildcard cuda/flash/sm90/*.cuh cuda/flash/sm90/*.h)
 EXAMPLE_BINS := $(addprefix $(BUILD)/,$(EXAMPLES))
 
 .PHONY: all examples run-examples flash-check deps test bench info lint clean
@@ -29,6 +35,10 @@ examples: $(EXAMPLE_BINS)
 $(BUILD)/%: cuda/examples/%.cu cuda/examples/cuda_common.cuh
 	@mkdir -p $(BUILD)
 	$(NVCC) $(NVCC_FLAGS) -arch=$(ARCH) -o $@ $<
+
+$(BUILD)/wgmma_gemm: cuda/examples/wgmma_gemm.cu cuda/examples/cuda_common.cuh $(SM90_HEADERS)
+	@mkdir -p $(BUILD)
+	$(NVCC) $(NVCC_FLAGS) $(WGMMA_ARCH) -o $@ $<
 
 run-examples: examples
 	@set -e; for x in $(EXAMPLE_BINS); do ./$$x; done
