@@ -48,7 +48,7 @@ run-examples: examples
 FLASH_HEADERS := $(shell $(PYTHON) -c "from bindings import sources; print(*sources.DEPENDS)" 2>/dev/null)
 $(BUILD)/check_flash: cuda/flash/check_flash.cu $(FLASH_HEADERS) cuda/examples/cuda_common.cuh
 	@mkdir -p $(BUILD)
-	$(NVCC) $(NVCC_FLAGS) -arch=$(ARCH) -Xptxas -v -o $@ $<
+	$(NVCC) $(NVCC_FLAGS) $(WGMMA_ARCH) -Xptxas -v -o $@ $<
 
 flash-check: $(BUILD)/check_flash
 	./$(BUILD)/check_flash

@@ -5,7 +5,7 @@ The build goes into a persistent cache directory (``FLASHDUO_BUILD_DIR``, defaul
 rebuilt unless a source or flag changes, and a second process of the same checkout reuses the
 build. The architecture is the visible GPU's;
 ``TORCH_CUDA_ARCH_LIST`` wins when set, and ``9.0`` is used when no GPU is visible, so the
-extension also compiles on machines without one.
+extension also compiles on machines without one; ``9.0`` is always built as ``9.0a``.
 """
 
 from __future__ import annotations
@@ -42,13 +42,17 @@ def cuda_home() -> str:
 
 
 def arch_list() -> str:
-    """TORCH_CUDA_ARCH_LIST if set, else the visible GPU's compute capability, else 9.0."""
+    """TORCH_CUDA_ARCH_LIST if set, else the visible GPU's compute capability, else 9.0; 9.0 is
+    built as 9.0a, the target that has wgmma and setmaxnreg (the Hopper forward), whose cubin runs
+    on every sm_90 GPU."""
     if os.environ.get("TORCH_CUDA_ARCH_LIST"):
-        return os.environ["TORCH_CUDA_ARCH_LIST"]
-    if torch.cuda.is_available():
+        archs = os.environ["TORCH_CUDA_ARCH_LIST"]
+    elif torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability()
-        return f"{major}.{minor}"
-    return "9.0"
+        archs = f"{major}.{minor}"
+    else:
+        archs = "9.0"
+    return ";".join("9.0a" if a == "9.0" else a for a in archs.replace(" ", ";").split(";") if a)
 
 
 def build_dir(arch: str) -> pathlib.Path:

@@ -56,9 +56,25 @@ def _case_id(c: tuple) -> str:
     return f"b{c[0]}h{c[1]}x{c[2]}q{c[3]}k{c[4]}d{c[5]}-{str(c[6])[6:]}-{causal}"
 
 
-@pytest.mark.skipif(not ON_GPU, reason="running the CUDA kernels needs a CUDA GPU")
-@pytest.mark.parametrize("case", FWD_CASES, ids=_case_id)
-def test_cuda_forward_matches_reference(ext, case) -> None:
+# Head dims only the Hopper forward has.
+HOPPER_CASES = [
+    (2, 4, 2, 197, 203, 96, torch.bfloat16, False),
+    (1, 4, 4, 333, 333, 96, torch.float16, True),
+    (2, 2, 1, 150, 77, 256, torch.bfloat16, True),
+    (1, 2, 2, 1, 300, 256, torch.float16, False),
+]
+
+
+def _hopper_gpu() -> bool:
+    return ON_GPU and torch.cuda.get_device_capability() == (9, 0)
+
+
+def _forward_case(ext, case, arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run case through the forward FLASHDUO_CUDA_ARCH=arch selects and apply the pass rule."""
+    if arch == "sm90" and not _hopper_gpu():
+        pytest.skip("the Hopper forward needs an sm_90 GPU")
+    monkeypatch.setenv("FLASHDUO_CUDA_ARCH", arch)
+    assert ext.hopper_forward() == (arch == "sm90")
     b, hq, hkv, nq, nk, d, dtype, causal = case
     g = torch.Generator(device="cuda").manual_seed(nq * 7 + nk)
     q = torch.randn(b, hq, nq, d, generator=g, device="cuda").to(dtype)
@@ -68,8 +84,31 @@ def test_cuda_forward_matches_reference(ext, case) -> None:
     out, lse = flash.fwd(q, k, v, causal, scale)
     ref_out, ref_lse = reference.attention_ref(q, k, v, causal, scale)
     base_out, base_lse = reference.attention_ref(q, k, v, causal, scale, upcast=False)
-    assert_close("cuda out", out, ref_out, base_out, "out", dtype)
-    assert_close("cuda lse", lse, ref_lse, base_lse, "lse", dtype)
+    assert_close(f"cuda {arch} out", out, ref_out, base_out, "out", dtype)
+    assert_close(f"cuda {arch} lse", lse, ref_lse, base_lse, "lse", dtype)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="running the CUDA kernels needs a CUDA GPU")
+@pytest.mark.parametrize("arch", ["sm80", "sm90"])
+@pytest.mark.parametrize("case", FWD_CASES, ids=_case_id)
+def test_cuda_forward_matches_reference(ext, case, arch, monkeypatch) -> None:
+    """Both CUDA forwards (mma.sync, forced by FLASHDUO_CUDA_ARCH=sm80; Hopper) on each case."""
+    _forward_case(ext, case, arch, monkeypatch)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="running the CUDA kernels needs a CUDA GPU")
+@pytest.mark.parametrize("case", HOPPER_CASES, ids=_case_id)
+def test_hopper_forward_head_dims(ext, case, monkeypatch) -> None:
+    """D = 96 and 256, which only the Hopper forward serves."""
+    _forward_case(ext, case, "sm90", monkeypatch)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="running the CUDA kernels needs a CUDA GPU")
+def test_head_dim_96_without_hopper_is_refused(ext, monkeypatch) -> None:
+    monkeypatch.setenv("FLASHDUO_CUDA_ARCH", "sm80")
+    q = torch.randn(1, 2, 64, 96, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="head dim 96 needs the Hopper forward"):
+        flash.fwd(q, q, q, False, 0.1)
 
 
 @pytest.mark.skipif(not ON_GPU, reason="running the CUDA kernels needs a CUDA GPU")
@@ -138,3 +177,16 @@ def test_cuda_extension_guards(ext) -> None:
     out, lse = flash.fwd(q, q, q, False, 0.1)
     with pytest.raises(RuntimeError, match="lse must be a contiguous float32"):
         flash.bwd(q, q, q, q, out, lse[:, :, :8], False, 0.1)
+
+
+def test_wgmma_header_is_generated() -> None:
+    """cuda/flash/sm90/wgmma.cuh is what gen_wgmma.py writes (edit the generator, not the header)."""
+    import importlib.util
+
+    from bindings import sources
+
+    path = sources.ROOT / "cuda" / "flash" / "sm90" / "gen_wgmma.py"
+    spec = importlib.util.spec_from_file_location("gen_wgmma", path)
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert gen.HEADER.read_text() == gen.render()

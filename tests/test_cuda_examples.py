@@ -14,7 +14,8 @@ import pytest
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-EXAMPLES = ["vector_add_simple", "vector_add", "matrix_add", "matmul_tiled", "online_softmax"]
+CHECKED = ["vector_add_simple", "vector_add", "matrix_add", "matmul_tiled", "online_softmax"]
+EXAMPLES = [*CHECKED, "wgmma_gemm"]
 NVCC = shutil.which(os.environ.get("NVCC", "nvcc"))
 
 
@@ -37,8 +38,21 @@ def test_examples_build(built: pathlib.Path) -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="running the examples needs a CUDA GPU")
-@pytest.mark.parametrize("name", EXAMPLES)
+@pytest.mark.parametrize("name", CHECKED)
 def test_example_runs(built: pathlib.Path, name: str) -> None:
     proc = subprocess.run([str(built / name)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}{proc.stderr}"
     assert "0 mismatches" in proc.stdout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="running the examples needs a CUDA GPU")
+def test_wgmma_gemm_runs(built: pathlib.Path) -> None:
+    """The TMA + wgmma GEMM checks itself (every entry of a small product, sampled entries of a
+    large one) and prints its TFLOPS; on GPUs other than sm_90 it says why it skips."""
+    proc = subprocess.run([str(built / "wgmma_gemm"), "4096"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, f"wgmma_gemm failed:\n{proc.stdout}{proc.stderr}"
+    if torch.cuda.get_device_capability() == (9, 0):
+        assert "TFLOPS" in proc.stdout and "max rel err" in proc.stdout
+    else:
+        assert "skipped" in proc.stdout

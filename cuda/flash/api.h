@@ -31,3 +31,29 @@ extern template cudaError_t launch_flash_bwd<__nv_bfloat16, 128>(const BwdParams
                                                                  cudaStream_t);
 
 }  // namespace flashduo
+
+// The Hopper forward (sm90/): sm_90 devices only; no RoPE tables. It launches nothing when q, k
+// or v cannot be described by a TMA tensor map (base or row strides not 16-byte aligned):
+// cudaErrorNotSupported.
+namespace flashduo::sm90 {
+
+template <typename T, int D>
+cudaError_t launch_flash_fwd_sm90(const FwdParams& p, bool causal, cudaStream_t stream);
+
+#define FLASHDUO_SM90_FWD(T, D) \
+  extern template cudaError_t launch_flash_fwd_sm90<T, D>(const FwdParams&, bool, cudaStream_t);
+FLASHDUO_SM90_FWD(__half, 64)
+FLASHDUO_SM90_FWD(__half, 96)
+FLASHDUO_SM90_FWD(__half, 128)
+FLASHDUO_SM90_FWD(__half, 256)
+FLASHDUO_SM90_FWD(__nv_bfloat16, 64)
+FLASHDUO_SM90_FWD(__nv_bfloat16, 96)
+FLASHDUO_SM90_FWD(__nv_bfloat16, 128)
+FLASHDUO_SM90_FWD(__nv_bfloat16, 256)
+#undef FLASHDUO_SM90_FWD
+
+// Whether the Hopper kernels were compiled for the current device (sm_90a code in this build);
+// probes once per device on `stream`, never while the stream is being captured (false then).
+bool forward_built(cudaStream_t stream);
+
+}  // namespace flashduo::sm90

@@ -1,14 +1,19 @@
 // Standalone check of the CUDA kernels (no torch): forward (output, lse) and backward (dq, dk, dv)
 // on awkward shapes against a float64 host reference, then the forward's speed at large shapes.
+// On an sm_90 GPU the Hopper forward (sm90/) runs every case too, at D = 64, 96, 128 and 256 (the
+// test suite runs the backward from its output). `check_flash sm90` checks and times the Hopper
+// forward only; `check_flash time` only times.
 // Exits non-zero on a mismatch.
 #include <cmath>
 #include <cstdio>
+#include <string>
 #include <type_traits>
 #include <vector>
 
 #include "../examples/cuda_common.cuh"
 #include "bwd_kernel.cuh"
 #include "fwd_kernel.cuh"
+#include "sm90/fwd_launch.cuh"
 
 using flashduo::BwdParams;
 using flashduo::FwdParams;
@@ -147,9 +152,20 @@ int check_backward(const Shape& s, const char* tname, const std::vector<float>& 
   return bad;
 }
 
-// Runs one case; returns the number of output/lse elements outside tolerance.
+// Which forward a case runs.
+enum class Fwd { kSm80, kSm90 };
+
 template <typename T, int D>
-int check_case(const Shape& s, const char* tname) {
+cudaError_t run_fwd(Fwd which, const FwdParams& p, bool causal) {
+  if (which == Fwd::kSm90) return flashduo::sm90::launch_flash_fwd_sm90<T, D>(p, causal, 0);
+  if constexpr (D == 64 || D == 128) return flashduo::launch_flash_fwd<T, D>(p, causal, 0);
+  return cudaErrorInvalidValue;
+}
+
+// Runs one case through one forward, then (D = 64, 128) the backward from its output; returns
+// the number of elements outside tolerance.
+template <typename T, int D>
+int check_case(const Shape& s, const char* tname, Fwd which = Fwd::kSm80, bool with_bwd = true) {
   const size_t nq_el = size_t(s.b) * s.hq * s.nq * D, nk_el = size_t(s.b) * s.hkv * s.nk * D;
   std::vector<float> qf(nq_el), kf(nk_el), vf(nk_el);
   fill_random(qf.data(), nq_el, 11 + s.nq);
@@ -180,7 +196,7 @@ int check_case(const Shape& s, const char* tname) {
               int64_t(s.hkv) * s.nk * D, int64_t(s.nk) * D, D,
               int64_t(s.hq) * s.nq * D, int64_t(s.nq) * D, D,
               s.b, s.hq, s.hkv, s.nq, s.nk, scale * kLog2eF};
-  CUDA_CHECK((flashduo::launch_flash_fwd<T, D>(p, s.causal, 0)));
+  CUDA_CHECK((run_fwd<T, D>(which, p, s.causal)));
   CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<float> lse(size_t(s.b) * s.hq * s.nq);
   CUDA_CHECK(cudaMemcpy(oh.data(), dout, nq_el * sizeof(T), cudaMemcpyDeviceToHost));
@@ -220,10 +236,12 @@ int check_case(const Shape& s, const char* tname) {
         }
       }
     }
-  std::printf("%-5s D=%-3d b%d h%dx%d nq=%-4d nk=%-4d causal=%d  max err out %.2e lse %.2e  %s\n",
-              tname, D, s.b, s.hq, s.hkv, s.nq, s.nk, int(s.causal), worst_o, worst_l,
-              bad ? "FAIL" : "ok");
-  bad += check_backward<T, D>(s, tname, qf, kf, vf, dq, dk, dv, dout, dlse);
+  std::printf("%s %-5s D=%-3d b%d h%dx%d nq=%-4d nk=%-4d causal=%d  max err out %.2e lse %.2e  %s\n",
+              which == Fwd::kSm90 ? "sm90" : "sm80", tname, D, s.b, s.hq, s.hkv, s.nq, s.nk,
+              int(s.causal), worst_o, worst_l, bad ? "FAIL" : "ok");
+  if constexpr (D == 64 || D == 128) {
+    if (with_bwd) bad += check_backward<T, D>(s, tname, qf, kf, vf, dq, dk, dv, dout, dlse);
+  }
   cudaFree(dq);
   cudaFree(dk);
   cudaFree(dv);
@@ -285,6 +303,36 @@ void time_case(int n) {
   cudaFree(delta);
 }
 
+// The Hopper forward's TFLOPS at B*N = 16384, H*D = 2048, non-causal and causal.
+template <typename T, int D>
+void time_sm90(int n) {
+  const int b = 16384 / n, h = std::max(1, 2048 / D);
+  const size_t el = size_t(b) * h * n * D;
+  std::vector<T> host(el);
+  std::vector<float> f(el);
+  fill_random(f.data(), el, 23);
+  for (size_t i = 0; i < el; ++i) host[i] = from_float<T>(f[i]);
+  T *q, *k, *v, *o;
+  float* lse;
+  for (T** ptr : {&q, &k, &v, &o}) CUDA_CHECK(cudaMalloc(ptr, el * sizeof(T)));
+  CUDA_CHECK(cudaMalloc(&lse, size_t(b) * h * n * sizeof(float)));
+  for (T* ptr : {q, k, v}) {
+    CUDA_CHECK(cudaMemcpy(ptr, host.data(), el * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  const int64_t sb = int64_t(h) * n * D, sh = int64_t(n) * D;
+  FwdParams p{q, k, v, o, lse, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D,
+              b, h, h, n, n, kLog2eF / std::sqrt(float(D))};
+  for (int causal = 0; causal < 2; ++causal) {
+    const double flops = 4.0 * b * h * double(n) * n * D / (causal ? 2 : 1);
+    const float ms = time_ms(
+        [&] { return flashduo::sm90::launch_flash_fwd_sm90<T, D>(p, causal, 0); });
+    std::printf("time  sm90 fwd D=%-3d N=%-5d causal=%d  %.3f ms %.0f TFLOPS\n", D, n, causal, ms,
+                flops / (ms * 1e-3) / 1e12);
+  }
+  for (T* ptr : {q, k, v, o}) cudaFree(ptr);
+  cudaFree(lse);
+}
+
 // ViT-S forward (B = 256, H = 6, N = 197, D = 64): the streaming kernel against the short one.
 template <typename T>
 void time_vit() {
@@ -325,7 +373,51 @@ void time_vit() {
   cudaFree(lse);
 }
 
-int main() {
+bool is_sm90() {
+  int dev = 0, major = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  return major == 9;
+}
+
+// The Hopper forward on every shape and head dim (the backward from its output when with_bwd).
+int check_sm90(const Shape* shapes, int count, bool with_bwd) {
+  int bad = 0;
+  for (int i = 0; i < count; ++i) {
+    const Shape& s = shapes[i];
+    bad += check_case<__half, 64>(s, "fp16", Fwd::kSm90, with_bwd);
+    bad += check_case<__nv_bfloat16, 64>(s, "bf16", Fwd::kSm90, with_bwd);
+    bad += check_case<__half, 96>(s, "fp16", Fwd::kSm90, with_bwd);
+    bad += check_case<__nv_bfloat16, 96>(s, "bf16", Fwd::kSm90, with_bwd);
+    bad += check_case<__half, 128>(s, "fp16", Fwd::kSm90, with_bwd);
+    bad += check_case<__nv_bfloat16, 128>(s, "bf16", Fwd::kSm90, with_bwd);
+    bad += check_case<__half, 256>(s, "fp16", Fwd::kSm90, with_bwd);
+    bad += check_case<__nv_bfloat16, 256>(s, "bf16", Fwd::kSm90, with_bwd);
+  }
+  return bad;
+}
+
+void time_all_sm90() {
+  for (int n : {1024, 4096, 16384}) {
+    time_sm90<__nv_bfloat16, 64>(n);
+    time_sm90<__nv_bfloat16, 96>(n);
+    time_sm90<__nv_bfloat16, 128>(n);
+    time_sm90<__nv_bfloat16, 256>(n);
+  }
+}
+
+int main(int argc, char** argv) {
+  const std::string mode = argc > 1 ? argv[1] : "";
+  const bool only_sm90 = mode == "sm90";
+  const bool sm90 = is_sm90();
+  if (mode == "time") {  // timings only: both forwards side by side
+    for (int n : {1024, 4096, 16384}) {
+      time_case<__nv_bfloat16, 64>(n);
+      time_case<__nv_bfloat16, 128>(n);
+    }
+    if (sm90) time_all_sm90();
+    return 0;
+  }
   // The first nine run the streaming forward; the rest have enough heads (>= 2 per SM on an H100 or
   // H200) for the short-sequence forward at D = 64 where Nq <= 256. One-key rows: all rows where
   // Nk = 1, row 0 of every causal case; {1, 4, 2, 1, 40, true} is a single causal query.
@@ -337,7 +429,18 @@ int main() {
                           {300, 1, 1, 1, 1, false},   {40, 8, 2, 17, 203, false},
                           {40, 8, 8, 203, 17, true},  {48, 6, 3, 197, 197, true},
                           {48, 6, 6, 197, 197, false}, {34, 8, 4, 290, 290, true}};
-  int bad = 0;
+  const int count = sizeof(shapes) / sizeof(shapes[0]);
+  if (only_sm90) {
+    if (!sm90) {
+      std::printf("check_flash sm90: skipped, this GPU is not sm_90\n");
+      return 0;
+    }
+    const int bad = check_sm90(shapes, count, false);
+    time_all_sm90();
+    std::printf("check_fwd sm90: %s\n", bad ? "FAILED" : "all cases passed");
+    return bad ? 1 : 0;
+  }
+  int bad = sm90 ? check_sm90(shapes, count, false) : 0;
   for (const Shape& s : shapes) {
     bad += check_case<__half, 64>(s, "fp16");
     bad += check_case<__nv_bfloat16, 64>(s, "bf16");
@@ -349,6 +452,7 @@ int main() {
     time_case<__nv_bfloat16, 64>(n);
     time_case<__nv_bfloat16, 128>(n);
   }
+  if (sm90) time_all_sm90();
   std::printf("check_fwd: %s\n", bad ? "FAILED" : "all cases passed");
   return bad ? 1 : 0;
 }

@@ -1,0 +1,270 @@
+// FlashAttention forward for Hopper (sm_90a): TMA, wgmma and warp specialization.
+//
+// A block owns BM = 128 query rows of one (batch, query head) and has three warpgroups.
+// - Warpgroup 0, the producer, keeps 24 registers per thread (setmaxnreg) and one of its threads
+//   issues every TMA load: the Q tile once, then K and V tiles of BN rows into a ring of kStages
+//   shared-memory stages. A stage has "K full" and "V full" mbarriers (TMA counts the bytes that
+//   landed) and one "empty" mbarrier (all eight consumer warps are done with it).
+// - Warpgroups 1 and 2, the consumers, take 240 registers and own 64 query rows each. Per key
+//   tile j a consumer issues S_j = Q K_j^T (wgmma, both operands in shared memory) and, in the
+//   same breath, O += P_{j-1} V_{j-1} (wgmma, P from registers), waits for S_j only, and runs the
+//   online softmax of tile j while the tensor cores still work on P_{j-1} V_{j-1}. The two
+//   consumers take turns issuing their products (two named barriers, "ping-pong"), so one's
+//   softmax (exp2 on the MUFU) runs under the other's matrix products.
+// The epilogue normalizes O in registers and writes O and the natural-log lse to global memory.
+// Causal (top-left): key tiles past the block's last row are never loaded, only the tiles that
+// cross the diagonal are masked, and the heaviest query tiles are scheduled first. Rows past Nq
+// and keys past Nk arrive as zeros from TMA; the key tail is masked.
+#pragma once
+
+#include <cuda.h>
+
+#include <cmath>
+
+#include "../common.cuh"
+#include "../params.h"
+#include "ptx.cuh"
+#include "wgmma.cuh"
+
+namespace flashduo::sm90 {
+
+// Tile shape per head dim. kChunk: the column block of a shared-memory tile (64 elements under
+// the 128-byte swizzle; 32 and the 64-byte swizzle for D = 96, which 64 does not divide).
+template <int D>
+struct FwdShape {
+  static constexpr int kBM = 128;
+  static constexpr int kBN = D <= 128 ? 128 : 80;
+  static constexpr int kStages = D <= 64 ? 3 : 2;
+  static constexpr int kChunk = D % 64 == 0 ? 64 : 32;
+  static constexpr uint32_t kSwizzle = kChunk == 64 ? 1 : 2;  // descriptor code
+  static constexpr uint32_t kGroup = 8 * kChunk * 2;           // bytes of 8 rows of a block
+  static constexpr int kSmemTiles = (kBM + 2 * kStages * kBN) * D * 2;
+  static constexpr int kSmem = kSmemTiles + 1024 + (1 + 3 * kStages) * 8;  // + alignment, barriers
+};
+
+// Descriptor of the 16 columns [16 kk, 16 kk + 16) of rows [r0, r0 + 8 m) of a K-major tile of
+// `rows` rows stored as column blocks (ptx.cuh).
+template <typename T, int D>
+__device__ __forceinline__ uint64_t kmajor_desc(const T* tile, int rows, int r0, int kk) {
+  using S = FwdShape<D>;
+  const int col = kk * 16;
+  const T* p = tile + (col / S::kChunk) * rows * S::kChunk + r0 * S::kChunk + col % S::kChunk;
+  return smem_desc(p, 16, S::kGroup, S::kSwizzle);
+}
+
+// Descriptor of rows [16 kk, 16 kk + 16) of a V tile (BN x D) read as the N-major B operand of
+// P V: 8-row groups kGroup bytes apart, column blocks BN rows apart.
+template <typename T, int D>
+__device__ __forceinline__ uint64_t v_desc(const T* tile, int kk) {
+  using S = FwdShape<D>;
+  return smem_desc(tile + kk * 16 * S::kChunk, S::kBN * S::kChunk * 2, S::kGroup, S::kSwizzle);
+}
+
+// Online softmax of one S tile (64 x BN per warpgroup, wgmma accumulator layout) in log2 units:
+// masks keys >= nk and, with causal, keys after the row; updates the running max and sum of this
+// thread's two rows, returns the rescale factors of O, and leaves P = exp2(S scale - max) in s.
+template <int BN, bool kCausal>
+__device__ __forceinline__ void softmax_tile(float (&s)[BN / 2], float (&row_max)[2],
+                                             float (&row_sum)[2], float (&alpha)[2], int n0,
+                                             int nk, int row, bool mask, float scale_log2) {
+  const int lane = threadIdx.x % 32;
+  if (mask) {
+#pragma unroll
+    for (int t = 0; t < BN / 8; ++t) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = n0 + t * 8 + (lane % 4) * 2 + (e & 1);
+        const int r = row + (e >> 1) * 8;
+        if (col >= nk || (kCausal && col > r)) s[4 * t + e] = -INFINITY;
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int t = 0; t < BN / 8; ++t) mx = fmaxf(mx, fmaxf(s[4 * t + 2 * i], s[4 * t + 2 * i + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+    mx = fmaxf(row_max[i], mx * scale_log2);
+    const float m_use = mx == -INFINITY ? 0.f : mx;  // a row with nothing visible yet
+    alpha[i] = exp2f(row_max[i] - m_use);
+    row_max[i] = mx;
+    float sum = 0.f;
+#pragma unroll
+    for (int t = 0; t < BN / 8; ++t) {
+      s[4 * t + 2 * i] = exp2f(fmaf(s[4 * t + 2 * i], scale_log2, -m_use));
+      s[4 * t + 2 * i + 1] = exp2f(fmaf(s[4 * t + 2 * i + 1], scale_log2, -m_use));
+      sum += s[4 * t + 2 * i] + s[4 * t + 2 * i + 1];
+    }
+    row_sum[i] = row_sum[i] * alpha[i] + sum;
+  }
+}
+
+template <typename T, int D, bool kCausal>
+__global__ void __launch_bounds__(384, 1)
+    flash_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tq,
+                          const __grid_constant__ CUtensorMap tk,
+                          const __grid_constant__ CUtensorMap tv, const FwdParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using S = FwdShape<D>;
+  constexpr int BM = S::kBM, BN = S::kBN, C = S::kChunk, kStages = S::kStages;
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* smem = reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  T* sQ = reinterpret_cast<T*>(smem);
+  T* sK = sQ + BM * D;
+  T* sV = sK + kStages * BN * D;
+  uint64_t* q_full = reinterpret_cast<uint64_t*>(sV + kStages * BN * D);
+  uint64_t* k_full = q_full + 1;
+  uint64_t* v_full = k_full + kStages;
+  uint64_t* empty = v_full + kStages;
+
+  const QueryBlock blk = query_block<BM, kCausal>(p.nq, p.hq, p.hkv);
+  const int n_end = kCausal ? min(p.nk, blk.m0 + BM) : p.nk;
+  const int n_tiles = (n_end + BN - 1) / BN;
+  const int wg = threadIdx.x / 128;
+
+  if (threadIdx.x == 0) {
+    mbar_init(q_full, 1);
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(&k_full[s], 1);
+      mbar_init(&v_full[s], 1);
+      mbar_init(&empty[s], 8);
+    }
+    mbar_fence_init();
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // producer
+    regs_dealloc<24>();
+    if (threadIdx.x == 0) {
+      constexpr uint32_t kTileBytes = BN * D * 2;
+      mbar_expect_tx(q_full, BM * D * 2);
+#pragma unroll
+      for (int c = 0; c < D / C; ++c)
+        tma_load_4d(sQ + c * BM * C, &tq, q_full, c * C, blk.m0, blk.h, blk.b);
+      for (int j = 0; j < n_tiles; ++j) {
+        const int s = j % kStages;
+        if (j >= kStages) mbar_wait(&empty[s], (j / kStages - 1) & 1);
+        T* k_dst = sK + s * BN * D;
+        T* v_dst = sV + s * BN * D;
+        mbar_expect_tx(&k_full[s], kTileBytes);
+#pragma unroll
+        for (int c = 0; c < D / C; ++c)
+          tma_load_4d(k_dst + c * BN * C, &tk, &k_full[s], c * C, j * BN, blk.hk, blk.b);
+        mbar_expect_tx(&v_full[s], kTileBytes);
+#pragma unroll
+        for (int c = 0; c < D / C; ++c)
+          tma_load_4d(v_dst + c * BN * C, &tv, &v_full[s], c * C, j * BN, blk.hk, blk.b);
+      }
+    }
+    return;
+  }
+
+  regs_alloc<240>();
+  const int cw = wg - 1;  // consumer 0 or 1: rows [64 cw, 64 cw + 64) of the block
+  const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
+  const int row = blk.m0 + 64 * cw + 16 * warp + lane / 4;  // this thread's first row
+  const int first_row = blk.m0 + 64 * cw;
+  float o[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
+  uint32_t pf[BN / 16][4];  // P of the previous tile, 16-bit pairs in the wgmma A layout
+
+  // The products this consumer issues per step, and the softmax between them.
+  auto issue_s = [&](float(&sc)[BN / 2], int j) {
+    const int s = j % kStages;
+    mbar_wait(&k_full[s], (j / kStages) & 1);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      wgmma_ss<T, 0>(sc, kmajor_desc<T, D>(sQ, BM, 64 * cw, kk),
+                     kmajor_desc<T, D>(sK + s * BN * D, BN, 0, kk), kk > 0);
+    }
+    wgmma_commit();
+  };
+  auto issue_pv = [&](int j) {
+    const int s = j % kStages;
+    mbar_wait(&v_full[s], (j / kStages) & 1);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      wgmma_rs<T, 1>(o, pf[kk], v_desc<T, D>(sV + s * BN * D, kk), 1);
+    }
+    wgmma_commit();
+  };
+  auto softmax = [&](float(&sc)[BN / 2], int j, float(&alpha)[2]) {
+    const int n0 = j * BN;
+    const bool mask = n0 + BN > p.nk || (kCausal && n0 + BN - 1 > first_row);
+    softmax_tile<BN, kCausal>(sc, row_max, row_sum, alpha, n0, p.nk, row, mask, p.scale_log2);
+  };
+  // Hold P_j as 16-bit pairs for the next step's P V, and rescale o (P_{j-1} V_{j-1} is in it).
+  auto hold_p = [&](const float(&sc)[BN / 2], const float(&alpha)[2]) {
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      pf[kk][0] = pack2<T>(sc[8 * kk + 0], sc[8 * kk + 1]);
+      pf[kk][1] = pack2<T>(sc[8 * kk + 2], sc[8 * kk + 3]);
+      pf[kk][2] = pack2<T>(sc[8 * kk + 4], sc[8 * kk + 5]);
+      pf[kk][3] = pack2<T>(sc[8 * kk + 6], sc[8 * kk + 7]);
+    }
+#pragma unroll
+    for (int t = 0; t < D / 8; ++t) {
+      o[4 * t] *= alpha[0];
+      o[4 * t + 1] *= alpha[0];
+      o[4 * t + 2] *= alpha[1];
+      o[4 * t + 3] *= alpha[1];
+    }
+  };
+
+  if (cw == 1) bar_arrive(1, 256);  // consumer 0 issues first
+  mbar_wait(q_full, 0);
+  {  // key tile 0: S only
+    float sc[BN / 2], alpha[2];
+    bar_sync(1 + cw, 256);  // this consumer's turn on the tensor cores
+    issue_s(sc, 0);
+    bar_arrive(2 - cw, 256);  // the other consumer's turn
+    wgmma_wait<0>();
+    softmax(sc, 0, alpha);
+    hold_p(sc, alpha);
+  }
+  for (int j = 1; j < n_tiles; ++j) {  // S_j with P_{j-1} V_{j-1} behind it
+    float sc[BN / 2], alpha[2];
+    bar_sync(1 + cw, 256);
+    issue_s(sc, j);
+    issue_pv(j - 1);
+    bar_arrive(2 - cw, 256);
+    wgmma_wait<1>();  // S_j is ready; P_{j-1} V_{j-1} may still run
+    softmax(sc, j, alpha);
+    wgmma_wait<0>();  // P_{j-1} V_{j-1} is done reading its stage and pf
+    if (lane == 0) mbar_arrive(&empty[(j - 1) % kStages]);
+    hold_p(sc, alpha);
+  }
+  bar_sync(1 + cw, 256);  // the last tile's P V
+  issue_pv(n_tiles - 1);
+  bar_arrive(2 - cw, 256);
+  wgmma_wait<0>();
+  if (cw == 0) bar_sync(1, 256);  // takes consumer 1's last hand-over
+
+  T* out = static_cast<T*>(p.o) + blk.b * p.o_sb + blk.h * p.o_sh;
+  float* lse = p.lse + static_cast<int64_t>(blk.bh) * p.nq;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    float l = row_sum[i];
+    l += __shfl_xor_sync(0xffffffff, l, 1);
+    l += __shfl_xor_sync(0xffffffff, l, 2);
+    const int r = row + 8 * i;
+    if (r >= p.nq) continue;
+    const float inv = 1.f / l;
+#pragma unroll
+    for (int t = 0; t < D / 8; ++t) {
+      const uint32_t pair = pack2<T>(o[4 * t + 2 * i] * inv, o[4 * t + 2 * i + 1] * inv);
+      *reinterpret_cast<uint32_t*>(out + r * p.o_sn + t * 8 + (lane % 4) * 2) = pair;
+    }
+    if (lane % 4 == 0) lse[r] = (row_max[i] + log2f(l)) * 0.69314718f;
+  }
+#endif
+}
+
+}  // namespace flashduo::sm90

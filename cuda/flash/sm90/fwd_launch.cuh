@@ -1,0 +1,93 @@
+// Host side of the Hopper forward: tensor maps of q, k, v (cached per tensor), launch.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "fwd_kernel.cuh"
+#include "tensor_map.h"
+
+namespace flashduo::sm90 {
+
+// What a (B, H, N, D) map depends on (no padding bytes: compared with memcmp).
+struct MapKey {
+  const void* base;
+  int64_t b, h, n, sb, sh, sn, d, rows, bf16;
+  bool operator==(const MapKey& o) const { return std::memcmp(this, &o, sizeof(MapKey)) == 0; }
+};
+static_assert(sizeof(MapKey) == 10 * 8, "MapKey must have no padding");
+
+// A (B, H, N, D) tensor of 16-bit elements with element strides sb, sh, sn (last dim contiguous)
+// as a 4-D map {D, N, H, B} with boxes of `rows` rows and one column block. The last few maps are
+// kept per host thread, so a training loop that reuses its buffers encodes none. False when TMA
+// cannot address the tensor (base or a row stride not 16-byte aligned).
+inline bool bhnd_map(CUtensorMap* map, const MapKey& key, int chunk, CUtensorMapSwizzle sw) {
+  struct Entry {
+    MapKey key;
+    CUtensorMap map;
+    bool used;
+  };
+  constexpr int kEntries = 16;
+  thread_local Entry cache[kEntries] = {};
+  thread_local int next = 0;
+  for (const Entry& e : cache) {
+    if (e.used && e.key == key) {
+      *map = e.map;
+      return true;
+    }
+  }
+  if (reinterpret_cast<uintptr_t>(key.base) % 16 != 0) return false;
+  // Strides of size-1 dimensions are never followed; give them a valid value.
+  const int64_t sh = key.h == 1 ? key.sn * key.n : key.sh;
+  const int64_t sb = key.b == 1 ? sh * key.h : key.sb;
+  for (int64_t s : {key.sn, sh, sb}) {
+    if (s <= 0 || (s * 2) % 16 != 0) return false;
+  }
+  const uint64_t dims[4] = {uint64_t(key.d), uint64_t(key.n), uint64_t(key.h), uint64_t(key.b)};
+  const uint64_t strides[3] = {uint64_t(key.sn) * 2, uint64_t(sh) * 2, uint64_t(sb) * 2};
+  const uint32_t box[4] = {uint32_t(chunk), uint32_t(key.rows), 1, 1};
+  if (!encode_tiled_16bit(map, key.bf16 != 0, 4, key.base, dims, strides, box, sw)) return false;
+  Entry& e = cache[next];
+  next = (next + 1) % kEntries;
+  e.key = key;
+  e.map = *map;
+  e.used = true;
+  return true;
+}
+
+// Launch the Hopper forward on `stream`. Requires an sm_90 device, nq, nk >= 1, hq % hkv == 0 and
+// no RoPE tables (p.rope.cos == nullptr). Returns cudaErrorNotSupported, launching nothing, when
+// q, k or v cannot be mapped for TMA.
+template <typename T, int D>
+cudaError_t launch_flash_fwd_sm90(const FwdParams& p, bool causal, cudaStream_t stream) {
+  using S = FwdShape<D>;
+  constexpr int64_t bf16 = std::is_same_v<T, __nv_bfloat16> ? 1 : 0;
+  const CUtensorMapSwizzle sw =
+      S::kChunk == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B;
+  CUtensorMap tq, tk, tv;
+  const bool ok =
+      bhnd_map(&tq, {p.q, p.b, p.hq, p.nq, p.q_sb, p.q_sh, p.q_sn, D, S::kBM, bf16}, S::kChunk,
+               sw) &&
+      bhnd_map(&tk, {p.k, p.b, p.hkv, p.nk, p.k_sb, p.k_sh, p.k_sn, D, S::kBN, bf16}, S::kChunk,
+               sw) &&
+      bhnd_map(&tv, {p.v, p.b, p.hkv, p.nk, p.v_sb, p.v_sh, p.v_sn, D, S::kBN, bf16}, S::kChunk,
+               sw);
+  if (!ok) return cudaErrorNotSupported;
+  static const bool configured = [] {
+    cudaFuncSetAttribute(flash_fwd_sm90_kernel<T, D, false>,
+                         cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmem);
+    cudaFuncSetAttribute(flash_fwd_sm90_kernel<T, D, true>,
+                         cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmem);
+    return true;
+  }();
+  (void)configured;
+  const int num_m = (p.nq + S::kBM - 1) / S::kBM;
+  const dim3 grid(static_cast<unsigned>(num_m) * p.b * p.hq);
+  auto kernel = causal ? flash_fwd_sm90_kernel<T, D, true> : flash_fwd_sm90_kernel<T, D, false>;
+  kernel<<<grid, 384, S::kSmem, stream>>>(tq, tk, tv, p);
+  return cudaGetLastError();
+}
+
+}  // namespace flashduo::sm90

@@ -1,0 +1,6 @@
+// Hopper forward instantiation: bf16, head dim 256 (sm_90a code; empty kernels for other targets).
+#include "fwd_launch.cuh"
+
+namespace flashduo::sm90 {
+template cudaError_t launch_flash_fwd_sm90<__nv_bfloat16, 256>(const FwdParams&, bool, cudaStream_t);
+}  // namespace flashduo::sm90
