@@ -17,6 +17,7 @@ SOURCES = [
     "cuda/flash/bwd_fp16_hdim128.cu",
     "cuda/flash/bwd_bf16_hdim64.cu",
     "cuda/flash/bwd_bf16_hdim128.cu",
+    "cuda/flash/fwd_short_plan.cu",
     "cuda/flash/sm90/probe.cu",
 ] + [f"cuda/flash/sm90/fwd_sm90_{t}_hdim{d}.cu" for t in ("fp16", "bf16") for d in (64, 96, 128, 256)]
 DEPENDS = ["cuda/flash/api.h", "cuda/flash/params.h", "cuda/flash/common.cuh",

@@ -205,8 +205,9 @@ register_backend(
         name="cuda",
         fwd=_cuda_fwd,
         bwd=_cuda_bwd,
-        description="FlashAttention-2 style CUDA C++ kernels on mma.sync (cuda/flash/), "
-        "JIT-built on first use",
+        description="CUDA C++ kernels (cuda/flash/), JIT-built on first use: a Hopper forward "
+        "(TMA, wgmma, warp specialization) on sm_90, FlashAttention-2 style mma.sync kernels "
+        "elsewhere and for the backward",
         dtypes=_HALF,
         devices=lambda: frozenset({"cuda"}),
         head_dims=frozenset({64, 128}),

@@ -30,9 +30,12 @@ extern template cudaError_t launch_flash_bwd<__nv_bfloat16, 64>(const BwdParams&
 extern template cudaError_t launch_flash_bwd<__nv_bfloat16, 128>(const BwdParams&, bool,
                                                                  cudaStream_t);
 
+// Whether launch_flash_fwd<T, 64> hands p to the short-sequence kernel (Nq <= 256, many heads).
+bool short_fwd_applies(const FwdParams& p);
+
 }  // namespace flashduo
 
-// The Hopper forward (sm90/): sm_90 devices only; no RoPE tables. It launches nothing when q, k
+// The Hopper forward (sm90/): sm_90 devices only. It launches nothing when q, k
 // or v cannot be described by a TMA tensor map (base or row strides not 16-byte aligned):
 // cudaErrorNotSupported.
 namespace flashduo::sm90 {
