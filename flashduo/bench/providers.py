@@ -3,7 +3,9 @@
 Every provider is a function (q, k, v) -> out on (B, H, N, D) tensors:
 
 - flashduo backends, by their registry name (``triton``, ``cuda``, ``triton-unfused``, or any other
-  registered one): ``flashduo.attention(..., backend=name)``;
+  registered one): ``flashduo.attention(..., backend=name)``; ``cuda-sm80`` is the ``cuda`` backend
+  with ``FLASHDUO_CUDA_ARCH=sm80`` set around each call (its mma.sync forward, which a Hopper GPU
+  otherwise replaces by the sm_90a one), so one run shows both;
 - ``torch-flash`` / ``torch-cudnn`` / ``torch-efficient`` / ``torch-math``: PyTorch SDPA restricted
   to one of its backends;
 - ``torch-flex``: FlexAttention under ``torch.compile``, Dynamo's recompile limit raised so that
@@ -13,6 +15,7 @@ Every provider is a function (q, k, v) -> out on (B, H, N, D) tensors:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -24,7 +27,8 @@ from flashduo import registry
 from flashduo.bench.records import FLEX, NAIVE, NOROPE
 from flashduo.bench.timing import Impl
 
-FLASHDUO_PROVIDERS = ("triton", "cuda", "triton-unfused")
+FLASHDUO_PROVIDERS = ("triton", "cuda", "cuda-sm80", "triton-unfused")
+FORCED_ARCH = {"cuda-sm80": ("cuda", "sm80")}  # provider -> (backend, FLASHDUO_CUDA_ARCH)
 SDPA_PROVIDERS = ("torch-flash", "torch-cudnn", "torch-efficient", "torch-math")
 PROVIDERS = (*FLASHDUO_PROVIDERS, *SDPA_PROVIDERS, FLEX, NAIVE)
 CPU_PROVIDERS = ("torch-flash", "torch-math", NAIVE)  # what the CPU run can time
@@ -36,6 +40,33 @@ def parse_providers(values: Iterable[str] | None) -> list[str]:
     provider when none is given."""
     names = [n.strip() for value in values or () for n in value.split(",") if n.strip()]
     return list(dict.fromkeys(names)) or list(PROVIDERS)
+
+
+def backend_of(name: str) -> str:
+    """The registry backend behind flashduo provider ``name``."""
+    return FORCED_ARCH[name][0] if name in FORCED_ARCH else name
+
+
+def _attention(name: str) -> Impl:
+    """flashduo.attention through provider ``name``'s backend (keyword arguments pass through),
+    with its forced CUDA architecture set during the call."""
+    backend = backend_of(name)
+    if name not in FORCED_ARCH:
+        return lambda q, k, v, **kw: flashduo.attention(q, k, v, backend=backend, **kw)
+    arch = FORCED_ARCH[name][1]
+
+    def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kw) -> torch.Tensor:
+        before = os.environ.get("FLASHDUO_CUDA_ARCH")
+        os.environ["FLASHDUO_CUDA_ARCH"] = arch
+        try:
+            return flashduo.attention(q, k, v, backend=backend, **kw)
+        finally:
+            if before is None:
+                del os.environ["FLASHDUO_CUDA_ARCH"]
+            else:
+                os.environ["FLASHDUO_CUDA_ARCH"] = before
+
+    return fn
 
 
 def is_flashduo(name: str) -> bool:
@@ -57,9 +88,9 @@ def unavailable_reason(name: str, device: str) -> str | None:
         return "timings need a CUDA GPU (on the CPU only the PyTorch providers are timed)"
     if is_flashduo(name):
         registered = flashduo.available_backends()
-        if name not in registered:
+        if backend_of(name) not in registered:
             return f"not a registered flashduo backend (registered: {', '.join(registered)})"
-        return registered[name]
+        return registered[backend_of(name)]
     if device == "cuda" and name == "torch-flash" and torch.cuda.get_device_capability() < (8, 0):
         return "PyTorch's FlashAttention kernels need compute capability >= 8.0"
     if name == "torch-cudnn" and not torch.backends.cudnn.is_available():
@@ -76,7 +107,7 @@ def shape_reasons(name: str, q: torch.Tensor, causal: bool) -> list[str]:
     """Why a flashduo backend refuses q, k, v shaped like ``q`` (B, H, N, D); [] for others."""
     if not is_flashduo(name):
         return []
-    return flashduo.get_backend(name).not_supported_reasons(q, q, q, causal)
+    return flashduo.get_backend(backend_of(name)).not_supported_reasons(q, q, q, causal)
 
 
 def sdpa_impl(name: str, causal: bool) -> Impl:
@@ -146,7 +177,8 @@ class FlexFactory:
 def make_impl(name: str, causal: bool, n: int, flex: FlexFactory | None, device: str) -> Impl:
     """The callable of provider ``name`` for causal / non-causal attention at length n."""
     if is_flashduo(name):
-        return lambda q, k, v: flashduo.attention(q, k, v, causal=causal, backend=name)
+        attend = _attention(name)
+        return lambda q, k, v: attend(q, k, v, causal=causal)
     if name in SDPA_PROVIDERS:
         return sdpa_impl(name, causal)
     if name == NAIVE:
@@ -175,8 +207,9 @@ def rope_impls(providers: Sequence[str], table: reference.CosSinTable) -> dict[s
     impls: dict[str, Impl] = {}
     for be in providers:
         if is_flashduo(be):
-            impls[f"{be}+rope"] = lambda q, k, v, be=be: flashduo.attention(
-                q, k, v, backend=be, rope=table, num_prefix_tokens=ROPE_PREFIX)
+            attend = _attention(be)
+            impls[f"{be}+rope"] = lambda q, k, v, attend=attend: attend(
+                q, k, v, rope=table, num_prefix_tokens=ROPE_PREFIX)
     for name in ("torch-flash", "torch-cudnn"):
         if name in providers:
             impls[f"rope-eager+{name}"] = with_rope(sdpa_impl(name, False))
