@@ -2,8 +2,8 @@
 //
 // fwd(q, k, v, causal, scale) -> (out, lse): q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D), fp16 or bf16,
 // last-dim stride 1, Hq % Hkv == 0; out (B, Hq, Nq, D) contiguous, lse fp32 (B, Hq, Nq). On an
-// sm_90 GPU it runs the Hopper forward (cuda/flash/sm90/, D in {64, 96, 128, 256}) unless
-// FLASHDUO_CUDA_ARCH=sm80; elsewhere the mma.sync forward (D in {64, 128}).
+// sm_90 GPU it runs the Hopper forward (cuda/flash/sm90/, D in {64, 96, 128, 256}) unless RoPE
+// tables are given or FLASHDUO_CUDA_ARCH=sm80; elsewhere the mma.sync forward (D in {64, 128}).
 // bwd(dout, q, k, v, out, lse, causal, scale) -> (dq, dk, dv), contiguous, shaped like q, k, v;
 // D in {64, 128} (mma.sync kernels).
 // Both take optional 2D RoPE tables (rope_cos, rope_sin: float32 (N_pos, D / 2), num_prefix):
@@ -80,13 +80,14 @@ std::string input_problem(const at::Tensor& t, const char* name, const at::Tenso
   return "";
 }
 
-// The Hopper forward serves this call: an sm_90 device with sm_90a code in this build, not forced
-// off by FLASHDUO_CUDA_ARCH=sm80 (read on every call, so one process can
+// The Hopper forward serves this call: an sm_90 device with sm_90a code in this build, no RoPE
+// tables, and not forced off by FLASHDUO_CUDA_ARCH=sm80 (read on every call, so one process can
 // time both forwards). At D = 64 the persistent short-sequence kernel keeps ViT-sized problems
 // (Nq <= 256, many heads), where it beats the Hopper forward's one block per query tile.
 bool use_sm90(const flashduo::FwdParams& p, cudaStream_t stream) {
   const char* force = std::getenv("FLASHDUO_CUDA_ARCH");
   if (force != nullptr && std::string(force) == "sm80") return false;
+  if (p.rope.cos != nullptr) return false;
   int dev = 0, major = 0;
   if (cudaGetDevice(&dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
@@ -221,8 +222,8 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
                               : dispatch_head_dim<__nv_bfloat16>(p, static_cast<int>(d), causal,
                                                                  stream);
   if (err == cudaErrorNotSupported) {
-    throw std::runtime_error(cat("head dim ", d, " needs the Hopper forward: an sm_90 GPU and "
-                                 "FLASHDUO_CUDA_ARCH not sm80"));
+    throw std::runtime_error(cat("head dim ", d, " needs the Hopper forward: an sm_90 GPU, no RoPE "
+                                 "tables, FLASHDUO_CUDA_ARCH not sm80"));
   }
   check_launch(err, "flash forward");
   return {out, lse};
@@ -267,8 +268,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const
   return {dq, dk, dv};
 }
 
-// Whether a forward on the current device would run the Hopper kernels now (short D = 64 problems
-// aside: they keep the short-sequence kernel).
+// Whether a forward without RoPE tables on the current device would run the Hopper kernels now
+// (short D = 64 problems aside: they keep the short-sequence kernel).
 bool hopper_forward() {
   flashduo::FwdParams p{};
   return use_sm90(p, c10::cuda::getCurrentCUDAStream().stream());
@@ -285,7 +286,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("scale"), pybind11::arg("rope_cos") = pybind11::none(),
         pybind11::arg("rope_sin") = pybind11::none(), pybind11::arg("num_prefix") = 0);
   m.def("hopper_forward", &hopper_forward,
-        "whether fwd runs the Hopper (sm_90a) kernels on the current device now");
+        "whether fwd without RoPE runs the Hopper (sm_90a) kernels on the current device now");
   m.def("bwd", &bwd,
         "FlashAttention backward: (dout, q, k, v, out, lse, causal, scale, rope_cos=None, "
         "rope_sin=None, num_prefix=0) -> (dq, dk, dv)",

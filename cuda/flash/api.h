@@ -35,7 +35,7 @@ bool short_fwd_applies(const FwdParams& p);
 
 }  // namespace flashduo
 
-// The Hopper forward (sm90/): sm_90 devices only. It launches nothing when q, k
+// The Hopper forward (sm90/): sm_90 devices only; no RoPE tables. It launches nothing when q, k
 // or v cannot be described by a TMA tensor map (base or row strides not 16-byte aligned):
 // cudaErrorNotSupported.
 namespace flashduo::sm90 {
