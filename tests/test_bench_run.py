@@ -237,3 +237,32 @@ def test_without_matplotlib_the_run_says_so_in_one_line(monkeypatch: pytest.Monk
                                                           "results.json"]
     lines = [x for x in (tmp_path / "report.md").read_text().splitlines() if "matplotlib" in x]
     assert lines == ["- matplotlib is not installed (pip install matplotlib): no PNG plots"]
+
+
+def test_cuda_sm80_provider_forces_the_mma_sync_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cuda-sm80`` calls the cuda backend with FLASHDUO_CUDA_ARCH=sm80 set during the call only,
+    and restores what was there."""
+    import torch
+
+    import flashduo
+    from flashduo.bench import providers
+
+    seen = []
+
+    def fake_attention(q, k, v, backend=None, **kw):
+        seen.append((backend, os.environ.get("FLASHDUO_CUDA_ARCH"), kw.get("causal")))
+        return q
+
+    monkeypatch.setattr(flashduo, "attention", fake_attention)
+    monkeypatch.setenv("FLASHDUO_CUDA_ARCH", "sm90")
+    x = torch.zeros(1)
+    providers.make_impl("cuda-sm80", True, 8, None, "cpu")(x, x, x)
+    assert seen == [("cuda", "sm80", True)]
+    assert os.environ["FLASHDUO_CUDA_ARCH"] == "sm90"
+    monkeypatch.delenv("FLASHDUO_CUDA_ARCH")
+    providers.make_impl("cuda-sm80", False, 8, None, "cpu")(x, x, x)
+    assert "FLASHDUO_CUDA_ARCH" not in os.environ
+    providers.make_impl("cuda", False, 8, None, "cpu")(x, x, x)
+    assert seen[-1] == ("cuda", None, False)
+    assert providers.backend_of("cuda-sm80") == "cuda"
+    assert "cuda-sm80" in providers.parse_providers(None)
