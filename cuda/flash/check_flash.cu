@@ -303,34 +303,46 @@ void time_case(int n) {
   cudaFree(delta);
 }
 
+// Random q, k, v (B, H, N, D), contiguous, on the device with an output and an lse buffer, and the
+// FwdParams over them; freed when it goes.
+template <typename T, int D>
+struct DeviceInputs {
+  T *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr;
+  float* lse = nullptr;
+  FwdParams p{};
+  DeviceInputs(int b, int h, int n, unsigned seed, float scale_log2) {
+    const size_t el = size_t(b) * h * n * D;
+    std::vector<T> host(el);
+    std::vector<float> f(el);
+    fill_random(f.data(), el, seed);
+    for (size_t i = 0; i < el; ++i) host[i] = from_float<T>(f[i]);
+    for (T** ptr : {&q, &k, &v, &o}) CUDA_CHECK(cudaMalloc(ptr, el * sizeof(T)));
+    CUDA_CHECK(cudaMalloc(&lse, size_t(b) * h * n * sizeof(float)));
+    for (T* ptr : {q, k, v}) {
+      CUDA_CHECK(cudaMemcpy(ptr, host.data(), el * sizeof(T), cudaMemcpyHostToDevice));
+    }
+    const int64_t sb = int64_t(h) * n * D, sh = int64_t(n) * D;
+    p = FwdParams{q, k, v, o, lse, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D,
+                  b, h, h, n, n, scale_log2};
+  }
+  ~DeviceInputs() {
+    for (T* ptr : {q, k, v, o}) cudaFree(ptr);
+    cudaFree(lse);
+  }
+};
+
 // The Hopper forward's TFLOPS at B*N = 16384, H*D = 2048, non-causal and causal.
 template <typename T, int D>
 void time_sm90(int n) {
   const int b = 16384 / n, h = std::max(1, 2048 / D);
-  const size_t el = size_t(b) * h * n * D;
-  std::vector<T> host(el);
-  std::vector<float> f(el);
-  fill_random(f.data(), el, 23);
-  for (size_t i = 0; i < el; ++i) host[i] = from_float<T>(f[i]);
-  T *q, *k, *v, *o;
-  float* lse;
-  for (T** ptr : {&q, &k, &v, &o}) CUDA_CHECK(cudaMalloc(ptr, el * sizeof(T)));
-  CUDA_CHECK(cudaMalloc(&lse, size_t(b) * h * n * sizeof(float)));
-  for (T* ptr : {q, k, v}) {
-    CUDA_CHECK(cudaMemcpy(ptr, host.data(), el * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  const int64_t sb = int64_t(h) * n * D, sh = int64_t(n) * D;
-  FwdParams p{q, k, v, o, lse, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D,
-              b, h, h, n, n, kLog2eF / std::sqrt(float(D))};
+  const DeviceInputs<T, D> in(b, h, n, 23, kLog2eF / std::sqrt(float(D)));
   for (int causal = 0; causal < 2; ++causal) {
     const double flops = 4.0 * b * h * double(n) * n * D / (causal ? 2 : 1);
     const float ms = time_ms(
-        [&] { return flashduo::sm90::launch_flash_fwd_sm90<T, D>(p, causal, 0); });
+        [&] { return flashduo::sm90::launch_flash_fwd_sm90<T, D>(in.p, causal, 0); });
     std::printf("time  sm90 fwd D=%-3d N=%-5d causal=%d  %.3f ms %.0f TFLOPS\n", D, n, causal, ms,
                 flops / (ms * 1e-3) / 1e12);
   }
-  for (T* ptr : {q, k, v, o}) cudaFree(ptr);
-  cudaFree(lse);
 }
 
 // ViT-S forward (B = 256, H = 6, N = 197, D = 64): the streaming kernel against the short one.
@@ -338,21 +350,8 @@ template <typename T>
 void time_vit() {
   constexpr int D = 64;
   const int b = 256, h = 6, n = 197;
-  const size_t el = size_t(b) * h * n * D;
-  std::vector<T> host(el);
-  std::vector<float> f(el);
-  fill_random(f.data(), el, 31);
-  for (size_t i = 0; i < el; ++i) host[i] = from_float<T>(f[i]);
-  T *q, *k, *v, *o;
-  float* lse;
-  for (T** ptr : {&q, &k, &v, &o}) CUDA_CHECK(cudaMalloc(ptr, el * sizeof(T)));
-  CUDA_CHECK(cudaMalloc(&lse, size_t(b) * h * n * sizeof(float)));
-  for (T* ptr : {q, k, v}) {
-    CUDA_CHECK(cudaMemcpy(ptr, host.data(), el * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  const int64_t sb = int64_t(h) * n * D, sh = int64_t(n) * D;
-  FwdParams p{q, k, v, o, lse, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D,
-              b, h, h, n, n, kLog2eF / 8.f};
+  const DeviceInputs<T, D> in(b, h, n, 31, kLog2eF / 8.f);
+  const FwdParams& p = in.p;
   flashduo::ShortPlan plan1, plan2;
   const bool fits = flashduo::plan_short_fwd<D, 1>(p, &plan1) &&
                     flashduo::plan_short_fwd<D, 2>(p, &plan2);
@@ -369,8 +368,6 @@ void time_vit() {
   std::printf("time  ViT-S fwd B=%d H=%d N=%d D=%d (us): streaming 16 rows/warp %.1f, 32 rows/warp"
               " %.1f | short 16 rows/warp %.1f, 32 rows/warp %.1f\n",
               b, h, n, D, 1e3f * s1, 1e3f * s2, 1e3f * r1, 1e3f * r2);
-  for (T* ptr : {q, k, v, o}) cudaFree(ptr);
-  cudaFree(lse);
 }
 
 bool is_sm90() {

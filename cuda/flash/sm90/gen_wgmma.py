@@ -21,9 +21,12 @@ def _accs(n: int) -> tuple[str, str]:
     return regs, ops
 
 
-def _ss(n: int) -> str:
+def _wrapper(n: int, name: str, params: str, a_operand: str, first_in: int, inputs: str) -> str:
+    """One wrapper: d[N / 2] accumulators, then A (a_operand, numbered from first_in), b-desc,
+    scale-d and the transpose flags; `inputs` are the asm inputs after the accumulators."""
     regs, ops = _accs(n)
-    a, b, sc, tb = n // 2, n // 2 + 1, n // 2 + 2, n // 2 + 3
+    b, sc, tb = first_in, first_in + 1, first_in + 2
+    trans = "0, " if name == "wgmma_ss" else ""  # imm-trans-a exists only with A in shared memory
     body = []
     for ctype, ptx in TYPES:
         body.append(
@@ -31,43 +34,31 @@ def _ss(n: int) -> str:
             f'    asm volatile("{{ .reg .pred p; setp.ne.b32 p, %{sc}, 0; "\n'
             f'                 "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptx}.{ptx} "\n'
             f'                 "{{{regs}}}, "\n'
-            f'                 "%{a}, %{b}, p, 1, 1, 0, %{tb}; }}"\n'
+            f'                 "{a_operand}, %{b}, p, 1, 1, {trans}%{tb}; }}"\n'
             f"                 : {ops}\n"
-            f'                 : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(kTransB));\n'
+            f"                 : {inputs});\n"
             f"  }}"
         )
     return (
         f"template <typename T, int kTransB>\n"
-        f"__device__ __forceinline__ void wgmma_ss(float (&d)[{n // 2}], uint64_t desc_a, "
-        f"uint64_t desc_b,\n                                         int scale_d) {{\n"
+        f"__device__ __forceinline__ void {name}(float (&d)[{n // 2}], {params}) {{\n"
         + " else\n".join(body)
         + "\n}\n"
     )
+
+
+def _ss(n: int) -> str:
+    a = n // 2
+    return _wrapper(n, "wgmma_ss", "uint64_t desc_a, uint64_t desc_b,\n    int scale_d", f"%{a}",
+                    a + 1, '"l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(kTransB)')
 
 
 def _rs(n: int) -> str:
-    regs, ops = _accs(n)
-    a0, b, sc, tb = n // 2, n // 2 + 4, n // 2 + 5, n // 2 + 6
-    body = []
-    for ctype, ptx in TYPES:
-        body.append(
-            f"  if constexpr (std::is_same_v<T, {ctype}>) {{\n"
-            f'    asm volatile("{{ .reg .pred p; setp.ne.b32 p, %{sc}, 0; "\n'
-            f'                 "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptx}.{ptx} "\n'
-            f'                 "{{{regs}}}, "\n'
-            f'                 "{{%{a0}, %{a0 + 1}, %{a0 + 2}, %{a0 + 3}}}, %{b}, p, 1, 1, %{tb}; }}"\n'
-            f"                 : {ops}\n"
-            f'                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), '
-            f'"r"(scale_d),\n                   "n"(kTransB));\n'
-            f"  }}"
-        )
-    return (
-        f"template <typename T, int kTransB>\n"
-        f"__device__ __forceinline__ void wgmma_rs(float (&d)[{n // 2}], const uint32_t (&a)[4],\n"
-        f"                                         uint64_t desc_b, int scale_d) {{\n"
-        + " else\n".join(body)
-        + "\n}\n"
-    )
+    a = n // 2
+    return _wrapper(n, "wgmma_rs", "const uint32_t (&a)[4], uint64_t desc_b,\n    int scale_d",
+                    f"{{%{a}, %{a + 1}, %{a + 2}, %{a + 3}}}", a + 4,
+                    '"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d),\n'
+                    '                   "n"(kTransB)')
 
 
 def render() -> str:

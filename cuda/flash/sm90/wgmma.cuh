@@ -18,7 +18,7 @@ namespace flashduo::sm90 {
 
 template <typename T, int kTransB>
 __device__ __forceinline__ void wgmma_ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b,
-                                         int scale_d) {
+    int scale_d) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     asm volatile("{ .reg .pred p; setp.ne.b32 p, %34, 0; "
                  "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
@@ -38,8 +38,8 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[32], uint64_t desc_a, uint64
 }
 
 template <typename T, int kTransB>
-__device__ __forceinline__ void wgmma_rs(float (&d)[32], const uint32_t (&a)[4],
-                                         uint64_t desc_b, int scale_d) {
+__device__ __forceinline__ void wgmma_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b,
+    int scale_d) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     asm volatile("{ .reg .pred p; setp.ne.b32 p, %37, 0; "
                  "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
@@ -62,7 +62,7 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[32], const uint32_t (&a)[4],
 
 template <typename T, int kTransB>
 __device__ __forceinline__ void wgmma_ss(float (&d)[40], uint64_t desc_a, uint64_t desc_b,
-                                         int scale_d) {
+    int scale_d) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     asm volatile("{ .reg .pred p; setp.ne.b32 p, %42, 0; "
                  "wgmma.mma_async.sync.aligned.m64n80k16.f32.bf16.bf16 "
@@ -82,8 +82,8 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[40], uint64_t desc_a, uint64
 }
 
 template <typename T, int kTransB>
-__device__ __forceinline__ void wgmma_rs(float (&d)[40], const uint32_t (&a)[4],
-                                         uint64_t desc_b, int scale_d) {
+__device__ __forceinline__ void wgmma_rs(float (&d)[40], const uint32_t (&a)[4], uint64_t desc_b,
+    int scale_d) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     asm volatile("{ .reg .pred p; setp.ne.b32 p, %45, 0; "
                  "wgmma.mma_async.sync.aligned.m64n80k16.f32.bf16.bf16 "
@@ -106,7 +106,7 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[40], const uint32_t (&a)[4],
 
 template <typename T, int kTransB>
 __device__ __forceinline__ void wgmma_ss(float (&d)[48], uint64_t desc_a, uint64_t desc_b,
-                                         int scale_d) {
+    int scale_d) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     asm volatile("{ .reg .pred p; setp.ne.b32 p, %50, 0; "
                  "wgmma.mma_async.sync.aligned.m64n96k16.f32.bf16.bf16 "
@@ -126,8 +126,8 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[48], uint64_t desc_a, uint64
 }
 
 template <typename T, int kTransB>
-__device__ __forceinline__ void wgmma_rs(float (&d)[48], const uint32_t (&a)[4],
-                                         uint64_t desc_b, int scale_d) {
+__device__ __forceinline__ void wgmma_rs(float (&d)[48], const uint32_t (&a)[4], uint64_t desc_b,
+    int scale_d) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     asm volatile("{ .reg .pred p; setp.ne.b32 p, %53, 0; "
                  "wgmma.mma_async.sync.aligned.m64n96k16.f32.bf16.bf16 "
@@ -150,7 +150,7 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[48], const uint32_t (&a)[4],
 
 template <typename T, int kTransB>
 __device__ __forceinline__ void wgmma_ss(float (&d)[64], uint64_t desc_a, uint64_t desc_b,
-                                         int scale_d) {
+    int scale_d) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     asm volatile("{ .reg .pred p; setp.ne.b32 p, %66, 0; "
                  "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
@@ -170,8 +170,8 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[64], uint64_t desc_a, uint64
 }
 
 template <typename T, int kTransB>
-__device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t (&a)[4],
-                                         uint64_t desc_b, int scale_d) {
+__device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b,
+    int scale_d) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     asm volatile("{ .reg .pred p; setp.ne.b32 p, %69, 0; "
                  "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
@@ -194,7 +194,7 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t (&a)[4],
 
 template <typename T, int kTransB>
 __device__ __forceinline__ void wgmma_ss(float (&d)[96], uint64_t desc_a, uint64_t desc_b,
-                                         int scale_d) {
+    int scale_d) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     asm volatile("{ .reg .pred p; setp.ne.b32 p, %98, 0; "
                  "wgmma.mma_async.sync.aligned.m64n192k16.f32.bf16.bf16 "
@@ -214,8 +214,8 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[96], uint64_t desc_a, uint64
 }
 
 template <typename T, int kTransB>
-__device__ __forceinline__ void wgmma_rs(float (&d)[96], const uint32_t (&a)[4],
-                                         uint64_t desc_b, int scale_d) {
+__device__ __forceinline__ void wgmma_rs(float (&d)[96], const uint32_t (&a)[4], uint64_t desc_b,
+    int scale_d) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     asm volatile("{ .reg .pred p; setp.ne.b32 p, %101, 0; "
                  "wgmma.mma_async.sync.aligned.m64n192k16.f32.bf16.bf16 "
@@ -238,7 +238,7 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[96], const uint32_t (&a)[4],
 
 template <typename T, int kTransB>
 __device__ __forceinline__ void wgmma_ss(float (&d)[128], uint64_t desc_a, uint64_t desc_b,
-                                         int scale_d) {
+    int scale_d) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     asm volatile("{ .reg .pred p; setp.ne.b32 p, %130, 0; "
                  "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
@@ -258,8 +258,8 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[128], uint64_t desc_a, uint6
 }
 
 template <typename T, int kTransB>
-__device__ __forceinline__ void wgmma_rs(float (&d)[128], const uint32_t (&a)[4],
-                                         uint64_t desc_b, int scale_d) {
+__device__ __forceinline__ void wgmma_rs(float (&d)[128], const uint32_t (&a)[4], uint64_t desc_b,
+    int scale_d) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     asm volatile("{ .reg .pred p; setp.ne.b32 p, %133, 0; "
                  "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
