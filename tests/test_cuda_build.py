@@ -190,3 +190,11 @@ def test_wgmma_header_is_generated() -> None:
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     assert gen.HEADER.read_text() == gen.render()
+
+
+def test_arch_list_builds_hopper_as_90a(monkeypatch: pytest.MonkeyPatch) -> None:
+    """9.0 becomes 9.0a (wgmma and setmaxnreg exist only there); other targets stay as given."""
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    assert loader.arch_list() == "8.0;9.0a"
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.6 9.0a")
+    assert loader.arch_list() == "8.6;9.0a"
