@@ -2,8 +2,8 @@
 //
 // fwd(q, k, v, causal, scale) -> (out, lse): q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D), fp16 or bf16,
 // last-dim stride 1, Hq % Hkv == 0; out (B, Hq, Nq, D) contiguous, lse fp32 (B, Hq, Nq). On an
-// sm_90 GPU it runs the Hopper forward (cuda/flash/sm90/, D in {64, 96, 128, 256}) unless RoPE
-// tables are given or FLASHDUO_CUDA_ARCH=sm80; elsewhere the mma.sync forward (D in {64, 128}).
+// sm_90 GPU it runs the Hopper forward (cuda/flash/sm90/, D in {64, 96, 128, 256}) unless
+// FLASHDUO_CUDA_ARCH=sm80; elsewhere the mma.sync forward (D in {64, 128}).
 // bwd(dout, q, k, v, out, lse, causal, scale) -> (dq, dk, dv), contiguous, shaped like q, k, v;
 // D in {64, 128} (mma.sync kernels).
 // Both take optional 2D RoPE tables (rope_cos, rope_sin: float32 (N_pos, D / 2), num_prefix):
@@ -80,14 +80,13 @@ std::string input_problem(const at::Tensor& t, const char* name, const at::Tenso
   return "";
 }
 
-// The Hopper forward serves this call: an sm_90 device with sm_90a code in this build, no RoPE
-// tables, and not forced off by FLASHDUO_CUDA_ARCH=sm80 (read on every call, so one process can
+// The Hopper forward serves this call: an sm_90 device with sm_90a code in this build, not forced
+// off by FLASHDUO_CUDA_ARCH=sm80 (read on every call, so one process can
 // time both forwards). At D = 64 the persistent short-sequence kernel keeps ViT-sized problems
 // (Nq <= 256, many heads), where it beats the Hopper forward's one block per query tile.
-bool use_sm90(const flashduo::FwdParams& p, cudaStream_t stream) {
+bool use_sm90(cudaStream_t stream) {
   const char* force = std::getenv("FLASHDUO_CUDA_ARCH");
   if (force != nullptr && std::string(force) == "sm80") return false;
-  if (p.rope.cos != nullptr) return false;
   int dev = 0, major = 0;
   if (cudaGetDevice(&dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
@@ -99,7 +98,7 @@ bool use_sm90(const flashduo::FwdParams& p, cudaStream_t stream) {
 template <typename T>
 cudaError_t dispatch_head_dim(const flashduo::FwdParams& p, int d, bool causal, cudaStream_t s) {
   namespace sm90 = flashduo::sm90;
-  if (use_sm90(p, s) && !(d == 64 && flashduo::short_fwd_applies(p))) {
+  if (use_sm90(s) && !(d == 64 && flashduo::short_fwd_applies(p))) {
     cudaError_t err = cudaErrorNotSupported;
     if (d == 64) err = sm90::launch_flash_fwd_sm90<T, 64>(p, causal, s);
     if (d == 96) err = sm90::launch_flash_fwd_sm90<T, 96>(p, causal, s);
@@ -114,8 +113,17 @@ cudaError_t dispatch_head_dim(const flashduo::FwdParams& p, int d, bool causal, 
 
 template <typename T>
 cudaError_t dispatch_head_dim(const flashduo::BwdParams& p, int d, bool causal, cudaStream_t s) {
+  namespace sm90 = flashduo::sm90;
+  if (use_sm90(s) && p.rope.cos == nullptr) {  // the Hopper backward (no RoPE in it yet)
+    cudaError_t err = cudaErrorNotSupported;
+    if (d == 64) err = sm90::launch_flash_bwd_sm90<T, 64>(p, causal, s);
+    if (d == 96) err = sm90::launch_flash_bwd_sm90<T, 96>(p, causal, s);
+    if (d == 128) err = sm90::launch_flash_bwd_sm90<T, 128>(p, causal, s);
+    if (err != cudaErrorNotSupported) return err;
+  }
   if (d == 64) return flashduo::launch_flash_bwd<T, 64>(p, causal, s);
-  return flashduo::launch_flash_bwd<T, 128>(p, causal, s);
+  if (d == 128) return flashduo::launch_flash_bwd<T, 128>(p, causal, s);
+  return cudaErrorNotSupported;
 }
 
 // Why fwd cannot take these inputs; "" when it can.
@@ -147,8 +155,8 @@ std::string bwd_problem(const at::Tensor& dout, const at::Tensor& q, const at::T
                         const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
                         double scale) {
   FLASHDUO_PROPAGATE(fwd_problem(q, k, v, scale));
-  FLASHDUO_REQUIRE(q.size(3) == 64 || q.size(3) == 128,
-                   "the backward's head dim must be 64 or 128, got ", q.size(3));
+  FLASHDUO_REQUIRE(q.size(3) == 64 || q.size(3) == 96 || q.size(3) == 128,
+                   "the backward's head dim must be 64, 96 or 128, got ", q.size(3));
   FLASHDUO_PROPAGATE(input_problem(dout, "dout", q));
   FLASHDUO_PROPAGATE(input_problem(out, "out", q));
   FLASHDUO_REQUIRE(dout.sizes() == q.sizes() && out.sizes() == q.sizes(),
@@ -222,8 +230,8 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
                               : dispatch_head_dim<__nv_bfloat16>(p, static_cast<int>(d), causal,
                                                                  stream);
   if (err == cudaErrorNotSupported) {
-    throw std::runtime_error(cat("head dim ", d, " needs the Hopper forward: an sm_90 GPU, no RoPE "
-                                 "tables, FLASHDUO_CUDA_ARCH not sm80"));
+    throw std::runtime_error(cat("head dim ", d, " needs the Hopper forward: an sm_90 GPU and "
+                                 "FLASHDUO_CUDA_ARCH not sm80"));
   }
   check_launch(err, "flash forward");
   return {out, lse};
@@ -264,15 +272,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const
       q.scalar_type() == at::kHalf
           ? dispatch_head_dim<__half>(p, static_cast<int>(d), causal, stream)
           : dispatch_head_dim<__nv_bfloat16>(p, static_cast<int>(d), causal, stream);
+  if (err == cudaErrorNotSupported) {
+    throw std::runtime_error(cat("the backward at head dim ", d, " needs the Hopper backward: an "
+                                 "sm_90 GPU, no RoPE tables, FLASHDUO_CUDA_ARCH not sm80"));
+  }
   check_launch(err, "flash backward");
   return {dq, dk, dv};
 }
 
-// Whether a forward without RoPE tables on the current device would run the Hopper kernels now
-// (short D = 64 problems aside: they keep the short-sequence kernel).
+// Whether a forward on the current device would run the Hopper kernels now (short D = 64 problems
+// aside: they keep the short-sequence kernel).
 bool hopper_forward() {
   flashduo::FwdParams p{};
-  return use_sm90(p, c10::cuda::getCurrentCUDAStream().stream());
+  return use_sm90(c10::cuda::getCurrentCUDAStream().stream());
 }
 
 }  // namespace
@@ -286,7 +298,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("scale"), pybind11::arg("rope_cos") = pybind11::none(),
         pybind11::arg("rope_sin") = pybind11::none(), pybind11::arg("num_prefix") = 0);
   m.def("hopper_forward", &hopper_forward,
-        "whether fwd without RoPE runs the Hopper (sm_90a) kernels on the current device now");
+        "whether fwd runs the Hopper (sm_90a) kernels on the current device now");
   m.def("bwd", &bwd,
         "FlashAttention backward: (dout, q, k, v, out, lse, causal, scale, rope_cos=None, "
         "rope_sin=None, num_prefix=0) -> (dq, dk, dv)",

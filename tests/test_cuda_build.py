@@ -104,6 +104,32 @@ def test_hopper_forward_head_dims(ext, case, monkeypatch) -> None:
 
 
 @pytest.mark.skipif(not ON_GPU, reason="running the CUDA kernels needs a CUDA GPU")
+@pytest.mark.parametrize("arch", ["sm80", "sm90"])
+@pytest.mark.parametrize("d, grid, prefix, causal", [(64, (7, 7), 1, False), (128, (6, 10), 3, True)])
+def test_cuda_forward_rope(ext, arch, d, grid, prefix, causal, monkeypatch) -> None:
+    """Both CUDA forwards rotate q and k by the 2D RoPE tables inside the kernel."""
+    if arch == "sm90" and not _hopper_gpu():
+        pytest.skip("the Hopper forward needs an sm_90 GPU")
+    monkeypatch.setenv("FLASHDUO_CUDA_ARCH", arch)
+    n, dtype = prefix + grid[0] * grid[1], torch.bfloat16
+    g = torch.Generator(device="cuda").manual_seed(n + d)
+    q, k, v = (torch.randn(2, 3, n, d, generator=g, device="cuda").to(dtype) for _ in range(3))
+    table = reference.CosSinTable(100.0, grid[0], d, device="cuda", W_img=grid[1])
+    scale = d**-0.5
+    out, lse = flash.fwd(q, k, v, causal, scale, rope=(table.COSP, table.SINP, prefix))
+
+    def attend(upcast: bool):
+        xs = [t.double() if upcast else t for t in (q, k)]
+        qr, kr = (reference.apply_rope(x, table, prefix) for x in xs)
+        return reference.attention_ref(qr, kr, v.double() if upcast else v, causal, scale,
+                                       upcast=upcast)
+
+    (ref_out, ref_lse), (base_out, base_lse) = attend(True), attend(False)
+    assert_close(f"cuda {arch} rope out", out, ref_out, base_out, "out", dtype)
+    assert_close(f"cuda {arch} rope lse", lse, ref_lse, base_lse, "lse", dtype)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="running the CUDA kernels needs a CUDA GPU")
 def test_head_dim_96_without_hopper_is_refused(ext, monkeypatch) -> None:
     monkeypatch.setenv("FLASHDUO_CUDA_ARCH", "sm80")
     q = torch.randn(1, 2, 64, 96, device="cuda", dtype=torch.bfloat16)
@@ -111,9 +137,11 @@ def test_head_dim_96_without_hopper_is_refused(ext, monkeypatch) -> None:
         flash.fwd(q, q, q, False, 0.1)
 
 
-@pytest.mark.skipif(not ON_GPU, reason="running the CUDA kernels needs a CUDA GPU")
-@pytest.mark.parametrize("case", FWD_CASES, ids=_case_id)
-def test_cuda_backward_matches_reference(ext, case) -> None:
+def _backward_case(case, arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forward and backward of case with FLASHDUO_CUDA_ARCH=arch; gradients by the pass rule."""
+    if arch == "sm90" and not _hopper_gpu():
+        pytest.skip("the Hopper kernels need an sm_90 GPU")
+    monkeypatch.setenv("FLASHDUO_CUDA_ARCH", arch)
     b, hq, hkv, nq, nk, d, dtype, causal = case
     g = torch.Generator(device="cuda").manual_seed(nq * 5 + nk)
     q, k, v, dout = (
@@ -125,7 +153,21 @@ def test_cuda_backward_matches_reference(ext, case) -> None:
     dq, dk, dv = flash.bwd(dout, q, k, v, out, lse, causal, scale)
     truth, baseline = run_reference(q, k, v, causal, dout)
     for name, x, ref, base in zip(("dq", "dk", "dv"), (dq, dk, dv), truth[2:], baseline[2:]):
-        assert_close(f"cuda {name}", x, ref, base, "grad", dtype)
+        assert_close(f"cuda {arch} {name}", x, ref, base, "grad", dtype)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="running the CUDA kernels needs a CUDA GPU")
+@pytest.mark.parametrize("arch", ["sm80", "sm90"])
+@pytest.mark.parametrize("case", FWD_CASES, ids=_case_id)
+def test_cuda_backward_matches_reference(ext, case, arch, monkeypatch) -> None:
+    """Both CUDA backwards (mma.sync, forced by FLASHDUO_CUDA_ARCH=sm80; Hopper) on each case."""
+    _backward_case(case, arch, monkeypatch)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="running the CUDA kernels needs a CUDA GPU")
+@pytest.mark.parametrize("case", [c for c in HOPPER_CASES if c[5] == 96], ids=_case_id)
+def test_hopper_backward_head_dim_96(ext, case, monkeypatch) -> None:
+    _backward_case(case, "sm90", monkeypatch)
 
 
 @pytest.mark.skipif(not ON_GPU, reason="running the CUDA kernels needs a CUDA GPU")

@@ -35,7 +35,7 @@ bool short_fwd_applies(const FwdParams& p);
 
 }  // namespace flashduo
 
-// The Hopper forward (sm90/): sm_90 devices only; no RoPE tables. It launches nothing when q, k
+// The Hopper forward (sm90/): sm_90 devices only. It launches nothing when q, k
 // or v cannot be described by a TMA tensor map (base or row strides not 16-byte aligned):
 // cudaErrorNotSupported.
 namespace flashduo::sm90 {
@@ -54,6 +54,21 @@ FLASHDUO_SM90_FWD(__nv_bfloat16, 96)
 FLASHDUO_SM90_FWD(__nv_bfloat16, 128)
 FLASHDUO_SM90_FWD(__nv_bfloat16, 256)
 #undef FLASHDUO_SM90_FWD
+
+// The Hopper backward (sm90/bwd_kernel.cuh), D in {64, 96, 128}, no RoPE tables; like the forward
+// it launches nothing (cudaErrorNotSupported) when an input cannot be mapped for TMA.
+template <typename T, int D>
+cudaError_t launch_flash_bwd_sm90(const BwdParams& p, bool causal, cudaStream_t stream);
+
+#define FLASHDUO_SM90_BWD(T, D) \
+  extern template cudaError_t launch_flash_bwd_sm90<T, D>(const BwdParams&, bool, cudaStream_t);
+FLASHDUO_SM90_BWD(__half, 64)
+FLASHDUO_SM90_BWD(__half, 96)
+FLASHDUO_SM90_BWD(__half, 128)
+FLASHDUO_SM90_BWD(__nv_bfloat16, 64)
+FLASHDUO_SM90_BWD(__nv_bfloat16, 96)
+FLASHDUO_SM90_BWD(__nv_bfloat16, 128)
+#undef FLASHDUO_SM90_BWD
 
 // Whether the Hopper kernels were compiled for the current device (sm_90a code in this build);
 // probes once per device on `stream`, never while the stream is being captured (false then).

@@ -2,7 +2,7 @@
 // on awkward shapes against a float64 host reference, then the forward's speed at large shapes.
 // On an sm_90 GPU the Hopper forward (sm90/) runs every case too, at D = 64, 96, 128 and 256 (the
 // test suite runs the backward from its output). `check_flash sm90` checks and times the Hopper
-// forward only; `check_flash time` only times.
+// forward only (the nine smaller shapes, and tile-shape variants); `check_flash time` only times.
 // Exits non-zero on a mismatch.
 #include <cmath>
 #include <cstdio>
@@ -13,6 +13,7 @@
 #include "../examples/cuda_common.cuh"
 #include "bwd_kernel.cuh"
 #include "fwd_kernel.cuh"
+#include "sm90/bwd_kernel.cuh"
 #include "sm90/fwd_launch.cuh"
 
 using flashduo::BwdParams;
@@ -42,10 +43,14 @@ struct Shape {
 // dK = scale dS^T Q, GQA gradients summed over the group), and exact zeros where the gradient is
 // zero by structure: the dq of a row that sees one key (softmax over one score is constant) and
 // the dk of a key that no row seeing several keys sees. Returns the count of bad elements.
+// The backward launcher a check runs: the mma.sync one or the Hopper one.
+using BwdLaunch = cudaError_t (*)(const BwdParams&, bool, cudaStream_t);
+
 template <typename T, int D>
 int check_backward(const Shape& s, const char* tname, const std::vector<float>& qf,
                    const std::vector<float>& kf, const std::vector<float>& vf, const T* dq_in,
-                   const T* dk_in, const T* dv_in, const T* out, const float* lse) {
+                   const T* dk_in, const T* dv_in, const T* out, const float* lse,
+                   BwdLaunch launch) {
   const size_t nq_el = size_t(s.b) * s.hq * s.nq * D, nk_el = size_t(s.b) * s.hkv * s.nk * D;
   std::vector<float> dof(nq_el);
   fill_random(dof.data(), nq_el, 29 + s.nq);
@@ -68,7 +73,7 @@ int check_backward(const Shape& s, const char* tname, const std::vector<float>& 
   BwdParams p{dq_in, dk_in, dv_in, out, ddo, lse, delta, ddq, ddk, ddv,
               qsb, qsh, D, ksb, ksh, D, ksb, ksh, D, qsb, qsh, D, qsb, qsh, D, qsb, qsh, D,
               ksb, ksh, D, s.b, s.hq, s.hkv, s.nq, s.nk, scale, scale * kLog2eF};
-  CUDA_CHECK((flashduo::launch_flash_bwd<T, D>(p, s.causal, 0)));
+  CUDA_CHECK(launch(p, s.causal, 0));
   CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<T> gq(nq_el), gk(nk_el), gv(nk_el);
   CUDA_CHECK(cudaMemcpy(gq.data(), ddq, nq_el * sizeof(T), cudaMemcpyDeviceToHost));
@@ -152,20 +157,32 @@ int check_backward(const Shape& s, const char* tname, const std::vector<float>& 
   return bad;
 }
 
-// Which forward a case runs.
-enum class Fwd { kSm80, kSm90 };
+// A forward launcher: the mma.sync one, the Hopper one, or a Hopper tile-shape variant.
+using FwdLaunch = cudaError_t (*)(const FwdParams&, bool, cudaStream_t);
 
 template <typename T, int D>
-cudaError_t run_fwd(Fwd which, const FwdParams& p, bool causal) {
-  if (which == Fwd::kSm90) return flashduo::sm90::launch_flash_fwd_sm90<T, D>(p, causal, 0);
-  if constexpr (D == 64 || D == 128) return flashduo::launch_flash_fwd<T, D>(p, causal, 0);
-  return cudaErrorInvalidValue;
+FwdLaunch sm80_fwd() {
+  if constexpr (D == 64 || D == 128) return flashduo::launch_flash_fwd<T, D>;
+  return nullptr;
+}
+template <typename T, int D>
+BwdLaunch sm80_bwd() {
+  if constexpr (D == 64 || D == 128) return flashduo::launch_flash_bwd<T, D>;
+  return nullptr;
+}
+template <typename T, int D>
+BwdLaunch sm90_bwd() {
+  if constexpr (D == 64 || D == 96 || D == 128) {
+    return flashduo::sm90::launch_flash_bwd_sm90<T, D>;
+  }
+  return nullptr;
 }
 
-// Runs one case through one forward, then (D = 64, 128) the backward from its output; returns
-// the number of elements outside tolerance.
+// Runs one case through one forward, then (when bwd is given) that backward from its output;
+// returns the number of elements outside tolerance.
 template <typename T, int D>
-int check_case(const Shape& s, const char* tname, Fwd which = Fwd::kSm80, bool with_bwd = true) {
+int check_case(const Shape& s, const char* tname, FwdLaunch launch = sm80_fwd<T, D>(),
+               const char* label = "sm80", BwdLaunch bwd = sm80_bwd<T, D>()) {
   const size_t nq_el = size_t(s.b) * s.hq * s.nq * D, nk_el = size_t(s.b) * s.hkv * s.nk * D;
   std::vector<float> qf(nq_el), kf(nk_el), vf(nk_el);
   fill_random(qf.data(), nq_el, 11 + s.nq);
@@ -196,7 +213,7 @@ int check_case(const Shape& s, const char* tname, Fwd which = Fwd::kSm80, bool w
               int64_t(s.hkv) * s.nk * D, int64_t(s.nk) * D, D,
               int64_t(s.hq) * s.nq * D, int64_t(s.nq) * D, D,
               s.b, s.hq, s.hkv, s.nq, s.nk, scale * kLog2eF};
-  CUDA_CHECK((run_fwd<T, D>(which, p, s.causal)));
+  CUDA_CHECK(launch(p, s.causal, 0));
   CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<float> lse(size_t(s.b) * s.hq * s.nq);
   CUDA_CHECK(cudaMemcpy(oh.data(), dout, nq_el * sizeof(T), cudaMemcpyDeviceToHost));
@@ -237,10 +254,10 @@ int check_case(const Shape& s, const char* tname, Fwd which = Fwd::kSm80, bool w
       }
     }
   std::printf("%s %-5s D=%-3d b%d h%dx%d nq=%-4d nk=%-4d causal=%d  max err out %.2e lse %.2e  %s\n",
-              which == Fwd::kSm90 ? "sm90" : "sm80", tname, D, s.b, s.hq, s.hkv, s.nq, s.nk,
+              label, tname, D, s.b, s.hq, s.hkv, s.nq, s.nk,
               int(s.causal), worst_o, worst_l, bad ? "FAIL" : "ok");
-  if constexpr (D == 64 || D == 128) {
-    if (with_bwd) bad += check_backward<T, D>(s, tname, qf, kf, vf, dq, dk, dv, dout, dlse);
+  if (bwd != nullptr) {
+    bad += check_backward<T, D>(s, tname, qf, kf, vf, dq, dk, dv, dout, dlse, bwd);
   }
   cudaFree(dq);
   cudaFree(dk);
@@ -331,18 +348,36 @@ struct DeviceInputs {
   }
 };
 
-// The Hopper forward's TFLOPS at B*N = 16384, H*D = 2048, non-causal and causal.
-template <typename T, int D>
+// The Hopper forward's TFLOPS (shape S) at B*N = 16384, H*D = 2048, non-causal and causal, and for
+// the shipped shape the Hopper backward's (2.5x the forward's FLOPs) from its output.
+template <typename T, int D, class S = flashduo::sm90::FwdShape<D>>
 void time_sm90(int n) {
   const int b = 16384 / n, h = std::max(1, 2048 / D);
   const DeviceInputs<T, D> in(b, h, n, 23, kLog2eF / std::sqrt(float(D)));
+  const size_t el = size_t(b) * h * n * D;
+  T *dq, *dk, *dv;
+  float* delta;
+  for (T** ptr : {&dq, &dk, &dv}) CUDA_CHECK(cudaMalloc(ptr, el * sizeof(T)));
+  CUDA_CHECK(cudaMalloc(&delta, size_t(b) * h * n * sizeof(float)));
+  const int64_t sb = int64_t(h) * n * D, sh = int64_t(n) * D;
   for (int causal = 0; causal < 2; ++causal) {
     const double flops = 4.0 * b * h * double(n) * n * D / (causal ? 2 : 1);
     const float ms = time_ms(
-        [&] { return flashduo::sm90::launch_flash_fwd_sm90<T, D>(in.p, causal, 0); });
-    std::printf("time  sm90 fwd D=%-3d N=%-5d causal=%d  %.3f ms %.0f TFLOPS\n", D, n, causal, ms,
-                flops / (ms * 1e-3) / 1e12);
+        [&] { return flashduo::sm90::launch_flash_fwd_sm90_cfg<T, D, S>(in.p, causal, 0); });
+    std::printf("time  sm90 fwd %dx%dx%d D=%-3d N=%-5d causal=%d  %.3f ms %.0f TFLOPS\n", S::kBM,
+                S::kBN, S::kStages, D, n, causal, ms, flops / (ms * 1e-3) / 1e12);
+    if constexpr (D <= 128 && std::is_same_v<S, flashduo::sm90::FwdShape<D>>) {
+      BwdParams pb{in.q, in.k, in.v, in.o, in.q, in.lse, delta, dq, dk, dv,
+                   sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D,
+                   b, h, h, n, n, 1.f / std::sqrt(float(D)), kLog2eF / std::sqrt(float(D))};
+      const float mb = time_ms(
+          [&] { return flashduo::sm90::launch_flash_bwd_sm90<T, D>(pb, causal, 0); });
+      std::printf("time  sm90 bwd D=%-3d N=%-5d causal=%d  %.3f ms %.0f TFLOPS\n", D, n, causal,
+                  mb, 2.5 * flops / (mb * 1e-3) / 1e12);
+    }
   }
+  for (T* ptr : {dq, dk, dv}) cudaFree(ptr);
+  cudaFree(delta);
 }
 
 // ViT-S forward (B = 256, H = 6, N = 197, D = 64): the streaming kernel against the short one.
@@ -377,29 +412,68 @@ bool is_sm90() {
   return major == 9;
 }
 
-// The Hopper forward on every shape and head dim (the backward from its output when with_bwd).
+template <typename T, int D>
+int check_sm90_case(const Shape& s, const char* tname, bool with_bwd) {
+  return check_case<T, D>(s, tname, flashduo::sm90::launch_flash_fwd_sm90<T, D>, "sm90",
+                          with_bwd ? sm90_bwd<T, D>() : nullptr);
+}
+
+// The Hopper forward on every shape and head dim (and, when with_bwd, the Hopper backward from
+// its output).
 int check_sm90(const Shape* shapes, int count, bool with_bwd) {
   int bad = 0;
   for (int i = 0; i < count; ++i) {
     const Shape& s = shapes[i];
-    bad += check_case<__half, 64>(s, "fp16", Fwd::kSm90, with_bwd);
-    bad += check_case<__nv_bfloat16, 64>(s, "bf16", Fwd::kSm90, with_bwd);
-    bad += check_case<__half, 96>(s, "fp16", Fwd::kSm90, with_bwd);
-    bad += check_case<__nv_bfloat16, 96>(s, "bf16", Fwd::kSm90, with_bwd);
-    bad += check_case<__half, 128>(s, "fp16", Fwd::kSm90, with_bwd);
-    bad += check_case<__nv_bfloat16, 128>(s, "bf16", Fwd::kSm90, with_bwd);
-    bad += check_case<__half, 256>(s, "fp16", Fwd::kSm90, with_bwd);
-    bad += check_case<__nv_bfloat16, 256>(s, "bf16", Fwd::kSm90, with_bwd);
+    bad += check_sm90_case<__half, 64>(s, "fp16", with_bwd);
+    bad += check_sm90_case<__nv_bfloat16, 64>(s, "bf16", with_bwd);
+    bad += check_sm90_case<__half, 96>(s, "fp16", with_bwd);
+    bad += check_sm90_case<__nv_bfloat16, 96>(s, "bf16", with_bwd);
+    bad += check_sm90_case<__half, 128>(s, "fp16", with_bwd);
+    bad += check_sm90_case<__nv_bfloat16, 128>(s, "bf16", with_bwd);
+    bad += check_sm90_case<__half, 256>(s, "fp16", with_bwd);
+    bad += check_sm90_case<__nv_bfloat16, 256>(s, "bf16", with_bwd);
   }
   return bad;
 }
 
+// Tile-shape variants of the Hopper forward, beside the shipped FwdShape, to choose from by
+// measurement: checked on the first `count` shapes, then timed.
+template <int D, int BM, int BN, int STAGES>
+using Tiles = flashduo::sm90::FwdTiles<D, BM, BN, STAGES>;
+
+template <int D, class S>
+int check_variant(const Shape* shapes, int count) {
+  int bad = 0;
+  char label[32];
+  std::snprintf(label, sizeof(label), "%dx%dx%d", S::kBM, S::kBN, S::kStages);
+  for (int i = 0; i < count; ++i) {
+    bad += check_case<__nv_bfloat16, D>(
+        shapes[i], "bf16", flashduo::sm90::launch_flash_fwd_sm90_cfg<__nv_bfloat16, D, S>, label,
+        nullptr);
+  }
+  return bad;
+}
+
+int check_variants(const Shape* shapes, int count) {
+  return check_variant<64, Tiles<64, 192, 128, 2>>(shapes, count) +
+         check_variant<64, Tiles<64, 192, 128, 3>>(shapes, count) +
+         check_variant<128, Tiles<128, 128, 176, 2>>(shapes, count) +
+         check_variant<128, Tiles<128, 128, 128, 3>>(shapes, count) +
+         check_variant<256, Tiles<256, 128, 64, 2>>(shapes, count);
+}
+
 void time_all_sm90() {
+  using T = __nv_bfloat16;
   for (int n : {1024, 4096, 16384}) {
-    time_sm90<__nv_bfloat16, 64>(n);
-    time_sm90<__nv_bfloat16, 96>(n);
-    time_sm90<__nv_bfloat16, 128>(n);
-    time_sm90<__nv_bfloat16, 256>(n);
+    time_sm90<T, 64>(n);
+    time_sm90<T, 64, Tiles<64, 192, 128, 2>>(n);
+    time_sm90<T, 64, Tiles<64, 192, 128, 3>>(n);
+    time_sm90<T, 96>(n);
+    time_sm90<T, 128>(n);
+    time_sm90<T, 128, Tiles<128, 128, 176, 2>>(n);
+    time_sm90<T, 128, Tiles<128, 128, 128, 3>>(n);
+    time_sm90<T, 256>(n);
+    time_sm90<T, 256, Tiles<256, 128, 64, 2>>(n);
   }
 }
 
@@ -432,12 +506,12 @@ int main(int argc, char** argv) {
       std::printf("check_flash sm90: skipped, this GPU is not sm_90\n");
       return 0;
     }
-    const int bad = check_sm90(shapes, count, false);
+    const int bad = check_sm90(shapes, 9, true) + check_variants(shapes, 9);
     time_all_sm90();
     std::printf("check_fwd sm90: %s\n", bad ? "FAILED" : "all cases passed");
     return bad ? 1 : 0;
   }
-  int bad = sm90 ? check_sm90(shapes, count, false) : 0;
+  int bad = sm90 ? check_sm90(shapes, count, true) + check_variants(shapes, 9) : 0;
   for (const Shape& s : shapes) {
     bad += check_case<__half, 64>(s, "fp16");
     bad += check_case<__nv_bfloat16, 64>(s, "bf16");

@@ -1,17 +1,20 @@
 // FlashAttention forward for Hopper (sm_90a): TMA, wgmma and warp specialization.
 //
-// A block owns BM = 128 query rows of one (batch, query head) and has three warpgroups.
+// A block owns BM query rows of one (batch, query head): one producer and BM / 64 (two or three)
+// consumer warpgroups (FwdTiles; the shipped shapes in FwdShape).
 // - Warpgroup 0, the producer, keeps 24 registers per thread (setmaxnreg) and one of its threads
 //   issues every TMA load: the Q tile once, then K and V tiles of BN rows into a ring of kStages
 //   shared-memory stages. A stage has "K full" and "V full" mbarriers (TMA counts the bytes that
-//   landed) and one "empty" mbarrier (all eight consumer warps are done with it).
-// - Warpgroups 1 and 2, the consumers, take 240 registers and own 64 query rows each. Per key
+//   landed) and one "empty" mbarrier (every consumer warp is done with it).
+// - The consumers share the registers the producer gave up and own 64 query rows each. Per key
 //   tile j a consumer issues S_j = Q K_j^T (wgmma, both operands in shared memory) and, in the
 //   same breath, O += P_{j-1} V_{j-1} (wgmma, P from registers), waits for S_j only, and runs the
-//   online softmax of tile j while the tensor cores still work on P_{j-1} V_{j-1}. The two
-//   consumers take turns issuing their products (two named barriers, "ping-pong"), so one's
-//   softmax (exp2 on the MUFU) runs under the other's matrix products.
+//   online softmax of tile j while the tensor cores still work on P_{j-1} V_{j-1}. The consumers
+//   take turns issuing their products (a named barrier per consumer, "ping-pong"), so one's
+//   softmax (exp2 on the MUFU) runs under the others' matrix products.
 // The epilogue normalizes O in registers and writes O and the natural-log lse to global memory.
+// With 2D RoPE, producer warps 1-3 rotate the Q tile and each K tile in shared memory once TMA
+// has landed it, and the consumers wait for the rotated tile instead.
 // Causal (top-left): key tiles past the block's last row are never loaded, only the tiles that
 // cross the diagonal are masked, and the heaviest query tiles are scheduled first. Rows past Nq
 // and keys past Nk arrive as zeros from TMA; the key tail is masked.
@@ -24,29 +27,45 @@
 #include "../common.cuh"
 #include "../params.h"
 #include "ptx.cuh"
+#include "rope.cuh"
 #include "wgmma.cuh"
 
 namespace flashduo::sm90 {
 
-// Tile shape per head dim. kChunk: the column block of a shared-memory tile (64 elements under
-// the 128-byte swizzle; 32 and the 64-byte swizzle for D = 96, which 64 does not divide).
-template <int D>
-struct FwdShape {
-  static constexpr int kBM = 128;
-  static constexpr int kBN = D <= 128 ? 128 : 80;
-  static constexpr int kStages = D <= 64 ? 3 : 2;
+// A tile shape: BM query rows per block (64 per consumer warpgroup), key tiles of BN rows, a ring
+// of kStages K/V stages. kChunk: the column block of a shared-memory tile (64 elements under the
+// 128-byte swizzle; 32 and the 64-byte swizzle for D = 96, which 64 does not divide). Registers
+// per thread after setmaxnreg: the producer keeps 24 (56 when it rotates tiles for RoPE), the
+// consumers share the rest.
+template <int D, int BM, int BN, int STAGES>
+struct FwdTiles {
+  static constexpr int kBM = BM, kBN = BN, kStages = STAGES;
+  static constexpr int kConsumers = BM / 64;
+  static constexpr int kThreads = 128 * (kConsumers + 1);
+  template <bool kRope>
+  static constexpr int kProducerRegs = kRope ? 56 : 24;
+  template <bool kRope>
+  static constexpr int kConsumerRegs = kConsumers == 2 ? (kRope ? 224 : 240) : (kRope ? 152 : 160);
   static constexpr int kChunk = D % 64 == 0 ? 64 : 32;
   static constexpr uint32_t kSwizzle = kChunk == 64 ? 1 : 2;  // descriptor code
   static constexpr uint32_t kGroup = 8 * kChunk * 2;           // bytes of 8 rows of a block
   static constexpr int kSmemTiles = (kBM + 2 * kStages * kBN) * D * 2;
-  static constexpr int kSmem = kSmemTiles + 1024 + (1 + 3 * kStages) * 8;  // + alignment, barriers
+  static constexpr int kSmem = kSmemTiles + 1024 + (2 + 4 * kStages) * 8;  // + alignment, barriers
+  static_assert(BM % 64 == 0 && (kConsumers == 2 || kConsumers == 3), "2 or 3 consumers");
+  static_assert(BN % 16 == 0 && BN <= 256 && kSmem <= 227 * 1024, "tile too large");
+  static_assert(kProducerRegs<true> * 128 + kConsumerRegs<true> * 128 * kConsumers <= 65536 &&
+                    kProducerRegs<false> * 128 + kConsumerRegs<false> * 128 * kConsumers <= 65536,
+                "registers");
 };
+
+// The shipped shape per head dim.
+template <int D>
+using FwdShape = FwdTiles<D, 128, D <= 128 ? 128 : 80, D <= 64 ? 3 : 2>;
 
 // Descriptor of the 16 columns [16 kk, 16 kk + 16) of rows [r0, r0 + 8 m) of a K-major tile of
 // `rows` rows stored as column blocks (ptx.cuh).
-template <typename T, int D>
+template <typename T, class S>
 __device__ __forceinline__ uint64_t kmajor_desc(const T* tile, int rows, int r0, int kk) {
-  using S = FwdShape<D>;
   const int col = kk * 16;
   const T* p = tile + (col / S::kChunk) * rows * S::kChunk + r0 * S::kChunk + col % S::kChunk;
   return smem_desc(p, 16, S::kGroup, S::kSwizzle);
@@ -54,9 +73,8 @@ __device__ __forceinline__ uint64_t kmajor_desc(const T* tile, int rows, int r0,
 
 // Descriptor of rows [16 kk, 16 kk + 16) of a V tile (BN x D) read as the N-major B operand of
 // P V: 8-row groups kGroup bytes apart, column blocks BN rows apart.
-template <typename T, int D>
+template <typename T, class S>
 __device__ __forceinline__ uint64_t v_desc(const T* tile, int kk) {
-  using S = FwdShape<D>;
   return smem_desc(tile + kk * 16 * S::kChunk, S::kBN * S::kChunk * 2, S::kGroup, S::kSwizzle);
 }
 
@@ -101,14 +119,14 @@ __device__ __forceinline__ void softmax_tile(float (&s)[BN / 2], float (&row_max
   }
 }
 
-template <typename T, int D, bool kCausal>
-__global__ void __launch_bounds__(384, 1)
+template <typename T, int D, bool kCausal, bool kRope, class S>
+__global__ void __launch_bounds__(S::kThreads, 1)
     flash_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tq,
                           const __grid_constant__ CUtensorMap tk,
                           const __grid_constant__ CUtensorMap tv, const FwdParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using S = FwdShape<D>;
   constexpr int BM = S::kBM, BN = S::kBN, C = S::kChunk, kStages = S::kStages;
+  constexpr int NC = S::kConsumers;
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = reinterpret_cast<unsigned char*>(
       (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
@@ -119,6 +137,8 @@ __global__ void __launch_bounds__(384, 1)
   uint64_t* k_full = q_full + 1;
   uint64_t* v_full = k_full + kStages;
   uint64_t* empty = v_full + kStages;
+  uint64_t* q_ready = empty + kStages;  // RoPE: the rotated tiles
+  uint64_t* k_ready = q_ready + 1;
 
   const QueryBlock blk = query_block<BM, kCausal>(p.nq, p.hq, p.hkv);
   const int n_end = kCausal ? min(p.nk, blk.m0 + BM) : p.nk;
@@ -130,14 +150,16 @@ __global__ void __launch_bounds__(384, 1)
     for (int s = 0; s < kStages; ++s) {
       mbar_init(&k_full[s], 1);
       mbar_init(&v_full[s], 1);
-      mbar_init(&empty[s], 8);
+      mbar_init(&empty[s], 4 * NC);  // one arrival per consumer warp
+      mbar_init(&k_ready[s], 96);
     }
+    mbar_init(q_ready, 96);
     mbar_fence_init();
   }
   __syncthreads();
 
-  if (wg == 0) {  // producer
-    regs_dealloc<24>();
+  if (wg == 0) {  // producer: warp 0 loads; with RoPE, warps 1-3 rotate what landed
+    regs_dealloc<S::template kProducerRegs<kRope>>();
     if (threadIdx.x == 0) {
       constexpr uint32_t kTileBytes = BN * D * 2;
       mbar_expect_tx(q_full, BM * D * 2);
@@ -159,11 +181,28 @@ __global__ void __launch_bounds__(384, 1)
           tma_load_4d(v_dst + c * BN * C, &tv, &v_full[s], c * C, j * BN, blk.hk, blk.b);
       }
     }
+    if constexpr (kRope) {
+      if (threadIdx.x >= 32) {
+        const int rt = threadIdx.x - 32;
+        mbar_wait(q_full, 0);
+        rope_tile<T, D, C, BM, 96>(sQ, blk.m0, p.rope, rt);
+        fence_proxy_async();
+        mbar_arrive(q_ready);
+        for (int j = 0; j < n_tiles; ++j) {
+          const int s = j % kStages;
+          mbar_wait(&k_full[s], (j / kStages) & 1);
+          rope_tile<T, D, C, BN, 96>(sK + s * BN * D, j * BN, p.rope, rt);
+          fence_proxy_async();
+          mbar_arrive(&k_ready[s]);
+        }
+      }
+    }
     return;
   }
 
-  regs_alloc<240>();
-  const int cw = wg - 1;  // consumer 0 or 1: rows [64 cw, 64 cw + 64) of the block
+  regs_alloc<S::template kConsumerRegs<kRope>>();
+  const int cw = wg - 1;  // consumer cw: rows [64 cw, 64 cw + 64) of the block
+  const int next_bar = 1 + (cw + 1) % NC;  // named barrier 1 + c: consumer c's turn
   const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
   const int row = blk.m0 + 64 * cw + 16 * warp + lane / 4;  // this thread's first row
   const int first_row = blk.m0 + 64 * cw;
@@ -176,12 +215,12 @@ __global__ void __launch_bounds__(384, 1)
   // The products this consumer issues per step, and the softmax between them.
   auto issue_s = [&](float(&sc)[BN / 2], int j) {
     const int s = j % kStages;
-    mbar_wait(&k_full[s], (j / kStages) & 1);
+    mbar_wait(kRope ? &k_ready[s] : &k_full[s], (j / kStages) & 1);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      wgmma_ss<T, 0>(sc, kmajor_desc<T, D>(sQ, BM, 64 * cw, kk),
-                     kmajor_desc<T, D>(sK + s * BN * D, BN, 0, kk), kk > 0);
+      wgmma_ss<T, 0>(sc, kmajor_desc<T, S>(sQ, BM, 64 * cw, kk),
+                     kmajor_desc<T, S>(sK + s * BN * D, BN, 0, kk), kk > 0);
     }
     wgmma_commit();
   };
@@ -191,7 +230,7 @@ __global__ void __launch_bounds__(384, 1)
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
-      wgmma_rs<T, 1>(o, pf[kk], v_desc<T, D>(sV + s * BN * D, kk), 1);
+      wgmma_rs<T, 1>(o, pf[kk], v_desc<T, S>(sV + s * BN * D, kk), 1);
     }
     wgmma_commit();
   };
@@ -218,13 +257,13 @@ __global__ void __launch_bounds__(384, 1)
     }
   };
 
-  if (cw == 1) bar_arrive(1, 256);  // consumer 0 issues first
-  mbar_wait(q_full, 0);
+  if (cw == NC - 1) bar_arrive(1, 256);  // consumer 0 issues first, then 1, ... in turn
+  mbar_wait(kRope ? q_ready : q_full, 0);
   {  // key tile 0: S only
     float sc[BN / 2], alpha[2];
     bar_sync(1 + cw, 256);  // this consumer's turn on the tensor cores
     issue_s(sc, 0);
-    bar_arrive(2 - cw, 256);  // the other consumer's turn
+    bar_arrive(next_bar, 256);  // the next consumer's turn
     wgmma_wait<0>();
     softmax(sc, 0, alpha);
     hold_p(sc, alpha);
@@ -234,7 +273,7 @@ __global__ void __launch_bounds__(384, 1)
     bar_sync(1 + cw, 256);
     issue_s(sc, j);
     issue_pv(j - 1);
-    bar_arrive(2 - cw, 256);
+    bar_arrive(next_bar, 256);
     wgmma_wait<1>();  // S_j is ready; P_{j-1} V_{j-1} may still run
     softmax(sc, j, alpha);
     wgmma_wait<0>();  // P_{j-1} V_{j-1} is done reading its stage and pf
@@ -243,9 +282,9 @@ __global__ void __launch_bounds__(384, 1)
   }
   bar_sync(1 + cw, 256);  // the last tile's P V
   issue_pv(n_tiles - 1);
-  bar_arrive(2 - cw, 256);
+  bar_arrive(next_bar, 256);
   wgmma_wait<0>();
-  if (cw == 0) bar_sync(1, 256);  // takes consumer 1's last hand-over
+  if (cw == 0) bar_sync(1, 256);  // takes the last consumer's last hand-over
 
   T* out = static_cast<T*>(p.o) + blk.b * p.o_sb + blk.h * p.o_sh;
   float* lse = p.lse + static_cast<int64_t>(blk.bh) * p.nq;

@@ -57,12 +57,12 @@ inline bool bhnd_map(CUtensorMap* map, const MapKey& key, int chunk, CUtensorMap
   return true;
 }
 
-// Launch the Hopper forward on `stream`. Requires an sm_90 device, nq, nk >= 1, hq % hkv == 0 and
-// no RoPE tables (p.rope.cos == nullptr). Returns cudaErrorNotSupported, launching nothing, when
-// q, k or v cannot be mapped for TMA.
-template <typename T, int D>
-cudaError_t launch_flash_fwd_sm90(const FwdParams& p, bool causal, cudaStream_t stream) {
-  using S = FwdShape<D>;
+// Launch the Hopper forward with tile shape S (FwdTiles) on `stream`. Requires an sm_90 device,
+// nq, nk >= 1, hq % hkv == 0, and RoPE tables (when p.rope.cos is set) starting on 16-byte
+// boundaries. Returns
+// cudaErrorNotSupported, launching nothing, when q, k or v cannot be mapped for TMA.
+template <typename T, int D, class S>
+cudaError_t launch_flash_fwd_sm90_cfg(const FwdParams& p, bool causal, cudaStream_t stream) {
   constexpr int64_t bf16 = std::is_same_v<T, __nv_bfloat16> ? 1 : 0;
   const CUtensorMapSwizzle sw =
       S::kChunk == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B;
@@ -75,19 +75,28 @@ cudaError_t launch_flash_fwd_sm90(const FwdParams& p, bool causal, cudaStream_t 
       bhnd_map(&tv, {p.v, p.b, p.hkv, p.nk, p.v_sb, p.v_sh, p.v_sn, D, S::kBN, bf16}, S::kChunk,
                sw);
   if (!ok) return cudaErrorNotSupported;
+  using Kernel = void (*)(CUtensorMap, CUtensorMap, CUtensorMap, FwdParams);
+  static const Kernel kernels[4] = {
+      flash_fwd_sm90_kernel<T, D, false, false, S>, flash_fwd_sm90_kernel<T, D, true, false, S>,
+      flash_fwd_sm90_kernel<T, D, false, true, S>, flash_fwd_sm90_kernel<T, D, true, true, S>};
   static const bool configured = [] {
-    cudaFuncSetAttribute(flash_fwd_sm90_kernel<T, D, false>,
-                         cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmem);
-    cudaFuncSetAttribute(flash_fwd_sm90_kernel<T, D, true>,
-                         cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmem);
+    for (Kernel k : kernels) {
+      cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmem);
+    }
     return true;
   }();
   (void)configured;
   const int num_m = (p.nq + S::kBM - 1) / S::kBM;
   const dim3 grid(static_cast<unsigned>(num_m) * p.b * p.hq);
-  auto kernel = causal ? flash_fwd_sm90_kernel<T, D, true> : flash_fwd_sm90_kernel<T, D, false>;
-  kernel<<<grid, 384, S::kSmem, stream>>>(tq, tk, tv, p);
+  const Kernel kernel = kernels[(causal ? 1 : 0) + (p.rope.cos != nullptr ? 2 : 0)];
+  kernel<<<grid, S::kThreads, S::kSmem, stream>>>(tq, tk, tv, p);
   return cudaGetLastError();
+}
+
+// The shipped shape (FwdShape<D>).
+template <typename T, int D>
+cudaError_t launch_flash_fwd_sm90(const FwdParams& p, bool causal, cudaStream_t stream) {
+  return launch_flash_fwd_sm90_cfg<T, D, FwdShape<D>>(p, causal, stream);
 }
 
 }  // namespace flashduo::sm90

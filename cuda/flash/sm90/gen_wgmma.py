@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pathlib
 
-SIZES = (64, 80, 96, 128, 192, 256)
+SIZES = (64, 80, 96, 128, 176, 192, 256)
 TYPES = (("__nv_bfloat16", "bf16"), ("__half", "f16"))
 HEADER = pathlib.Path(__file__).with_name("wgmma.cuh")
 
@@ -21,12 +21,16 @@ def _accs(n: int) -> tuple[str, str]:
     return regs, ops
 
 
-def _wrapper(n: int, name: str, params: str, a_operand: str, first_in: int, inputs: str) -> str:
+def _wrapper(n: int, name: str, params: str, a_operand: str, first_in: int, inputs: str,
+             zero: bool = False) -> str:
     """One wrapper: d[N / 2] accumulators, then A (a_operand, numbered from first_in), b-desc,
-    scale-d and the transpose flags; `inputs` are the asm inputs after the accumulators."""
+    scale-d and the transpose flags; `inputs` are the asm inputs after the accumulators. zero:
+    write-only accumulators (no dependence on their previous values) and scale-d 0."""
     regs, ops = _accs(n)
+    if zero:
+        ops = ops.replace('"+f"', '"=f"')
     b, sc, tb = first_in, first_in + 1, first_in + 2
-    trans = "0, " if name == "wgmma_ss" else ""  # imm-trans-a exists only with A in shared memory
+    trans = "" if name == "wgmma_rs" else "0, "  # imm-trans-a exists only with A in shared memory
     body = []
     for ctype, ptx in TYPES:
         body.append(
@@ -42,13 +46,17 @@ def _wrapper(n: int, name: str, params: str, a_operand: str, first_in: int, inpu
     return (
         f"template <typename T, int kTransB>\n"
         f"__device__ __forceinline__ void {name}(float (&d)[{n // 2}], {params}) {{\n"
+        + ("  constexpr int scale_d = 0;\n" if zero else "")
         + " else\n".join(body)
         + "\n}\n"
     )
 
 
-def _ss(n: int) -> str:
+def _ss(n: int, zero: bool = False) -> str:
     a = n // 2
+    if zero:
+        return _wrapper(n, "wgmma_ss_zero", "uint64_t desc_a, uint64_t desc_b", f"%{a}", a + 1,
+                        '"l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(kTransB)', zero=True)
     return _wrapper(n, "wgmma_ss", "uint64_t desc_a, uint64_t desc_b,\n    int scale_d", f"%{a}",
                     a + 1, '"l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(kTransB)')
 
@@ -71,12 +79,16 @@ def render() -> str:
         "// tile, warp w rows 16 w + lane / 4 (+ 8), columns 8 j + 2 (lane % 4) (+ 1) in\n"
         "// d[4 j .. 4 j + 3]. wgmma_ss reads A (64 x 16) and B (N x 16) through shared-memory matrix\n"
         "// descriptors; wgmma_rs takes A from registers (the mma.sync m16n8k16 A layout per warp).\n"
-        "// scale_d = 0: D = A B; else D += A B. kTransB = 1: B is N-major in shared memory.\n"
+        "// scale_d = 0: D = A B; else D += A B. wgmma_ss_zero: D = A B with d write-only (no false\n"
+        "// dependence on d's old values, which costs moves and injected waits).\n"
+        "// kTransB = 1: B is N-major in shared memory.\n"
         "#pragma once\n\n#include <cuda_bf16.h>\n#include <cuda_fp16.h>\n\n#include <cstdint>\n"
         "#include <type_traits>\n\nnamespace flashduo::sm90 {\n\n"
     ]
     for n in SIZES:
         parts.append(_ss(n))
+        parts.append("\n")
+        parts.append(_ss(n, zero=True))
         parts.append("\n")
         parts.append(_rs(n))
         parts.append("\n")

@@ -1,0 +1,456 @@
+// FlashAttention backward for Hopper (sm_90a): TMA, wgmma, warp specialization; deterministic
+// (no atomics), in three kernels like the mma.sync backward (../bwd_kernel.cuh):
+//
+// 1. delta = rowsum(dO * O), four threads per query row;
+// 2. dK/dV: a block keeps 128 keys of K and V in shared memory (64 per consumer warpgroup) and
+//    streams, for every query head of its GQA group, 64-row tiles of Q and dO (TMA, two stages)
+//    with their lse and delta (copied by producer warp 1). Per tile a consumer computes
+//    S^T = K Q^T and dP^T = V dO^T (wgmma from shared memory), P^T and dS^T in registers, then
+//    dV += P^T dO and dK += dS^T Q (wgmma, the A operand from registers);
+// 3. dQ: a block keeps 128 query rows of Q and dO and streams K and V tiles: S = Q K^T,
+//    dP = dO V^T, dS in registers, dQ += dS K.
+// The producer warpgroup keeps 24 registers (setmaxnreg), the two consumers 240. Causal tiles
+// that see nothing are skipped; rows past Nq / Nk arrive as zeros and are not stored. One-key rows
+// get exactly zero dQ, and dK when every row is one (../bwd_kernel.cuh, one_key_row).
+#pragma once
+
+#include <cuda.h>
+
+#include <cmath>
+
+#include "../bwd_kernel.cuh"
+#include "../params.h"
+#include "fwd_launch.cuh"
+#include "ptx.cuh"
+#include "wgmma.cuh"
+
+namespace flashduo::sm90 {
+
+template <int D>
+struct BwdShape {
+  static constexpr int kKeys = 128;                  // dK/dV: keys per block
+  static constexpr int kQTile = 64;                  // dK/dV: query rows per streamed tile
+  static constexpr int kRows = 128;                  // dQ: query rows per block
+  static constexpr int kKeyTile = D >= 128 ? 64 : 128;  // dQ: keys per streamed tile
+  static constexpr int kStages = 2;
+  static constexpr int kSmemDkdv =
+      (2 * kKeys + 2 * kStages * kQTile) * D * 2 + 2 * kStages * kQTile * 4 + 1024 + 8 * 8;
+  static constexpr int kSmemDq = (2 * kRows + 2 * kStages * kKeyTile) * D * 2 + 1024 + 8 * 8;
+  static_assert(D == 64 || D == 96 || D == 128, "the Hopper backward takes D = 64, 96, 128");
+};
+
+// Descriptor of rows [16 kk, 16 kk + 16) of a `rows` x D tile read as an N-major B operand
+// (K-dim = rows, N = D).
+template <typename T, int D>
+__device__ __forceinline__ uint64_t nmajor_desc(const T* tile, int rows, int kk) {
+  using S = FwdShape<D>;
+  return smem_desc(tile + kk * 16 * S::kChunk, rows * S::kChunk * 2, S::kGroup, S::kSwizzle);
+}
+
+// Sixteen-bit pairs of a 64 x N fp32 accumulator in the A-operand layout of wgmma (k-step kk).
+template <typename T, int N>
+__device__ __forceinline__ void pack_a(uint32_t (&a)[N / 16][4], const float (&x)[N / 2]) {
+#pragma unroll
+  for (int kk = 0; kk < N / 16; ++kk) {
+    a[kk][0] = pack2<T>(x[8 * kk + 0], x[8 * kk + 1]);
+    a[kk][1] = pack2<T>(x[8 * kk + 2], x[8 * kk + 3]);
+    a[kk][2] = pack2<T>(x[8 * kk + 4], x[8 * kk + 5]);
+    a[kk][3] = pack2<T>(x[8 * kk + 6], x[8 * kk + 7]);
+  }
+}
+
+// One 16-column step of d = A B^T over the head dim: the first step overwrites d.
+template <typename T, int N>
+__device__ __forceinline__ void mma_step(float (&d)[N], uint64_t a, uint64_t b, int kk) {
+  if (kk == 0) {
+    wgmma_ss_zero<T, 0>(d, a, b);
+  } else {
+    wgmma_ss<T, 0>(d, a, b, 1);
+  }
+}
+
+// Write a warpgroup's 64 x D accumulator (times mult) to rows row0 + [0, 64) of a (N, D) matrix.
+template <typename T, int D>
+__device__ __forceinline__ void store_acc(T* g, int64_t stride, int row0, int n,
+                                          const float (&acc)[D / 2], float mult) {
+  const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int row = row0 + 16 * warp + lane / 4 + 8 * i;
+    if (row >= n) continue;
+#pragma unroll
+    for (int t = 0; t < D / 8; ++t) {
+      *reinterpret_cast<uint32_t*>(g + row * stride + t * 8 + (lane % 4) * 2) =
+          pack2<T>(acc[4 * t + 2 * i] * mult, acc[4 * t + 2 * i + 1] * mult);
+    }
+  }
+}
+
+// delta = rowsum(dO * O) in fp32, four threads per row (D / 32 16-byte chunks each).
+template <typename T, int D>
+__global__ void __launch_bounds__(128) bwd_delta_kernel(const BwdParams p) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x / 4;
+  const int64_t rows = static_cast<int64_t>(p.b) * p.hq * p.nq;
+  float sum = 0.f;
+  if (row < rows) {
+    const int i = static_cast<int>(row % p.nq);
+    const int64_t bh = row / p.nq;
+    const int b = static_cast<int>(bh / p.hq), h = static_cast<int>(bh % p.hq);
+    const T* o = static_cast<const T*>(p.o) + b * p.o_sb + h * p.o_sh + i * p.o_sn;
+    const T* d = static_cast<const T*>(p.dout) + b * p.do_sb + h * p.do_sh + i * p.do_sn;
+#pragma unroll
+    for (int c = 0; c < D / 32; ++c) {
+      const int col = (c * 4 + threadIdx.x % 4) * 8;
+      const uint4 ov = *reinterpret_cast<const uint4*>(o + col);
+      const uint4 dv = *reinterpret_cast<const uint4*>(d + col);
+      const uint32_t ow[4] = {ov.x, ov.y, ov.z, ov.w}, dw[4] = {dv.x, dv.y, dv.z, dv.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float2 x = unpack2<T>(ow[j]), y = unpack2<T>(dw[j]);
+        sum += x.x * y.x + x.y * y.y;
+      }
+    }
+  }
+  sum += __shfl_xor_sync(0xffffffff, sum, 1);
+  sum += __shfl_xor_sync(0xffffffff, sum, 2);
+  if (row < rows && threadIdx.x % 4 == 0) p.delta[row] = sum;
+}
+
+// Tensor maps of the dK/dV kernel: q, dO (boxes of kQTile rows), k, v (kKeys rows).
+struct DkdvMaps {
+  CUtensorMap q, dout, k, v;
+};
+
+template <typename T, int D, bool kCausal>
+__global__ void __launch_bounds__(384, 1)
+    bwd_dkdv_sm90_kernel(const __grid_constant__ DkdvMaps maps, const BwdParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using B = BwdShape<D>;
+  using L = FwdShape<D>;  // the shared-memory layout (column blocks, swizzle) of the forward
+  constexpr int BN = B::kKeys, BM = B::kQTile, C = L::kChunk, kStages = B::kStages;
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* smem = reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  T* sK = reinterpret_cast<T*>(smem);
+  T* sV = sK + BN * D;
+  T* sQ = sV + BN * D;                 // kStages tiles
+  T* sDO = sQ + kStages * BM * D;      // kStages tiles
+  // per stage: lse2[BM] (lse in log2 units), delta[BM]
+  float* sStat = reinterpret_cast<float*>(sDO + kStages * BM * D);
+  uint64_t* kv_full = reinterpret_cast<uint64_t*>(sStat + kStages * 2 * BM);
+  uint64_t* qd_full = kv_full + 1;
+  uint64_t* stat_full = qd_full + kStages;
+  uint64_t* empty = stat_full + kStages;
+
+  const int num_n = (p.nk + BN - 1) / BN;
+  const int bh = blockIdx.x / num_n;  // (batch, K/V head)
+  const int b = bh / p.hkv, hk = bh % p.hkv;
+  const int n0 = (blockIdx.x % num_n) * BN;
+  const int group = p.hq / p.hkv;
+  const int m_first = kCausal ? n0 / BM : 0;  // earlier query tiles see none of these keys
+  const int m_tiles = (p.nq + BM - 1) / BM;
+  const int per_head = max(m_tiles - m_first, 0);
+  const int items = group * per_head;
+  const int wg = threadIdx.x / 128;
+
+  if (threadIdx.x == 0) {
+    mbar_init(kv_full, 1);
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(&qd_full[s], 1);
+      mbar_init(&stat_full[s], 32);
+      mbar_init(&empty[s], 8);
+    }
+    mbar_fence_init();
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // producer: thread 0 issues TMA, warp 1 copies lse and delta
+    regs_dealloc<24>();
+    if (threadIdx.x == 0) {
+      mbar_expect_tx(kv_full, 2 * BN * D * 2);
+#pragma unroll
+      for (int c = 0; c < D / C; ++c) {
+        tma_load_4d(sK + c * BN * C, &maps.k, kv_full, c * C, n0, hk, b);
+        tma_load_4d(sV + c * BN * C, &maps.v, kv_full, c * C, n0, hk, b);
+      }
+      for (int it = 0; it < items; ++it) {
+        const int s = it % kStages;
+        const int h = hk * group + it / per_head, m0 = (m_first + it % per_head) * BM;
+        if (it >= kStages) mbar_wait(&empty[s], (it / kStages - 1) & 1);
+        mbar_expect_tx(&qd_full[s], 2 * BM * D * 2);
+#pragma unroll
+        for (int c = 0; c < D / C; ++c) {
+          tma_load_4d(sQ + s * BM * D + c * BM * C, &maps.q, &qd_full[s], c * C, m0, h, b);
+          tma_load_4d(sDO + s * BM * D + c * BM * C, &maps.dout, &qd_full[s], c * C, m0, h, b);
+        }
+      }
+    } else if (threadIdx.x / 32 == 1) {
+      const int lane = threadIdx.x % 32;
+      for (int it = 0; it < items; ++it) {
+        const int s = it % kStages;
+        const int h = hk * group + it / per_head, m0 = (m_first + it % per_head) * BM;
+        if (it >= kStages) mbar_wait(&empty[s], (it / kStages - 1) & 1);
+        const int64_t base = (static_cast<int64_t>(b) * p.hq + h) * p.nq;
+        float* st = sStat + s * 2 * BM;
+#pragma unroll
+        for (int r = lane; r < BM; r += 32) {
+          const bool in = m0 + r < p.nq;
+          st[r] = in ? p.lse[base + m0 + r] * kLog2eF : 0.f;
+          st[BM + r] = in ? p.delta[base + m0 + r] : 0.f;
+        }
+        mbar_arrive(&stat_full[s]);
+      }
+    }
+    return;
+  }
+
+  regs_alloc<240>();
+  const int cw = wg - 1;  // keys [n0 + 64 cw, n0 + 64 cw + 64)
+  const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
+  const int key = n0 + 64 * cw + 16 * warp + lane / 4;  // this thread's first key
+  float dk[D / 2], dv[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
+  mbar_wait(kv_full, 0);
+  for (int it = 0; it < items; ++it) {
+    const int s = it % kStages, ph = (it / kStages) & 1;
+    const int m0 = (m_first + it % per_head) * BM;
+    const T* tQ = sQ + s * BM * D;
+    const T* tDO = sDO + s * BM * D;
+    float st[BM / 2], dpt[BM / 2];
+    mbar_wait(&qd_full[s], ph);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {  // S^T = K Q^T
+      mma_step<T>(st, kmajor_desc<T, L>(sK, BN, 64 * cw, kk), kmajor_desc<T, L>(tQ, BM, 0, kk), kk);
+    }
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {  // dP^T = V dO^T
+      mma_step<T>(dpt, kmajor_desc<T, L>(sV, BN, 64 * cw, kk),
+                  kmajor_desc<T, L>(tDO, BM, 0, kk), kk);
+    }
+    wgmma_commit();
+    mbar_wait(&stat_full[s], ph);
+    wgmma_wait<0>();
+    const float* lse2 = sStat + s * 2 * BM;
+    const float* dl = lse2 + BM;
+#pragma unroll
+    for (int t = 0; t < BM / 8; ++t) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = t * 8 + (lane % 4) * 2 + (e & 1), qi = m0 + col;
+        const int kj = key + (e >> 1) * 8;
+        float pv = 0.f, ds = 0.f;
+        if (qi < p.nq && (!kCausal || qi >= kj)) {
+          pv = exp2f(st[4 * t + e] * p.scale_log2 - lse2[col]);
+          ds = pv * (dpt[4 * t + e] - dl[col]);
+        }
+        st[4 * t + e] = pv;
+        dpt[4 * t + e] = ds;
+      }
+    }
+    uint32_t pa[BM / 16][4], da[BM / 16][4];
+    pack_a<T, BM>(pa, st);
+    pack_a<T, BM>(da, dpt);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; ++kk) {
+      wgmma_rs<T, 1>(dv, pa[kk], nmajor_desc<T, D>(tDO, BM, kk), 1);  // dV += P^T dO
+      wgmma_rs<T, 1>(dk, da[kk], nmajor_desc<T, D>(tQ, BM, kk), 1);   // dK += dS^T Q
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    if (lane == 0) mbar_arrive(&empty[s]);
+  }
+  T* gdk = static_cast<T*>(p.dk) + b * p.dk_sb + hk * p.dk_sh;
+  T* gdv = static_cast<T*>(p.dv) + b * p.dk_sb + hk * p.dk_sh;
+  const bool all_one_key = one_key_row<kCausal>(p.nq - 1, p.nk);
+  store_acc<T, D>(gdk, p.dk_sn, n0 + 64 * cw, p.nk, dk, all_one_key ? 0.f : p.scale);
+  store_acc<T, D>(gdv, p.dk_sn, n0 + 64 * cw, p.nk, dv, 1.f);
+#endif
+}
+
+// Tensor maps of the dQ kernel: q, dO (kRows rows), k, v (kKeyTile rows).
+struct DqMaps {
+  CUtensorMap q, dout, k, v;
+};
+
+template <typename T, int D, bool kCausal>
+__global__ void __launch_bounds__(384, 1)
+    bwd_dq_sm90_kernel(const __grid_constant__ DqMaps maps, const BwdParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using B = BwdShape<D>;
+  using L = FwdShape<D>;
+  constexpr int BM = B::kRows, BN = B::kKeyTile, C = L::kChunk, kStages = B::kStages;
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* smem = reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  T* sQ = reinterpret_cast<T*>(smem);
+  T* sDO = sQ + BM * D;
+  T* sK = sDO + BM * D;             // kStages tiles
+  T* sV = sK + kStages * BN * D;    // kStages tiles
+  uint64_t* qd_full = reinterpret_cast<uint64_t*>(sV + kStages * BN * D);
+  uint64_t* kv_full = qd_full + 1;
+  uint64_t* empty = kv_full + kStages;
+
+  const int num_m = (p.nq + BM - 1) / BM;
+  const int bh = blockIdx.x / num_m;
+  const int m_blk = kCausal ? num_m - 1 - static_cast<int>(blockIdx.x % num_m)
+                            : static_cast<int>(blockIdx.x % num_m);
+  const int b = bh / p.hq, h = bh % p.hq, hk = h / (p.hq / p.hkv), m0 = m_blk * BM;
+  const int n_end = kCausal ? min(p.nk, m0 + BM) : p.nk;
+  const int n_tiles = (n_end + BN - 1) / BN;
+  const int wg = threadIdx.x / 128;
+
+  if (threadIdx.x == 0) {
+    mbar_init(qd_full, 1);
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(&kv_full[s], 1);
+      mbar_init(&empty[s], 8);
+    }
+    mbar_fence_init();
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    regs_dealloc<24>();
+    if (threadIdx.x == 0) {
+      mbar_expect_tx(qd_full, 2 * BM * D * 2);
+#pragma unroll
+      for (int c = 0; c < D / C; ++c) {
+        tma_load_4d(sQ + c * BM * C, &maps.q, qd_full, c * C, m0, h, b);
+        tma_load_4d(sDO + c * BM * C, &maps.dout, qd_full, c * C, m0, h, b);
+      }
+      for (int j = 0; j < n_tiles; ++j) {
+        const int s = j % kStages;
+        if (j >= kStages) mbar_wait(&empty[s], (j / kStages - 1) & 1);
+        mbar_expect_tx(&kv_full[s], 2 * BN * D * 2);
+#pragma unroll
+        for (int c = 0; c < D / C; ++c) {
+          tma_load_4d(sK + s * BN * D + c * BN * C, &maps.k, &kv_full[s], c * C, j * BN, hk, b);
+          tma_load_4d(sV + s * BN * D + c * BN * C, &maps.v, &kv_full[s], c * C, j * BN, hk, b);
+        }
+      }
+    }
+    return;
+  }
+
+  regs_alloc<240>();
+  const int cw = wg - 1;
+  const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
+  const int row = m0 + 64 * cw + 16 * warp + lane / 4;
+  const int64_t stat = static_cast<int64_t>(bh) * p.nq;
+  float lse2[2], dl[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const bool in = row + 8 * i < p.nq;
+    lse2[i] = in ? p.lse[stat + row + 8 * i] * kLog2eF : 0.f;
+    dl[i] = in ? p.delta[stat + row + 8 * i] : 0.f;
+  }
+  float dq[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) dq[i] = 0.f;
+  mbar_wait(qd_full, 0);
+  for (int j = 0; j < n_tiles; ++j) {
+    const int s = j % kStages;
+    const T* tK = sK + s * BN * D;
+    const T* tV = sV + s * BN * D;
+    float sc[BN / 2], dp[BN / 2];
+    mbar_wait(&kv_full[s], (j / kStages) & 1);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {  // S = Q K^T
+      mma_step<T>(sc, kmajor_desc<T, L>(sQ, BM, 64 * cw, kk), kmajor_desc<T, L>(tK, BN, 0, kk), kk);
+    }
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {  // dP = dO V^T
+      mma_step<T>(dp, kmajor_desc<T, L>(sDO, BM, 64 * cw, kk),
+                  kmajor_desc<T, L>(tV, BN, 0, kk), kk);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+#pragma unroll
+    for (int t = 0; t < BN / 8; ++t) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = j * BN + t * 8 + (lane % 4) * 2 + (e & 1);
+        const int r = row + (e >> 1) * 8;
+        float ds = 0.f;
+        if (col < p.nk && (!kCausal || col <= r)) {
+          ds = exp2f(sc[4 * t + e] * p.scale_log2 - lse2[e >> 1]) * (dp[4 * t + e] - dl[e >> 1]);
+        }
+        sc[4 * t + e] = ds;
+      }
+    }
+    uint32_t da[BN / 16][4];
+    pack_a<T, BN>(da, sc);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      wgmma_rs<T, 1>(dq, da[kk], nmajor_desc<T, D>(tK, BN, kk), 1);  // dQ += dS K
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    if (lane == 0) mbar_arrive(&empty[s]);
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {  // a one-key row's dQ is exactly 0
+    if (!one_key_row<kCausal>(row + 8 * i, p.nk)) continue;
+#pragma unroll
+    for (int t = 0; t < D / 8; ++t) dq[4 * t + 2 * i] = dq[4 * t + 2 * i + 1] = 0.f;
+  }
+  T* gdq = static_cast<T*>(p.dq) + b * p.dq_sb + h * p.dq_sh;
+  store_acc<T, D>(gdq, p.dq_sn, m0 + 64 * cw, p.nq, dq, p.scale);
+#endif
+}
+
+// Launch the Hopper backward on `stream`: the delta pass, then the dK/dV and dQ kernels. Requires
+// an sm_90 device, nq, nk >= 1, hq % hkv == 0 and no RoPE tables. cudaErrorNotSupported, launching
+// nothing, when an input cannot be mapped for TMA.
+template <typename T, int D>
+cudaError_t launch_flash_bwd_sm90(const BwdParams& p, bool causal, cudaStream_t stream) {
+  using B = BwdShape<D>;
+  using F = FwdShape<D>;
+  constexpr int64_t bf16 = std::is_same_v<T, __nv_bfloat16> ? 1 : 0;
+  const CUtensorMapSwizzle sw =
+      F::kChunk == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B;
+  auto map = [&](CUtensorMap* m, const void* base, int h, int n, int64_t sb, int64_t sh,
+                 int64_t sn, int rows) {
+    return bhnd_map(m, {base, p.b, h, n, sb, sh, sn, D, rows, bf16}, F::kChunk, sw);
+  };
+  DkdvMaps mk;
+  DqMaps mq;
+  const bool ok =
+      map(&mk.q, p.q, p.hq, p.nq, p.q_sb, p.q_sh, p.q_sn, B::kQTile) &&
+      map(&mk.dout, p.dout, p.hq, p.nq, p.do_sb, p.do_sh, p.do_sn, B::kQTile) &&
+      map(&mk.k, p.k, p.hkv, p.nk, p.k_sb, p.k_sh, p.k_sn, B::kKeys) &&
+      map(&mk.v, p.v, p.hkv, p.nk, p.v_sb, p.v_sh, p.v_sn, B::kKeys) &&
+      map(&mq.q, p.q, p.hq, p.nq, p.q_sb, p.q_sh, p.q_sn, B::kRows) &&
+      map(&mq.dout, p.dout, p.hq, p.nq, p.do_sb, p.do_sh, p.do_sn, B::kRows) &&
+      map(&mq.k, p.k, p.hkv, p.nk, p.k_sb, p.k_sh, p.k_sn, B::kKeyTile) &&
+      map(&mq.v, p.v, p.hkv, p.nk, p.v_sb, p.v_sh, p.v_sn, B::kKeyTile);
+  if (!ok) return cudaErrorNotSupported;
+  static const bool configured = [] {
+    cudaFuncSetAttribute(bwd_dkdv_sm90_kernel<T, D, false>,
+                         cudaFuncAttributeMaxDynamicSharedMemorySize, B::kSmemDkdv);
+    cudaFuncSetAttribute(bwd_dkdv_sm90_kernel<T, D, true>,
+                         cudaFuncAttributeMaxDynamicSharedMemorySize, B::kSmemDkdv);
+    cudaFuncSetAttribute(bwd_dq_sm90_kernel<T, D, false>,
+                         cudaFuncAttributeMaxDynamicSharedMemorySize, B::kSmemDq);
+    cudaFuncSetAttribute(bwd_dq_sm90_kernel<T, D, true>,
+                         cudaFuncAttributeMaxDynamicSharedMemorySize, B::kSmemDq);
+    return true;
+  }();
+  (void)configured;
+  const int64_t rows = static_cast<int64_t>(p.b) * p.hq * p.nq;
+  bwd_delta_kernel<T, D><<<static_cast<unsigned>((rows + 31) / 32), 128, 0, stream>>>(p);
+  const unsigned grid_kv = static_cast<unsigned>((p.nk + B::kKeys - 1) / B::kKeys) * p.b * p.hkv;
+  auto dkdv = causal ? bwd_dkdv_sm90_kernel<T, D, true> : bwd_dkdv_sm90_kernel<T, D, false>;
+  dkdv<<<grid_kv, 384, B::kSmemDkdv, stream>>>(mk, p);
+  const unsigned grid_q = static_cast<unsigned>((p.nq + B::kRows - 1) / B::kRows) * p.b * p.hq;
+  auto dq = causal ? bwd_dq_sm90_kernel<T, D, true> : bwd_dq_sm90_kernel<T, D, false>;
+  dq<<<grid_q, 384, B::kSmemDq, stream>>>(mq, p);
+  return cudaGetLastError();
+}
+
+}  // namespace flashduo::sm90
