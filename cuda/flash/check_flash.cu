@@ -364,8 +364,12 @@ void time_sm90(int n) {
     const double flops = 4.0 * b * h * double(n) * n * D / (causal ? 2 : 1);
     const float ms = time_ms(
         [&] { return flashduo::sm90::launch_flash_fwd_sm90_cfg<T, D, S>(in.p, causal, 0); });
-    std::printf("time  sm90 fwd %dx%dx%d D=%-3d N=%-5d causal=%d  %.3f ms %.0f TFLOPS\n", S::kBM,
-                S::kBN, S::kStages, D, n, causal, ms, flops / (ms * 1e-3) / 1e12);
+    const float mp = time_ms([&] {
+      return flashduo::sm90::launch_flash_fwd_sm90_cfg<T, D, S>(in.p, causal, 0, true);
+    });
+    std::printf("time  sm90 fwd %dx%dx%d D=%-3d N=%-5d causal=%d  %.3f ms %.0f TFLOPS | persistent"
+                " %.3f ms %.0f TFLOPS\n", S::kBM, S::kBN, S::kStages, D, n, causal, ms,
+                flops / (ms * 1e-3) / 1e12, mp, flops / (mp * 1e-3) / 1e12);
     if constexpr (D <= 128 && std::is_same_v<S, flashduo::sm90::FwdShape<D>>) {
       BwdParams pb{in.q, in.k, in.v, in.o, in.q, in.lse, delta, dq, dk, dv,
                    sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D,
@@ -441,6 +445,11 @@ int check_sm90(const Shape* shapes, int count, bool with_bwd) {
 template <int D, int BM, int BN, int STAGES>
 using Tiles = flashduo::sm90::FwdTiles<D, BM, BN, STAGES>;
 
+template <typename T, int D, class S>
+cudaError_t variant_fwd(const FwdParams& p, bool causal, cudaStream_t stream) {
+  return flashduo::sm90::launch_flash_fwd_sm90_cfg<T, D, S>(p, causal, stream);
+}
+
 template <int D, class S>
 int check_variant(const Shape* shapes, int count) {
   int bad = 0;
@@ -448,8 +457,26 @@ int check_variant(const Shape* shapes, int count) {
   std::snprintf(label, sizeof(label), "%dx%dx%d", S::kBM, S::kBN, S::kStages);
   for (int i = 0; i < count; ++i) {
     bad += check_case<__nv_bfloat16, D>(
-        shapes[i], "bf16", flashduo::sm90::launch_flash_fwd_sm90_cfg<__nv_bfloat16, D, S>, label,
-        nullptr);
+        shapes[i], "bf16", variant_fwd<__nv_bfloat16, D, S>, label, nullptr);
+  }
+  return bad;
+}
+
+// The shipped shape launched persistent (a block per SM walking the query tiles).
+template <typename T, int D>
+cudaError_t persistent_fwd(const FwdParams& p, bool causal, cudaStream_t stream) {
+  using S = flashduo::sm90::FwdShape<D>;
+  return flashduo::sm90::launch_flash_fwd_sm90_cfg<T, D, S>(p, causal, stream, true);
+}
+
+// Persistent launches on every shape (most give a block several query tiles), bf16.
+int check_persistent(const Shape* shapes, int count) {
+  int bad = 0;
+  for (int i = 0; i < count; ++i) {
+    bad += check_case<__nv_bfloat16, 64>(shapes[i], "bf16", persistent_fwd<__nv_bfloat16, 64>,
+                                         "persistent", nullptr);
+    bad += check_case<__nv_bfloat16, 128>(shapes[i], "bf16", persistent_fwd<__nv_bfloat16, 128>,
+                                          "persistent", nullptr);
   }
   return bad;
 }
@@ -462,8 +489,21 @@ int check_variants(const Shape* shapes, int count) {
          check_variant<256, Tiles<256, 128, 64, 2>>(shapes, count);
 }
 
+// The ViT-S forward (B = 256, H = 6, N = 197, D = 64) on the Hopper kernel, one block per query
+// tile and persistent.
+void time_vit_sm90() {
+  using T = __nv_bfloat16;
+  const DeviceInputs<T, 64> in(256, 6, 197, 31, kLog2eF / 8.f);
+  const float one =
+      time_ms([&] { return flashduo::sm90::launch_flash_fwd_sm90<T, 64>(in.p, false, 0); });
+  const float per = time_ms([&] { return persistent_fwd<T, 64>(in.p, false, 0); });
+  std::printf("time  ViT-S sm90 fwd (us): a block per tile %.1f, persistent %.1f\n", 1e3f * one,
+              1e3f * per);
+}
+
 void time_all_sm90() {
   using T = __nv_bfloat16;
+  time_vit_sm90();
   for (int n : {1024, 4096, 16384}) {
     time_sm90<T, 64>(n);
     time_sm90<T, 64, Tiles<64, 192, 128, 2>>(n);
@@ -506,12 +546,15 @@ int main(int argc, char** argv) {
       std::printf("check_flash sm90: skipped, this GPU is not sm_90\n");
       return 0;
     }
-    const int bad = check_sm90(shapes, 9, true) + check_variants(shapes, 9);
+    const int bad = check_sm90(shapes, 9, true) + check_variants(shapes, 9) +
+                    check_persistent(shapes, count);
     time_all_sm90();
     std::printf("check_fwd sm90: %s\n", bad ? "FAILED" : "all cases passed");
     return bad ? 1 : 0;
   }
-  int bad = sm90 ? check_sm90(shapes, count, true) + check_variants(shapes, 9) : 0;
+  int bad = sm90 ? check_sm90(shapes, count, true) + check_variants(shapes, 9) +
+                       check_persistent(shapes, count)
+                 : 0;
   for (const Shape& s : shapes) {
     bad += check_case<__half, 64>(s, "fp16");
     bad += check_case<__nv_bfloat16, 64>(s, "bf16");

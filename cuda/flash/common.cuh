@@ -120,21 +120,26 @@ __device__ __forceinline__ uint32_t ldsm_at(const LdsmRows& rows, int row0, int 
   return rows.a[kk % 4] + (kk / 4) * 128 + row0 * D * 2;
 }
 
-// Which (batch, query head, K/V head, query tile) a block of a query-resident kernel owns: a 1-D
-// grid with query tiles fastest (blocks running together share a head's K/V in L2); causal runs
+// Which (batch, query head, K/V head, query tile) tile `idx` of a query-resident kernel is: a 1-D
+// order with query tiles fastest (blocks running together share a head's K/V in L2); causal runs
 // the heaviest (last) query tiles of a head first.
 struct QueryBlock {
   int bh, b, h, hk, m0;
 };
 
 template <int BM, bool kCausal>
-__device__ __forceinline__ QueryBlock query_block(int nq, int hq, int hkv) {
+__device__ __forceinline__ QueryBlock query_block_at(int idx, int nq, int hq, int hkv) {
   const int num_m = (nq + BM - 1) / BM;
-  const int bh = blockIdx.x / num_m;
-  const int m_blk = kCausal ? num_m - 1 - static_cast<int>(blockIdx.x % num_m)
-                            : static_cast<int>(blockIdx.x % num_m);
+  const int bh = idx / num_m;
+  const int m_blk = kCausal ? num_m - 1 - idx % num_m : idx % num_m;
   const int h = bh % hq;
   return {bh, bh / hq, h, h / (hq / hkv), m_blk * BM};
+}
+
+// The block's own tile (1-D grid, one tile per block).
+template <int BM, bool kCausal>
+__device__ __forceinline__ QueryBlock query_block(int nq, int hq, int hkv) {
+  return query_block_at<BM, kCausal>(static_cast<int>(blockIdx.x), nq, hq, hkv);
 }
 
 // Copy rows [row0, row0 + ROWS) of a (N, D) matrix into a swizzled tile; rows >= n become zeros.

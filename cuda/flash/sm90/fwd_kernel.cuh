@@ -50,7 +50,7 @@ struct FwdTiles {
   static constexpr uint32_t kSwizzle = kChunk == 64 ? 1 : 2;  // descriptor code
   static constexpr uint32_t kGroup = 8 * kChunk * 2;           // bytes of 8 rows of a block
   static constexpr int kSmemTiles = (kBM + 2 * kStages * kBN) * D * 2;
-  static constexpr int kSmem = kSmemTiles + 1024 + (2 + 4 * kStages) * 8;  // + alignment, barriers
+  static constexpr int kSmem = kSmemTiles + 1024 + (3 + 4 * kStages) * 8;  // + alignment, barriers
   static_assert(BM % 64 == 0 && (kConsumers == 2 || kConsumers == 3), "2 or 3 consumers");
   static_assert(BN % 16 == 0 && BN <= 256 && kSmem <= 227 * 1024, "tile too large");
   static_assert(kProducerRegs<true> * 128 + kConsumerRegs<true> * 128 * kConsumers <= 65536 &&
@@ -139,14 +139,21 @@ __global__ void __launch_bounds__(S::kThreads, 1)
   uint64_t* empty = v_full + kStages;
   uint64_t* q_ready = empty + kStages;  // RoPE: the rotated tiles
   uint64_t* k_ready = q_ready + 1;
+  uint64_t* q_empty = k_ready + kStages;  // the consumers are done with the Q tile
 
-  const QueryBlock blk = query_block<BM, kCausal>(p.nq, p.hq, p.hkv);
-  const int n_end = kCausal ? min(p.nk, blk.m0 + BM) : p.nk;
-  const int n_tiles = (n_end + BN - 1) / BN;
+  // The block's query tiles: blockIdx.x, then every gridDim.x-th (one per block unless the launch
+  // is persistent). Key tiles are counted across them (g), so the ring's phases run on.
+  const int num_m = (p.nq + BM - 1) / BM;
+  const int total = num_m * p.b * p.hq;
+  auto key_tiles = [&](const QueryBlock& blk) {
+    const int n_end = kCausal ? min(p.nk, blk.m0 + BM) : p.nk;
+    return (n_end + BN - 1) / BN;
+  };
   const int wg = threadIdx.x / 128;
 
   if (threadIdx.x == 0) {
     mbar_init(q_full, 1);
+    mbar_init(q_empty, 4 * NC);
     for (int s = 0; s < kStages; ++s) {
       mbar_init(&k_full[s], 1);
       mbar_init(&v_full[s], 1);
@@ -162,38 +169,49 @@ __global__ void __launch_bounds__(S::kThreads, 1)
     regs_dealloc<S::template kProducerRegs<kRope>>();
     if (threadIdx.x == 0) {
       constexpr uint32_t kTileBytes = BN * D * 2;
-      mbar_expect_tx(q_full, BM * D * 2);
-#pragma unroll
-      for (int c = 0; c < D / C; ++c)
-        tma_load_4d(sQ + c * BM * C, &tq, q_full, c * C, blk.m0, blk.h, blk.b);
-      for (int j = 0; j < n_tiles; ++j) {
-        const int s = j % kStages;
-        if (j >= kStages) mbar_wait(&empty[s], (j / kStages - 1) & 1);
-        T* k_dst = sK + s * BN * D;
-        T* v_dst = sV + s * BN * D;
-        mbar_expect_tx(&k_full[s], kTileBytes);
+      int g = 0;
+      for (int tile = blockIdx.x, lt = 0; tile < total; tile += gridDim.x, ++lt) {
+        const QueryBlock blk = query_block_at<BM, kCausal>(tile, p.nq, p.hq, p.hkv);
+        if (lt > 0) mbar_wait(q_empty, (lt - 1) & 1);
+        mbar_expect_tx(q_full, BM * D * 2);
 #pragma unroll
         for (int c = 0; c < D / C; ++c)
-          tma_load_4d(k_dst + c * BN * C, &tk, &k_full[s], c * C, j * BN, blk.hk, blk.b);
-        mbar_expect_tx(&v_full[s], kTileBytes);
+          tma_load_4d(sQ + c * BM * C, &tq, q_full, c * C, blk.m0, blk.h, blk.b);
+        const int n_tiles = key_tiles(blk);
+        for (int j = 0; j < n_tiles; ++j, ++g) {
+          const int s = g % kStages;
+          if (g >= kStages) mbar_wait(&empty[s], (g / kStages - 1) & 1);
+          T* k_dst = sK + s * BN * D;
+          T* v_dst = sV + s * BN * D;
+          mbar_expect_tx(&k_full[s], kTileBytes);
 #pragma unroll
-        for (int c = 0; c < D / C; ++c)
-          tma_load_4d(v_dst + c * BN * C, &tv, &v_full[s], c * C, j * BN, blk.hk, blk.b);
+          for (int c = 0; c < D / C; ++c)
+            tma_load_4d(k_dst + c * BN * C, &tk, &k_full[s], c * C, j * BN, blk.hk, blk.b);
+          mbar_expect_tx(&v_full[s], kTileBytes);
+#pragma unroll
+          for (int c = 0; c < D / C; ++c)
+            tma_load_4d(v_dst + c * BN * C, &tv, &v_full[s], c * C, j * BN, blk.hk, blk.b);
+        }
       }
     }
     if constexpr (kRope) {
       if (threadIdx.x >= 32) {
         const int rt = threadIdx.x - 32;
-        mbar_wait(q_full, 0);
-        rope_tile<T, D, C, BM, 96>(sQ, blk.m0, p.rope, rt);
-        fence_proxy_async();
-        mbar_arrive(q_ready);
-        for (int j = 0; j < n_tiles; ++j) {
-          const int s = j % kStages;
-          mbar_wait(&k_full[s], (j / kStages) & 1);
-          rope_tile<T, D, C, BN, 96>(sK + s * BN * D, j * BN, p.rope, rt);
+        int g = 0;
+        for (int tile = blockIdx.x, lt = 0; tile < total; tile += gridDim.x, ++lt) {
+          const QueryBlock blk = query_block_at<BM, kCausal>(tile, p.nq, p.hq, p.hkv);
+          mbar_wait(q_full, lt & 1);
+          rope_tile<T, D, C, BM, 96>(sQ, blk.m0, p.rope, rt);
           fence_proxy_async();
-          mbar_arrive(&k_ready[s]);
+          mbar_arrive(q_ready);
+          const int n_tiles = key_tiles(blk);
+          for (int j = 0; j < n_tiles; ++j, ++g) {
+            const int s = g % kStages;
+            mbar_wait(&k_full[s], (g / kStages) & 1);
+            rope_tile<T, D, C, BN, 96>(sK + s * BN * D, j * BN, p.rope, rt);
+            fence_proxy_async();
+            mbar_arrive(&k_ready[s]);
+          }
         }
       }
     }
@@ -204,105 +222,121 @@ __global__ void __launch_bounds__(S::kThreads, 1)
   const int cw = wg - 1;  // consumer cw: rows [64 cw, 64 cw + 64) of the block
   const int next_bar = 1 + (cw + 1) % NC;  // named barrier 1 + c: consumer c's turn
   const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
-  const int row = blk.m0 + 64 * cw + 16 * warp + lane / 4;  // this thread's first row
-  const int first_row = blk.m0 + 64 * cw;
-  float o[D / 2];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
-  uint32_t pf[BN / 16][4];  // P of the previous tile, 16-bit pairs in the wgmma A layout
+  uint32_t pf[BN / 16][4];  // P of the previous key tile, 16-bit pairs in the wgmma A layout
+  int g0 = 0;               // the ring position of this query tile's key tile 0
 
-  // The products this consumer issues per step, and the softmax between them.
-  auto issue_s = [&](float(&sc)[BN / 2], int j) {
-    const int s = j % kStages;
-    mbar_wait(kRope ? &k_ready[s] : &k_full[s], (j / kStages) & 1);
-    wgmma_fence();
+  // Turns on the tensor cores run on across query tiles: consumer 0 first, then 1, ...; each
+  // hands over to the next after issuing. One opening hand-over here and one closing take below
+  // keep every named barrier's arrivals and waits paired (an unpaired second arrival would
+  // complete a barrier without its waiter).
+  if (cw == NC - 1) bar_arrive(1, 256);
+  for (int tile = blockIdx.x, lt = 0; tile < total; tile += gridDim.x, ++lt) {
+    const QueryBlock blk = query_block_at<BM, kCausal>(tile, p.nq, p.hq, p.hkv);
+    const int n_tiles = key_tiles(blk);
+    const int row = blk.m0 + 64 * cw + 16 * warp + lane / 4;  // this thread's first row
+    const int first_row = blk.m0 + 64 * cw;
+    float o[D / 2];
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      wgmma_ss<T, 0>(sc, kmajor_desc<T, S>(sQ, BM, 64 * cw, kk),
-                     kmajor_desc<T, S>(sK + s * BN * D, BN, 0, kk), kk > 0);
-    }
-    wgmma_commit();
-  };
-  auto issue_pv = [&](int j) {
-    const int s = j % kStages;
-    mbar_wait(&v_full[s], (j / kStages) & 1);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      wgmma_rs<T, 1>(o, pf[kk], v_desc<T, S>(sV + s * BN * D, kk), 1);
-    }
-    wgmma_commit();
-  };
-  auto softmax = [&](float(&sc)[BN / 2], int j, float(&alpha)[2]) {
-    const int n0 = j * BN;
-    const bool mask = n0 + BN > p.nk || (kCausal && n0 + BN - 1 > first_row);
-    softmax_tile<BN, kCausal>(sc, row_max, row_sum, alpha, n0, p.nk, row, mask, p.scale_log2);
-  };
-  // Hold P_j as 16-bit pairs for the next step's P V, and rescale o (P_{j-1} V_{j-1} is in it).
-  auto hold_p = [&](const float(&sc)[BN / 2], const float(&alpha)[2]) {
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      pf[kk][0] = pack2<T>(sc[8 * kk + 0], sc[8 * kk + 1]);
-      pf[kk][1] = pack2<T>(sc[8 * kk + 2], sc[8 * kk + 3]);
-      pf[kk][2] = pack2<T>(sc[8 * kk + 4], sc[8 * kk + 5]);
-      pf[kk][3] = pack2<T>(sc[8 * kk + 6], sc[8 * kk + 7]);
-    }
-#pragma unroll
-    for (int t = 0; t < D / 8; ++t) {
-      o[4 * t] *= alpha[0];
-      o[4 * t + 1] *= alpha[0];
-      o[4 * t + 2] *= alpha[1];
-      o[4 * t + 3] *= alpha[1];
-    }
-  };
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
 
-  if (cw == NC - 1) bar_arrive(1, 256);  // consumer 0 issues first, then 1, ... in turn
-  mbar_wait(kRope ? q_ready : q_full, 0);
-  {  // key tile 0: S only
-    float sc[BN / 2], alpha[2];
-    bar_sync(1 + cw, 256);  // this consumer's turn on the tensor cores
-    issue_s(sc, 0);
-    bar_arrive(next_bar, 256);  // the next consumer's turn
-    wgmma_wait<0>();
-    softmax(sc, 0, alpha);
-    hold_p(sc, alpha);
-  }
-  for (int j = 1; j < n_tiles; ++j) {  // S_j with P_{j-1} V_{j-1} behind it
-    float sc[BN / 2], alpha[2];
-    bar_sync(1 + cw, 256);
-    issue_s(sc, j);
-    issue_pv(j - 1);
+    // The products this consumer issues per step, and the softmax between them.
+    auto issue_s = [&](float(&sc)[BN / 2], int j) {
+      const int g = g0 + j, s = g % kStages;
+      mbar_wait(kRope ? &k_ready[s] : &k_full[s], (g / kStages) & 1);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        wgmma_ss<T, 0>(sc, kmajor_desc<T, S>(sQ, BM, 64 * cw, kk),
+                       kmajor_desc<T, S>(sK + s * BN * D, BN, 0, kk), kk > 0);
+      }
+      wgmma_commit();
+    };
+    auto issue_pv = [&](int j) {
+      const int g = g0 + j, s = g % kStages;
+      mbar_wait(&v_full[s], (g / kStages) & 1);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk) {
+        wgmma_rs<T, 1>(o, pf[kk], v_desc<T, S>(sV + s * BN * D, kk), 1);
+      }
+      wgmma_commit();
+    };
+    auto release = [&](int j) {
+      if (lane == 0) mbar_arrive(&empty[(g0 + j) % kStages]);
+    };
+    auto softmax = [&](float(&sc)[BN / 2], int j, float(&alpha)[2]) {
+      const int n0 = j * BN;
+      const bool mask = n0 + BN > p.nk || (kCausal && n0 + BN - 1 > first_row);
+      softmax_tile<BN, kCausal>(sc, row_max, row_sum, alpha, n0, p.nk, row, mask, p.scale_log2);
+    };
+    // Hold P_j as 16-bit pairs for the next step's P V, and rescale o (P_{j-1} V_{j-1} is in it).
+    auto hold_p = [&](const float(&sc)[BN / 2], const float(&alpha)[2]) {
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk) {
+        pf[kk][0] = pack2<T>(sc[8 * kk + 0], sc[8 * kk + 1]);
+        pf[kk][1] = pack2<T>(sc[8 * kk + 2], sc[8 * kk + 3]);
+        pf[kk][2] = pack2<T>(sc[8 * kk + 4], sc[8 * kk + 5]);
+        pf[kk][3] = pack2<T>(sc[8 * kk + 6], sc[8 * kk + 7]);
+      }
+#pragma unroll
+      for (int t = 0; t < D / 8; ++t) {
+        o[4 * t] *= alpha[0];
+        o[4 * t + 1] *= alpha[0];
+        o[4 * t + 2] *= alpha[1];
+        o[4 * t + 3] *= alpha[1];
+      }
+    };
+
+    mbar_wait(kRope ? q_ready : q_full, lt & 1);
+    {  // key tile 0: S only
+      float sc[BN / 2], alpha[2];
+      bar_sync(1 + cw, 256);  // this consumer's turn on the tensor cores
+      issue_s(sc, 0);
+      bar_arrive(next_bar, 256);  // the next consumer's turn
+      wgmma_wait<0>();
+      softmax(sc, 0, alpha);
+      hold_p(sc, alpha);
+    }
+    for (int j = 1; j < n_tiles; ++j) {  // S_j with P_{j-1} V_{j-1} behind it
+      float sc[BN / 2], alpha[2];
+      bar_sync(1 + cw, 256);
+      issue_s(sc, j);
+      issue_pv(j - 1);
+      bar_arrive(next_bar, 256);
+      wgmma_wait<1>();  // S_j is ready; P_{j-1} V_{j-1} may still run
+      softmax(sc, j, alpha);
+      wgmma_wait<0>();  // P_{j-1} V_{j-1} is done reading its stage and pf
+      release(j - 1);
+      hold_p(sc, alpha);
+    }
+    bar_sync(1 + cw, 256);  // the last key tile's P V
+    issue_pv(n_tiles - 1);
     bar_arrive(next_bar, 256);
-    wgmma_wait<1>();  // S_j is ready; P_{j-1} V_{j-1} may still run
-    softmax(sc, j, alpha);
-    wgmma_wait<0>();  // P_{j-1} V_{j-1} is done reading its stage and pf
-    if (lane == 0) mbar_arrive(&empty[(j - 1) % kStages]);
-    hold_p(sc, alpha);
-  }
-  bar_sync(1 + cw, 256);  // the last tile's P V
-  issue_pv(n_tiles - 1);
-  bar_arrive(next_bar, 256);
-  wgmma_wait<0>();
-  if (cw == 0) bar_sync(1, 256);  // takes the last consumer's last hand-over
+    wgmma_wait<0>();
+    release(n_tiles - 1);
+    if (lane == 0) mbar_arrive(q_empty);  // every S of this tile is done: Q may be replaced
+    g0 += n_tiles;
 
-  T* out = static_cast<T*>(p.o) + blk.b * p.o_sb + blk.h * p.o_sh;
-  float* lse = p.lse + static_cast<int64_t>(blk.bh) * p.nq;
+    T* out = static_cast<T*>(p.o) + blk.b * p.o_sb + blk.h * p.o_sh;
+    float* lse = p.lse + static_cast<int64_t>(blk.bh) * p.nq;
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    float l = row_sum[i];
-    l += __shfl_xor_sync(0xffffffff, l, 1);
-    l += __shfl_xor_sync(0xffffffff, l, 2);
-    const int r = row + 8 * i;
-    if (r >= p.nq) continue;
-    const float inv = 1.f / l;
+    for (int i = 0; i < 2; ++i) {
+      float l = row_sum[i];
+      l += __shfl_xor_sync(0xffffffff, l, 1);
+      l += __shfl_xor_sync(0xffffffff, l, 2);
+      const int r = row + 8 * i;
+      if (r >= p.nq) continue;
+      const float inv = 1.f / l;
 #pragma unroll
-    for (int t = 0; t < D / 8; ++t) {
-      const uint32_t pair = pack2<T>(o[4 * t + 2 * i] * inv, o[4 * t + 2 * i + 1] * inv);
-      *reinterpret_cast<uint32_t*>(out + r * p.o_sn + t * 8 + (lane % 4) * 2) = pair;
+      for (int t = 0; t < D / 8; ++t) {
+        const uint32_t pair = pack2<T>(o[4 * t + 2 * i] * inv, o[4 * t + 2 * i + 1] * inv);
+        *reinterpret_cast<uint32_t*>(out + r * p.o_sn + t * 8 + (lane % 4) * 2) = pair;
+      }
+      if (lane % 4 == 0) lse[r] = (row_max[i] + log2f(l)) * 0.69314718f;
     }
-    if (lane % 4 == 0) lse[r] = (row_max[i] + log2f(l)) * 0.69314718f;
   }
+  if (cw == 0) bar_sync(1, 256);  // takes the last consumer's last hand-over
 #endif
 }
 

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 
 #include "fwd_kernel.cuh"
@@ -61,8 +62,11 @@ inline bool bhnd_map(CUtensorMap* map, const MapKey& key, int chunk, CUtensorMap
 // nq, nk >= 1, hq % hkv == 0, and RoPE tables (when p.rope.cos is set) starting on 16-byte
 // boundaries. Returns
 // cudaErrorNotSupported, launching nothing, when q, k or v cannot be mapped for TMA.
+// persistent: one block per SM, each walking every gridDim.x-th query tile (else one block per
+// tile).
 template <typename T, int D, class S>
-cudaError_t launch_flash_fwd_sm90_cfg(const FwdParams& p, bool causal, cudaStream_t stream) {
+cudaError_t launch_flash_fwd_sm90_cfg(const FwdParams& p, bool causal, cudaStream_t stream,
+                                      bool persistent = false) {
   constexpr int64_t bf16 = std::is_same_v<T, __nv_bfloat16> ? 1 : 0;
   const CUtensorMapSwizzle sw =
       S::kChunk == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B;
@@ -87,7 +91,14 @@ cudaError_t launch_flash_fwd_sm90_cfg(const FwdParams& p, bool causal, cudaStrea
   }();
   (void)configured;
   const int num_m = (p.nq + S::kBM - 1) / S::kBM;
-  const dim3 grid(static_cast<unsigned>(num_m) * p.b * p.hq);
+  int blocks = num_m * p.b * p.hq;
+  if (persistent) {
+    int dev = 0, sms = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    blocks = std::min(blocks, std::max(sms, 1));
+  }
+  const dim3 grid(static_cast<unsigned>(blocks));
   const Kernel kernel = kernels[(causal ? 1 : 0) + (p.rope.cos != nullptr ? 2 : 0)];
   kernel<<<grid, S::kThreads, S::kSmem, stream>>>(tq, tk, tv, p);
   return cudaGetLastError();
