@@ -5,7 +5,7 @@
 // sm_90 GPU it runs the Hopper forward (cuda/flash/sm90/, D in {64, 96, 128, 256}) unless
 // FLASHDUO_CUDA_ARCH=sm80; elsewhere the mma.sync forward (D in {64, 128}).
 // bwd(dout, q, k, v, out, lse, causal, scale) -> (dq, dk, dv), contiguous, shaped like q, k, v;
-// D in {64, 128} (mma.sync kernels).
+// on sm_90 the Hopper backward (D in {64, 96, 128, 256}), elsewhere mma.sync (D in {64, 128}).
 // Both take optional 2D RoPE tables (rope_cos, rope_sin: float32 (N_pos, D / 2), num_prefix):
 // q and k are rotated inside the kernels, and dq, dk come back unrotated.
 // Both launch on the current CUDA stream of the tensors' device.
@@ -114,11 +114,12 @@ cudaError_t dispatch_head_dim(const flashduo::FwdParams& p, int d, bool causal, 
 template <typename T>
 cudaError_t dispatch_head_dim(const flashduo::BwdParams& p, int d, bool causal, cudaStream_t s) {
   namespace sm90 = flashduo::sm90;
-  if (use_sm90(s) && p.rope.cos == nullptr) {  // the Hopper backward (no RoPE in it yet)
+  if (use_sm90(s)) {
     cudaError_t err = cudaErrorNotSupported;
     if (d == 64) err = sm90::launch_flash_bwd_sm90<T, 64>(p, causal, s);
     if (d == 96) err = sm90::launch_flash_bwd_sm90<T, 96>(p, causal, s);
     if (d == 128) err = sm90::launch_flash_bwd_sm90<T, 128>(p, causal, s);
+    if (d == 256) err = sm90::launch_flash_bwd_sm90<T, 256>(p, causal, s);
     if (err != cudaErrorNotSupported) return err;
   }
   if (d == 64) return flashduo::launch_flash_bwd<T, 64>(p, causal, s);
@@ -155,8 +156,6 @@ std::string bwd_problem(const at::Tensor& dout, const at::Tensor& q, const at::T
                         const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
                         double scale) {
   FLASHDUO_PROPAGATE(fwd_problem(q, k, v, scale));
-  FLASHDUO_REQUIRE(q.size(3) == 64 || q.size(3) == 96 || q.size(3) == 128,
-                   "the backward's head dim must be 64, 96 or 128, got ", q.size(3));
   FLASHDUO_PROPAGATE(input_problem(dout, "dout", q));
   FLASHDUO_PROPAGATE(input_problem(out, "out", q));
   FLASHDUO_REQUIRE(dout.sizes() == q.sizes() && out.sizes() == q.sizes(),
@@ -274,7 +273,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const
           : dispatch_head_dim<__nv_bfloat16>(p, static_cast<int>(d), causal, stream);
   if (err == cudaErrorNotSupported) {
     throw std::runtime_error(cat("the backward at head dim ", d, " needs the Hopper backward: an "
-                                 "sm_90 GPU, no RoPE tables, FLASHDUO_CUDA_ARCH not sm80"));
+                                 "sm_90 GPU and FLASHDUO_CUDA_ARCH not sm80"));
   }
   check_launch(err, "flash backward");
   return {dq, dk, dv};

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 
 import torch
 import torch.nn.functional as F
@@ -120,6 +121,21 @@ def cuda_toolchain_missing() -> str | None:
     return None
 
 
+HOPPER_ONLY_HEAD_DIMS = frozenset({96, 256})
+
+
+def _cuda_limits(q, k, v, causal) -> list[str]:
+    d = q.shape[-1]
+    if d not in HOPPER_ONLY_HEAD_DIMS or q.device.type != "cuda":
+        return []
+    if torch.cuda.get_device_capability(q.device) != (9, 0):
+        return [f"head_dim={d} needs the Hopper kernels (an sm_90 GPU); elsewhere cuda takes "
+                "64 or 128"]
+    if os.environ.get("FLASHDUO_CUDA_ARCH") == "sm80":
+        return [f"head_dim={d} needs the Hopper kernels, which FLASHDUO_CUDA_ARCH=sm80 turns off"]
+    return []
+
+
 def _cuda_fwd(q, k, v, causal, scale, rope=None):
     from bindings import flash
 
@@ -205,14 +221,15 @@ register_backend(
         name="cuda",
         fwd=_cuda_fwd,
         bwd=_cuda_bwd,
-        description="CUDA C++ kernels (cuda/flash/), JIT-built on first use: a Hopper forward "
+        description="CUDA C++ kernels (cuda/flash/), JIT-built on first use: Hopper kernels "
         "(TMA, wgmma, warp specialization) on sm_90, FlashAttention-2 style mma.sync kernels "
-        "elsewhere and for the backward",
+        "elsewhere (head dims 96 and 256 on sm_90 only)",
         dtypes=_HALF,
         devices=lambda: frozenset({"cuda"}),
-        head_dims=frozenset({64, 128}),
+        head_dims=frozenset({64, 96, 128, 256}),
         min_capability=(8, 0),
         unavailable=_cuda_unavailable,
+        extra_reasons=_cuda_limits,
         fused_rope=True,
     )
 )

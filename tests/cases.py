@@ -82,6 +82,22 @@ def _layout_cases() -> list[Case]:
     ]
 
 
+def _wide_head_cases() -> list[Case]:
+    """Head dims 96 and 256 (which only the Hopper kernels of ``cuda`` take) through GQA, ragged
+    lengths and packed views (GPU only)."""
+    if not ON_GPU:
+        return []
+    bf, fp = torch.bfloat16, torch.float16
+    return [
+        case
+        for d, c in itertools.product((96, 256), (False, True))
+        for case in (Case(2, 8, 2, 1025, 1023, d, bf, c), Case(2, 4, 1, 197, 197, d, fp, c),
+                     Case(2, 2, 2, 1023, 1025, d, bf, c), Case(2, 2, 2, 197, 4096, d, fp, c),
+                     Case(2, 4, 4, 197, 197, d, bf, c, "packed"),
+                     Case(2, 4, 4, 203, 203, d, fp, c, "bnhd"))
+    ]
+
+
 def _many_heads_cases() -> list[Case]:
     """ViT-like sizes with at least two (batch, head) pairs per SM of an H100 / H200, where the
     CUDA forward switches to its short-sequence kernel where Nq <= 256 (GPU only)."""
@@ -98,7 +114,7 @@ def _many_heads_cases() -> list[Case]:
 
 CASES = (
     _seq_cases() + _ragged_cases() + _head_dim_cases() + _gqa_cases() + _grid_cases()
-    + _layout_cases() + _many_heads_cases()
+    + _layout_cases() + _wide_head_cases() + _many_heads_cases()
 )
 
 

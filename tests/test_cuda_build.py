@@ -103,30 +103,41 @@ def test_hopper_forward_head_dims(ext, case, monkeypatch) -> None:
     _forward_case(ext, case, "sm90", monkeypatch)
 
 
+ROPE_CASES = [  # (arch, d, grid, prefix, causal)
+    ("sm80", 64, (7, 7), 1, False), ("sm80", 128, (6, 10), 3, True),
+    ("sm90", 64, (7, 7), 1, False), ("sm90", 128, (6, 10), 3, True),
+    ("sm90", 96, (9, 9), 1, True), ("sm90", 256, (5, 12), 2, False),
+]
+
+
 @pytest.mark.skipif(not ON_GPU, reason="running the CUDA kernels needs a CUDA GPU")
-@pytest.mark.parametrize("arch", ["sm80", "sm90"])
-@pytest.mark.parametrize("d, grid, prefix, causal", [(64, (7, 7), 1, False), (128, (6, 10), 3, True)])
-def test_cuda_forward_rope(ext, arch, d, grid, prefix, causal, monkeypatch) -> None:
-    """Both CUDA forwards rotate q and k by the 2D RoPE tables inside the kernel."""
+@pytest.mark.parametrize("arch, d, grid, prefix, causal", ROPE_CASES)
+def test_cuda_rope(ext, arch, d, grid, prefix, causal, monkeypatch) -> None:
+    """Both CUDA forwards and backwards rotate q and k by the 2D RoPE tables inside the kernels
+    and return dq, dk unrotated."""
     if arch == "sm90" and not _hopper_gpu():
-        pytest.skip("the Hopper forward needs an sm_90 GPU")
+        pytest.skip("the Hopper kernels need an sm_90 GPU")
     monkeypatch.setenv("FLASHDUO_CUDA_ARCH", arch)
     n, dtype = prefix + grid[0] * grid[1], torch.bfloat16
     g = torch.Generator(device="cuda").manual_seed(n + d)
-    q, k, v = (torch.randn(2, 3, n, d, generator=g, device="cuda").to(dtype) for _ in range(3))
+    q, k, v, dout = (torch.randn(2, 3, n, d, generator=g, device="cuda").to(dtype)
+                     for _ in range(4))
     table = reference.CosSinTable(100.0, grid[0], d, device="cuda", W_img=grid[1])
-    scale = d**-0.5
-    out, lse = flash.fwd(q, k, v, causal, scale, rope=(table.COSP, table.SINP, prefix))
+    scale, rope = d**-0.5, (table.COSP, table.SINP, prefix)
+    out, lse = flash.fwd(q, k, v, causal, scale, rope=rope)
+    grads = flash.bwd(dout, q, k, v, out, lse, causal, scale, rope=rope)
 
     def attend(upcast: bool):
-        xs = [t.double() if upcast else t for t in (q, k)]
-        qr, kr = (reference.apply_rope(x, table, prefix) for x in xs)
-        return reference.attention_ref(qr, kr, v.double() if upcast else v, causal, scale,
-                                       upcast=upcast)
+        xs = [(t.double() if upcast else t).requires_grad_() for t in (q, k, v)]
+        qr, kr = (reference.apply_rope(x, table, prefix) for x in xs[:2])
+        o, lse_ref = reference.attention_ref(qr, kr, xs[2], causal, scale, upcast=upcast)
+        return (o, lse_ref, *torch.autograd.grad(o, xs, dout.to(o.dtype)))
 
-    (ref_out, ref_lse), (base_out, base_lse) = attend(True), attend(False)
-    assert_close(f"cuda {arch} rope out", out, ref_out, base_out, "out", dtype)
-    assert_close(f"cuda {arch} rope lse", lse, ref_lse, base_lse, "lse", dtype)
+    truth, base = attend(True), attend(False)
+    for name, kind, x, ref, bl in zip(("out", "lse", "dq", "dk", "dv"),
+                                      ("out", "lse", "grad", "grad", "grad"),
+                                      (out, lse, *grads), truth, base):
+        assert_close(f"cuda {arch} rope {name}", x, ref, bl, kind, dtype)
 
 
 @pytest.mark.skipif(not ON_GPU, reason="running the CUDA kernels needs a CUDA GPU")
@@ -165,8 +176,9 @@ def test_cuda_backward_matches_reference(ext, case, arch, monkeypatch) -> None:
 
 
 @pytest.mark.skipif(not ON_GPU, reason="running the CUDA kernels needs a CUDA GPU")
-@pytest.mark.parametrize("case", [c for c in HOPPER_CASES if c[5] == 96], ids=_case_id)
-def test_hopper_backward_head_dim_96(ext, case, monkeypatch) -> None:
+@pytest.mark.parametrize("case", HOPPER_CASES, ids=_case_id)
+def test_hopper_backward_head_dims(ext, case, monkeypatch) -> None:
+    """D = 96 and 256 through the Hopper backward."""
     _backward_case(case, "sm90", monkeypatch)
 
 

@@ -115,12 +115,29 @@ def test_triton_refuses_bf16_under_the_interpreter(backend: str, monkeypatch) ->
 def test_cuda_refusals() -> None:
     """What the CUDA kernels cannot take is refused at the front door with a ValueError giving
     each reason (on any machine: where no GPU is visible, that is one more reason)."""
-    cases = [(qkv(d=48), r"head_dim=48 not in \{64, 128\}"),
+    cases = [(qkv(d=48), r"head_dim=48 not in \{64, 96, 128, 256\}"),
              (qkv(d=64, dtype=torch.float32), r"dtype=float32 not in \{bfloat16, float16\}"),
              (qkv(d=64, device="cpu"), r"device=cpu not in \{cuda\}")]
     for (q, k, v), match in cases:
         with pytest.raises(ValueError, match=rf"backend 'cuda' cannot run these inputs: .*{match}"):
             flashduo.attention(q, k, v, backend="cuda")
+
+
+@pytest.mark.skipif(not ON_GPU, reason="the head-dim limits of cuda depend on the GPU")
+def test_cuda_refuses_hopper_head_dims_without_hopper(monkeypatch) -> None:
+    """Head dims 96 and 256 need the Hopper kernels: refused at the front door with the reason
+    when the GPU is not sm_90 or FLASHDUO_CUDA_ARCH=sm80 turns them off."""
+    monkeypatch.setenv("FLASHDUO_CUDA_ARCH", "sm80")
+    for d in (96, 256):
+        q, k, v = qkv(d=d, dtype=torch.bfloat16)
+        with pytest.raises(ValueError, match=rf"cuda.*head_dim={d} needs the Hopper kernels"):
+            flashduo.attention(q, k, v, backend="cuda")
+    monkeypatch.delenv("FLASHDUO_CUDA_ARCH")
+    reasons = flashduo.get_backend("cuda").not_supported_reasons(q, k, v, False)
+    if torch.cuda.get_device_capability() == (9, 0):
+        assert reasons == []
+    else:
+        assert any("needs the Hopper kernels (an sm_90 GPU)" in r for r in reasons)
 
 
 @pytest.mark.skipif(triton_interpreting(), reason="the interpreter runs Triton on the CPU")

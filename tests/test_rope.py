@@ -73,7 +73,7 @@ def _rope_case_inputs(dtype, grid, prefix, hq=4, hkv=2, d=64, seed=0, b=2):
 
 # (grid, prefix, causal, head dim, batch). Under the interpreter the grids stay small (each case
 # still spans several query and key tiles of its 32 x 16 config, with ragged tails); on a GPU the
-# ViT grids, D = 128, and batch 72, which gives 288 (batch, head) pairs, enough for the CUDA
+# ViT grids, D = 96, 128, 256, and batch 72, which gives 288 (batch, head) pairs, enough for the CUDA
 # forward's short-sequence kernel.
 ROPE_CASES = [((7, 7), 1, False, 64, 2), ((6, 10), 4, False, 64, 2), ((5, 8), 0, True, 64, 2),
               ((9, 9), 1, True, 64, 2)]
@@ -81,7 +81,8 @@ if ON_GPU:
     ROPE_CASES += [((14, 14), 1, False, 64, 2), ((16, 16), 0, True, 64, 2),
                    ((14, 14), 0, True, 64, 2), ((14, 14), 1, False, 128, 2),
                    ((24, 24), 1, True, 128, 2), ((14, 14), 1, False, 64, 72),
-                   ((16, 16), 1, True, 64, 72), ((6, 10), 4, False, 64, 72)]
+                   ((16, 16), 1, True, 64, 72), ((6, 10), 4, False, 64, 72),
+                   ((9, 9), 1, True, 96, 2), ((6, 10), 2, False, 256, 2)]
 
 
 def _case_id(c) -> str:

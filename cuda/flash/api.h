@@ -55,8 +55,8 @@ FLASHDUO_SM90_FWD(__nv_bfloat16, 128)
 FLASHDUO_SM90_FWD(__nv_bfloat16, 256)
 #undef FLASHDUO_SM90_FWD
 
-// The Hopper backward (sm90/bwd_kernel.cuh), D in {64, 96, 128}, no RoPE tables; like the forward
-// it launches nothing (cudaErrorNotSupported) when an input cannot be mapped for TMA.
+// The Hopper backward (sm90/bwd_kernel.cuh), D in {64, 96, 128, 256}, with or without RoPE
+// tables; like the forward it launches nothing (cudaErrorNotSupported) when an input cannot be mapped for TMA.
 template <typename T, int D>
 cudaError_t launch_flash_bwd_sm90(const BwdParams& p, bool causal, cudaStream_t stream);
 
@@ -65,9 +65,11 @@ cudaError_t launch_flash_bwd_sm90(const BwdParams& p, bool causal, cudaStream_t 
 FLASHDUO_SM90_BWD(__half, 64)
 FLASHDUO_SM90_BWD(__half, 96)
 FLASHDUO_SM90_BWD(__half, 128)
+FLASHDUO_SM90_BWD(__half, 256)
 FLASHDUO_SM90_BWD(__nv_bfloat16, 64)
 FLASHDUO_SM90_BWD(__nv_bfloat16, 96)
 FLASHDUO_SM90_BWD(__nv_bfloat16, 128)
+FLASHDUO_SM90_BWD(__nv_bfloat16, 256)
 #undef FLASHDUO_SM90_BWD
 
 // Whether the Hopper kernels were compiled for the current device (sm_90a code in this build);

@@ -2,16 +2,20 @@
 // (no atomics), in three kernels like the mma.sync backward (../bwd_kernel.cuh):
 //
 // 1. delta = rowsum(dO * O), four threads per query row;
-// 2. dK/dV: a block keeps 128 keys of K and V in shared memory (64 per consumer warpgroup) and
+// 2. dK/dV: a block keeps 128 keys of K and V in shared memory (64 per consumer warpgroup; at
+//    D = 256, 64 keys that both consumers share, each owning half of the dK / dV columns) and
 //    streams, for every query head of its GQA group, 64-row tiles of Q and dO (TMA, two stages)
 //    with their lse and delta (copied by producer warp 1). Per tile a consumer computes
 //    S^T = K Q^T and dP^T = V dO^T (wgmma from shared memory), P^T and dS^T in registers, then
 //    dV += P^T dO and dK += dS^T Q (wgmma, the A operand from registers);
 // 3. dQ: a block keeps 128 query rows of Q and dO and streams K and V tiles: S = Q K^T,
 //    dP = dO V^T, dS in registers, dQ += dS K.
-// The producer warpgroup keeps 24 registers (setmaxnreg), the two consumers 240. Causal tiles
-// that see nothing are skipped; rows past Nq / Nk arrive as zeros and are not stored. One-key rows
-// get exactly zero dQ, and dK when every row is one (../bwd_kernel.cuh, one_key_row).
+// The producer warpgroup keeps 24 registers (setmaxnreg), the two consumers 240. With RoPE the
+// producer's idle warps rotate Q and K in shared memory as they land (rope.cuh) and release them
+// on their own mbarriers (producer 40 registers, consumers 232); dQ and dK are turned back by the
+// inverse rotation before they are stored. Causal tiles that see nothing are skipped; rows past
+// Nq / Nk arrive as zeros and are not stored. One-key rows get exactly zero dQ, and dK when every
+// row is one (../bwd_kernel.cuh, one_key_row).
 #pragma once
 
 #include <cuda.h>
@@ -22,21 +26,31 @@
 #include "../params.h"
 #include "fwd_launch.cuh"
 #include "ptx.cuh"
+#include "rope.cuh"
 #include "wgmma.cuh"
 
 namespace flashduo::sm90 {
 
 template <int D>
 struct BwdShape {
-  static constexpr int kKeys = 128;                  // dK/dV: keys per block
-  static constexpr int kQTile = 64;                  // dK/dV: query rows per streamed tile
-  static constexpr int kRows = 128;                  // dQ: query rows per block
-  static constexpr int kKeyTile = D >= 128 ? 64 : 128;  // dQ: keys per streamed tile
+  static constexpr bool kSplitD = D > 128;  // dK/dV: the consumers share keys, split columns
+  static constexpr int kKeys = kSplitD ? 64 : 128;     // dK/dV: keys per block
+  static constexpr int kAccCols = kSplitD ? D / 2 : D;  // dK/dV: columns per consumer
+  static constexpr int kQTile = 64;                    // dK/dV: query rows per streamed tile
+  static constexpr int kRows = 128;                    // dQ: query rows per block
+  static constexpr int kKeyTile = D > 128 ? 32 : D == 128 ? 64 : 128;  // dQ: keys per tile
   static constexpr int kStages = 2;
+  template <bool kRope>
+  static constexpr int kProducerRegs = kRope ? 40 : 24;
+  template <bool kRope>
+  static constexpr int kConsumerRegs = kRope ? 232 : 240;
   static constexpr int kSmemDkdv =
-      (2 * kKeys + 2 * kStages * kQTile) * D * 2 + 2 * kStages * kQTile * 4 + 1024 + 8 * 8;
-  static constexpr int kSmemDq = (2 * kRows + 2 * kStages * kKeyTile) * D * 2 + 1024 + 8 * 8;
-  static_assert(D == 64 || D == 96 || D == 128, "the Hopper backward takes D = 64, 96, 128");
+      (2 * kKeys + 2 * kStages * kQTile) * D * 2 + 2 * kStages * kQTile * 4 + 1024 + 16 * 8;
+  static constexpr int kSmemDq = (2 * kRows + 2 * kStages * kKeyTile) * D * 2 + 1024 + 16 * 8;
+  static_assert(D == 64 || D == 96 || D == 128 || D == 256,
+                "the Hopper backward takes D = 64, 96, 128, 256");
+  static_assert(kSmemDkdv <= 227 * 1024 && kSmemDq <= 227 * 1024, "tiles too large");
+  static_assert(kProducerRegs<true> * 128 + kConsumerRegs<true> * 256 <= 65536, "registers");
 };
 
 // Descriptor of rows [16 kk, 16 kk + 16) of a `rows` x D tile read as an N-major B operand
@@ -121,7 +135,7 @@ struct DkdvMaps {
   CUtensorMap q, dout, k, v;
 };
 
-template <typename T, int D, bool kCausal>
+template <typename T, int D, bool kCausal, bool kRope>
 __global__ void __launch_bounds__(384, 1)
     bwd_dkdv_sm90_kernel(const __grid_constant__ DkdvMaps maps, const BwdParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -141,6 +155,8 @@ __global__ void __launch_bounds__(384, 1)
   uint64_t* qd_full = kv_full + 1;
   uint64_t* stat_full = qd_full + kStages;
   uint64_t* empty = stat_full + kStages;
+  uint64_t* k_ready = empty + kStages;  // RoPE: the rotated tiles
+  uint64_t* q_ready = k_ready + 1;
 
   const int num_n = (p.nk + BN - 1) / BN;
   const int bh = blockIdx.x / num_n;  // (batch, K/V head)
@@ -155,17 +171,19 @@ __global__ void __launch_bounds__(384, 1)
 
   if (threadIdx.x == 0) {
     mbar_init(kv_full, 1);
+    mbar_init(k_ready, 64);
     for (int s = 0; s < kStages; ++s) {
       mbar_init(&qd_full[s], 1);
       mbar_init(&stat_full[s], 32);
       mbar_init(&empty[s], 8);
+      mbar_init(&q_ready[s], 64);
     }
     mbar_fence_init();
   }
   __syncthreads();
 
-  if (wg == 0) {  // producer: thread 0 issues TMA, warp 1 copies lse and delta
-    regs_dealloc<24>();
+  if (wg == 0) {  // producer: thread 0 issues TMA, warp 1 copies lse and delta, 2-3 rotate
+    regs_dealloc<B::template kProducerRegs<kRope>>();
     if (threadIdx.x == 0) {
       mbar_expect_tx(kv_full, 2 * BN * D * 2);
 #pragma unroll
@@ -200,18 +218,34 @@ __global__ void __launch_bounds__(384, 1)
         }
         mbar_arrive(&stat_full[s]);
       }
+    } else if (kRope && threadIdx.x >= 64) {
+      const int rt = threadIdx.x - 64;
+      mbar_wait(kv_full, 0);
+      rope_tile<T, D, C, BN, 64>(sK, n0, p.rope, rt);
+      fence_proxy_async();
+      mbar_arrive(k_ready);
+      for (int it = 0; it < items; ++it) {
+        const int s = it % kStages;
+        mbar_wait(&qd_full[s], (it / kStages) & 1);
+        rope_tile<T, D, C, BM, 64>(sQ + s * BM * D, (m_first + it % per_head) * BM, p.rope, rt);
+        fence_proxy_async();
+        mbar_arrive(&q_ready[s]);
+      }
     }
     return;
   }
 
-  regs_alloc<240>();
-  const int cw = wg - 1;  // keys [n0 + 64 cw, n0 + 64 cw + 64)
+  regs_alloc<B::template kConsumerRegs<kRope>>();
+  constexpr int AC = B::kAccCols;
+  const int cw = wg - 1;
+  const int krow0 = B::kSplitD ? 0 : 64 * cw;  // keys [n0 + krow0, n0 + krow0 + 64)
+  const int col0 = B::kSplitD ? AC * cw : 0;   // dK / dV columns [col0, col0 + AC)
   const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
-  const int key = n0 + 64 * cw + 16 * warp + lane / 4;  // this thread's first key
-  float dk[D / 2], dv[D / 2];
+  const int key = n0 + krow0 + 16 * warp + lane / 4;  // this thread's first key
+  float dk[AC / 2], dv[AC / 2];
 #pragma unroll
-  for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
-  mbar_wait(kv_full, 0);
+  for (int i = 0; i < AC / 2; ++i) dk[i] = dv[i] = 0.f;
+  mbar_wait(kRope ? k_ready : kv_full, 0);
   for (int it = 0; it < items; ++it) {
     const int s = it % kStages, ph = (it / kStages) & 1;
     const int m0 = (m_first + it % per_head) * BM;
@@ -219,14 +253,15 @@ __global__ void __launch_bounds__(384, 1)
     const T* tDO = sDO + s * BM * D;
     float st[BM / 2], dpt[BM / 2];
     mbar_wait(&qd_full[s], ph);
+    if constexpr (kRope) mbar_wait(&q_ready[s], ph);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {  // S^T = K Q^T
-      mma_step<T>(st, kmajor_desc<T, L>(sK, BN, 64 * cw, kk), kmajor_desc<T, L>(tQ, BM, 0, kk), kk);
+      mma_step<T>(st, kmajor_desc<T, L>(sK, BN, krow0, kk), kmajor_desc<T, L>(tQ, BM, 0, kk), kk);
     }
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {  // dP^T = V dO^T
-      mma_step<T>(dpt, kmajor_desc<T, L>(sV, BN, 64 * cw, kk),
+      mma_step<T>(dpt, kmajor_desc<T, L>(sV, BN, krow0, kk),
                   kmajor_desc<T, L>(tDO, BM, 0, kk), kk);
     }
     wgmma_commit();
@@ -255,8 +290,8 @@ __global__ void __launch_bounds__(384, 1)
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < BM / 16; ++kk) {
-      wgmma_rs<T, 1>(dv, pa[kk], nmajor_desc<T, D>(tDO, BM, kk), 1);  // dV += P^T dO
-      wgmma_rs<T, 1>(dk, da[kk], nmajor_desc<T, D>(tQ, BM, kk), 1);   // dK += dS^T Q
+      wgmma_rs<T, 1>(dv, pa[kk], nmajor_desc<T, D>(tDO + col0 * BM, BM, kk), 1);  // dV += P^T dO
+      wgmma_rs<T, 1>(dk, da[kk], nmajor_desc<T, D>(tQ + col0 * BM, BM, kk), 1);   // dK += dS^T Q
     }
     wgmma_commit();
     wgmma_wait<0>();
@@ -265,8 +300,9 @@ __global__ void __launch_bounds__(384, 1)
   T* gdk = static_cast<T*>(p.dk) + b * p.dk_sb + hk * p.dk_sh;
   T* gdv = static_cast<T*>(p.dv) + b * p.dk_sb + hk * p.dk_sh;
   const bool all_one_key = one_key_row<kCausal>(p.nq - 1, p.nk);
-  store_acc<T, D>(gdk, p.dk_sn, n0 + 64 * cw, p.nk, dk, all_one_key ? 0.f : p.scale);
-  store_acc<T, D>(gdv, p.dk_sn, n0 + 64 * cw, p.nk, dv, 1.f);
+  if constexpr (kRope) rope_acc_inverse_wg<D, AC>(dk, key, p.nk, col0, p.rope);
+  store_acc<T, AC>(gdk + col0, p.dk_sn, n0 + krow0, p.nk, dk, all_one_key ? 0.f : p.scale);
+  store_acc<T, AC>(gdv + col0, p.dk_sn, n0 + krow0, p.nk, dv, 1.f);
 #endif
 }
 
@@ -275,7 +311,7 @@ struct DqMaps {
   CUtensorMap q, dout, k, v;
 };
 
-template <typename T, int D, bool kCausal>
+template <typename T, int D, bool kCausal, bool kRope>
 __global__ void __launch_bounds__(384, 1)
     bwd_dq_sm90_kernel(const __grid_constant__ DqMaps maps, const BwdParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -292,6 +328,8 @@ __global__ void __launch_bounds__(384, 1)
   uint64_t* qd_full = reinterpret_cast<uint64_t*>(sV + kStages * BN * D);
   uint64_t* kv_full = qd_full + 1;
   uint64_t* empty = kv_full + kStages;
+  uint64_t* q_ready = empty + kStages;  // RoPE: the rotated tiles
+  uint64_t* k_ready = q_ready + 1;
 
   const int num_m = (p.nq + BM - 1) / BM;
   const int bh = blockIdx.x / num_m;
@@ -304,16 +342,18 @@ __global__ void __launch_bounds__(384, 1)
 
   if (threadIdx.x == 0) {
     mbar_init(qd_full, 1);
+    mbar_init(q_ready, 96);
     for (int s = 0; s < kStages; ++s) {
       mbar_init(&kv_full[s], 1);
       mbar_init(&empty[s], 8);
+      mbar_init(&k_ready[s], 96);
     }
     mbar_fence_init();
   }
   __syncthreads();
 
-  if (wg == 0) {
-    regs_dealloc<24>();
+  if (wg == 0) {  // producer: thread 0 issues TMA; with RoPE, warps 1-3 rotate
+    regs_dealloc<B::template kProducerRegs<kRope>>();
     if (threadIdx.x == 0) {
       mbar_expect_tx(qd_full, 2 * BM * D * 2);
 #pragma unroll
@@ -331,11 +371,24 @@ __global__ void __launch_bounds__(384, 1)
           tma_load_4d(sV + s * BN * D + c * BN * C, &maps.v, &kv_full[s], c * C, j * BN, hk, b);
         }
       }
+    } else if (kRope && threadIdx.x >= 32) {
+      const int rt = threadIdx.x - 32;
+      mbar_wait(qd_full, 0);
+      rope_tile<T, D, C, BM, 96>(sQ, m0, p.rope, rt);
+      fence_proxy_async();
+      mbar_arrive(q_ready);
+      for (int j = 0; j < n_tiles; ++j) {
+        const int s = j % kStages;
+        mbar_wait(&kv_full[s], (j / kStages) & 1);
+        rope_tile<T, D, C, BN, 96>(sK + s * BN * D, j * BN, p.rope, rt);
+        fence_proxy_async();
+        mbar_arrive(&k_ready[s]);
+      }
     }
     return;
   }
 
-  regs_alloc<240>();
+  regs_alloc<B::template kConsumerRegs<kRope>>();
   const int cw = wg - 1;
   const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
   const int row = m0 + 64 * cw + 16 * warp + lane / 4;
@@ -350,13 +403,14 @@ __global__ void __launch_bounds__(384, 1)
   float dq[D / 2];
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) dq[i] = 0.f;
-  mbar_wait(qd_full, 0);
+  mbar_wait(kRope ? q_ready : qd_full, 0);
   for (int j = 0; j < n_tiles; ++j) {
     const int s = j % kStages;
     const T* tK = sK + s * BN * D;
     const T* tV = sV + s * BN * D;
     float sc[BN / 2], dp[BN / 2];
     mbar_wait(&kv_full[s], (j / kStages) & 1);
+    if constexpr (kRope) mbar_wait(&k_ready[s], (j / kStages) & 1);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {  // S = Q K^T
@@ -399,14 +453,16 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
     for (int t = 0; t < D / 8; ++t) dq[4 * t + 2 * i] = dq[4 * t + 2 * i + 1] = 0.f;
   }
+  if constexpr (kRope) rope_acc_inverse_wg<D, D>(dq, row, p.nq, 0, p.rope);
   T* gdq = static_cast<T*>(p.dq) + b * p.dq_sb + h * p.dq_sh;
   store_acc<T, D>(gdq, p.dq_sn, m0 + 64 * cw, p.nq, dq, p.scale);
 #endif
 }
 
 // Launch the Hopper backward on `stream`: the delta pass, then the dK/dV and dQ kernels. Requires
-// an sm_90 device, nq, nk >= 1, hq % hkv == 0 and no RoPE tables. cudaErrorNotSupported, launching
-// nothing, when an input cannot be mapped for TMA.
+// an sm_90 device, nq, nk >= 1, hq % hkv == 0, and RoPE tables (when p.rope.cos is set) starting
+// on 16-byte boundaries. cudaErrorNotSupported, launching nothing, when an input cannot be mapped
+// for TMA.
 template <typename T, int D>
 cudaError_t launch_flash_bwd_sm90(const BwdParams& p, bool causal, cudaStream_t stream) {
   using B = BwdShape<D>;
@@ -430,26 +486,31 @@ cudaError_t launch_flash_bwd_sm90(const BwdParams& p, bool causal, cudaStream_t 
       map(&mq.k, p.k, p.hkv, p.nk, p.k_sb, p.k_sh, p.k_sn, B::kKeyTile) &&
       map(&mq.v, p.v, p.hkv, p.nk, p.v_sb, p.v_sh, p.v_sn, B::kKeyTile);
   if (!ok) return cudaErrorNotSupported;
+  using Dkdv = void (*)(DkdvMaps, BwdParams);
+  using Dq = void (*)(DqMaps, BwdParams);
+  static const Dkdv dkdv_kernels[4] = {
+      bwd_dkdv_sm90_kernel<T, D, false, false>, bwd_dkdv_sm90_kernel<T, D, true, false>,
+      bwd_dkdv_sm90_kernel<T, D, false, true>, bwd_dkdv_sm90_kernel<T, D, true, true>};
+  static const Dq dq_kernels[4] = {
+      bwd_dq_sm90_kernel<T, D, false, false>, bwd_dq_sm90_kernel<T, D, true, false>,
+      bwd_dq_sm90_kernel<T, D, false, true>, bwd_dq_sm90_kernel<T, D, true, true>};
   static const bool configured = [] {
-    cudaFuncSetAttribute(bwd_dkdv_sm90_kernel<T, D, false>,
-                         cudaFuncAttributeMaxDynamicSharedMemorySize, B::kSmemDkdv);
-    cudaFuncSetAttribute(bwd_dkdv_sm90_kernel<T, D, true>,
-                         cudaFuncAttributeMaxDynamicSharedMemorySize, B::kSmemDkdv);
-    cudaFuncSetAttribute(bwd_dq_sm90_kernel<T, D, false>,
-                         cudaFuncAttributeMaxDynamicSharedMemorySize, B::kSmemDq);
-    cudaFuncSetAttribute(bwd_dq_sm90_kernel<T, D, true>,
-                         cudaFuncAttributeMaxDynamicSharedMemorySize, B::kSmemDq);
+    for (int i = 0; i < 4; ++i) {
+      cudaFuncSetAttribute(dkdv_kernels[i], cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           B::kSmemDkdv);
+      cudaFuncSetAttribute(dq_kernels[i], cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           B::kSmemDq);
+    }
     return true;
   }();
   (void)configured;
+  const int variant = (causal ? 1 : 0) + (p.rope.cos != nullptr ? 2 : 0);
   const int64_t rows = static_cast<int64_t>(p.b) * p.hq * p.nq;
   bwd_delta_kernel<T, D><<<static_cast<unsigned>((rows + 31) / 32), 128, 0, stream>>>(p);
   const unsigned grid_kv = static_cast<unsigned>((p.nk + B::kKeys - 1) / B::kKeys) * p.b * p.hkv;
-  auto dkdv = causal ? bwd_dkdv_sm90_kernel<T, D, true> : bwd_dkdv_sm90_kernel<T, D, false>;
-  dkdv<<<grid_kv, 384, B::kSmemDkdv, stream>>>(mk, p);
+  dkdv_kernels[variant]<<<grid_kv, 384, B::kSmemDkdv, stream>>>(mk, p);
   const unsigned grid_q = static_cast<unsigned>((p.nq + B::kRows - 1) / B::kRows) * p.b * p.hq;
-  auto dq = causal ? bwd_dq_sm90_kernel<T, D, true> : bwd_dq_sm90_kernel<T, D, false>;
-  dq<<<grid_q, 384, B::kSmemDq, stream>>>(mq, p);
+  dq_kernels[variant]<<<grid_q, 384, B::kSmemDq, stream>>>(mq, p);
   return cudaGetLastError();
 }
 

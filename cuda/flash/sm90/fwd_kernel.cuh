@@ -58,9 +58,12 @@ struct FwdTiles {
                 "registers");
 };
 
-// The shipped shape per head dim.
+// The shipped shape per head dim: three stages where they fit in shared memory (at D = 256 a
+// stage is 80 KB). The backward borrows its column-block layout.
 template <int D>
-using FwdShape = FwdTiles<D, 128, D <= 128 ? 128 : 80, D <= 64 ? 3 : 2>;
+using FwdShape = FwdTiles<D, 128, D <= 128 ? 128 : 80, D <= 128 ? 3 : 2>;
+// Non-causal D = 64 with at least 1024 query rows: 192 rows and three consumers per block.
+using FwdShapeWide64 = FwdTiles<64, 192, 128, 3>;
 
 // Descriptor of the 16 columns [16 kk, 16 kk + 16) of rows [r0, r0 + 8 m) of a K-major tile of
 // `rows` rows stored as column blocks (ptx.cuh).

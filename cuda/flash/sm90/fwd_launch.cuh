@@ -104,10 +104,19 @@ cudaError_t launch_flash_fwd_sm90_cfg(const FwdParams& p, bool causal, cudaStrea
   return cudaGetLastError();
 }
 
-// The shipped shape (FwdShape<D>).
+// The shipped configuration: FwdShape<D> (FwdShapeWide64 for long non-causal D = 64 without RoPE:
+// with it, three consumers' registers are too few and ptxas serializes their wgmmas), persistent
+// when non-causal with at most 4096 keys (there a block's few key tiles leave its pipeline idle
+// between query tiles; causal launches keep a block per tile, heaviest first).
 template <typename T, int D>
 cudaError_t launch_flash_fwd_sm90(const FwdParams& p, bool causal, cudaStream_t stream) {
-  return launch_flash_fwd_sm90_cfg<T, D, FwdShape<D>>(p, causal, stream);
+  const bool persistent = !causal && p.nk <= 4096;
+  if constexpr (D == 64) {
+    if (!causal && p.nq >= 1024 && p.rope.cos == nullptr) {
+      return launch_flash_fwd_sm90_cfg<T, D, FwdShapeWide64>(p, causal, stream, persistent);
+    }
+  }
+  return launch_flash_fwd_sm90_cfg<T, D, FwdShape<D>>(p, causal, stream, persistent);
 }
 
 }  // namespace flashduo::sm90

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pathlib
 
-SIZES = (64, 80, 96, 128, 176, 192, 256)
+SIZES = (32, 64, 80, 96, 128, 176, 192, 256)
 TYPES = (("__nv_bfloat16", "bf16"), ("__half", "f16"))
 HEADER = pathlib.Path(__file__).with_name("wgmma.cuh")
 

@@ -1,4 +1,4 @@
-// 2D RoPE for the Hopper forward: rotate a Q or K tile in shared memory, in the swizzled column
+// 2D RoPE for the Hopper kernels: rotate a Q or K tile in shared memory, in the swizzled column
 // blocks TMA wrote (ptx.cuh), with the per-pair cos / sin tables of reference/rope.py.
 #pragma once
 
@@ -27,6 +27,29 @@ __device__ __forceinline__ void rope_tile(T* tile, int row0, const RopeParams& r
     const float4 c = *reinterpret_cast<const float4*>(r.cos + pair);
     const float4 s = *reinterpret_cast<const float4*>(r.sin + pair);
     rope_chunk(at, c, s);
+  }
+}
+
+// Turn a warpgroup's 64 x N fp32 accumulator back by the inverse rotation: the gradient against
+// rotated q or k becomes the gradient against the unrotated one. wgmma layout: acc[4 t + 2 i] and
+// acc[4 t + 2 i + 1] are columns col0 + 8 t + 2 (lane % 4) + {0, 1} (one channel pair) of row
+// row_lo + 8 i, row_lo being this thread's first row; rows at or past n_rows are left alone.
+template <int D, int N>
+__device__ __forceinline__ void rope_acc_inverse_wg(float (&acc)[N / 2], int row_lo, int n_rows,
+                                                    int col0, const RopeParams& r) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int row = row_lo + 8 * i, pos = row - r.prefix;
+    if (pos < 0 || pos >= r.n_pos || row >= n_rows) continue;
+#pragma unroll
+    for (int t = 0; t < N / 8; ++t) {
+      const int pair = pos * (D / 2) + col0 / 2 + t * 4 + lane % 4;
+      const float c = __ldg(r.cos + pair), s = __ldg(r.sin + pair);
+      const float e = acc[4 * t + 2 * i], o = acc[4 * t + 2 * i + 1];
+      acc[4 * t + 2 * i] = e * c + o * s;
+      acc[4 * t + 2 * i + 1] = o * c - e * s;
+    }
   }
 }
 
