@@ -1,8 +1,8 @@
 """The CUDA FlashAttention kernels on torch tensors, launched on the current CUDA stream.
 
 ``fwd(q, k, v, causal, scale) -> (out, lse)``: q (B, Hq, Nq, D), k and v (B, Hkv, Nk, D), float16
-or bfloat16 CUDA tensors with last-dim stride 1, D in {64, 128}, Hq % Hkv == 0; out (B, Hq, Nq, D)
-contiguous, lse float32 (B, Hq, Nq) in natural log.
+or bfloat16 CUDA tensors with last-dim stride 1, D in {64, 96, 128, 256} (96 and 256 on sm_90
+only), Hq % Hkv == 0; out (B, Hq, Nq, D) contiguous, lse float32 (B, Hq, Nq) in natural log.
 ``bwd(dout, q, k, v, out, lse, causal, scale) -> (dq, dk, dv)``, contiguous, shaped like q, k, v.
 Both take ``rope=(cos, sin, num_prefix)`` (``reference.RopeTables``: float32 contiguous
 (N_pos, D / 2) tables of the 2D RoPE): q and k are rotated inside the kernels; dq and dk come back
