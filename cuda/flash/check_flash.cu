@@ -6,6 +6,7 @@
 // Exits non-zero on a mismatch.
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -511,8 +512,33 @@ void time_all_sm90() {
   }
 }
 
+// One configuration of the shipped Hopper forward (bf16, B*N = 16384, H*D = 2048), timed, for a
+// profiler to pick out: `check_flash one D N causal persistent`.
+template <int D>
+void time_one(int n, bool causal, bool persistent) {
+  using T = __nv_bfloat16;
+  using S = flashduo::sm90::FwdShape<D>;
+  const int b = 16384 / n, h = std::max(1, 2048 / D);
+  const DeviceInputs<T, D> in(b, h, n, 29, kLog2eF / std::sqrt(float(D)));
+  const float ms = time_ms([&] {
+    return flashduo::sm90::launch_flash_fwd_sm90_cfg<T, D, S>(in.p, causal, 0, persistent);
+  });
+  const double flops = 4.0 * b * h * double(n) * n * D / (causal ? 2 : 1);
+  std::printf("time  sm90 fwd D=%d N=%d causal=%d persistent=%d  %.3f ms %.0f TFLOPS\n", D, n,
+              int(causal), int(persistent), ms, flops / (ms * 1e-3) / 1e12);
+}
+
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
+  if (mode == "one" && argc == 6) {
+    const int d = std::atoi(argv[2]), n = std::atoi(argv[3]);
+    const bool causal = std::atoi(argv[4]) != 0, persistent = std::atoi(argv[5]) != 0;
+    if (d == 64) time_one<64>(n, causal, persistent);
+    if (d == 96) time_one<96>(n, causal, persistent);
+    if (d == 128) time_one<128>(n, causal, persistent);
+    if (d == 256) time_one<256>(n, causal, persistent);
+    return 0;
+  }
   const bool only_sm90 = mode == "sm90";
   const bool sm90 = is_sm90();
   if (mode == "time") {  // timings only: both forwards side by side
