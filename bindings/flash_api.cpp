@@ -83,7 +83,8 @@ std::string input_problem(const at::Tensor& t, const char* name, const at::Tenso
 // The Hopper forward serves this call: an sm_90 device with sm_90a code in this build, not forced
 // off by FLASHDUO_CUDA_ARCH=sm80 (read on every call, so one process can
 // time both forwards). At D = 64 the persistent short-sequence kernel keeps ViT-sized problems
-// (Nq <= 256, many heads), where it beats the Hopper forward's one block per query tile.
+// (Nq <= 256, many heads): with RoPE the Hopper forward rotates each K tile once per query tile,
+// 1.6x slower there; without RoPE neither wins at every ViT shape (docs/perf-notes.md).
 bool use_sm90(cudaStream_t stream) {
   const char* force = std::getenv("FLASHDUO_CUDA_ARCH");
   if (force != nullptr && std::string(force) == "sm80") return false;
@@ -224,6 +225,9 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
                         static_cast<float>(scale * flashduo::kLog2e),
                         rope_params(rope_cos, rope_sin, num_prefix)};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  // The Hopper forward's tile counter: stream-ordered scratch, zeroed by the launch.
+  const at::Tensor tile_counter = at::empty({1}, q.options().dtype(at::kInt));
+  p.tile_counter = tile_counter.data_ptr<int>();
   const cudaError_t err = dtype == at::kHalf
                               ? dispatch_head_dim<__half>(p, static_cast<int>(d), causal, stream)
                               : dispatch_head_dim<__nv_bfloat16>(p, static_cast<int>(d), causal,
@@ -282,7 +286,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const
 // Whether a forward on the current device would run the Hopper kernels now (short D = 64 problems
 // aside: they keep the short-sequence kernel).
 bool hopper_forward() {
-  flashduo::FwdParams p{};
   return use_sm90(c10::cuda::getCurrentCUDAStream().stream());
 }
 

@@ -39,6 +39,10 @@ struct Shape {
   bool causal;
 };
 
+// The Hopper forward's tile counter (FwdParams::tile_counter), as the extension passes one; every
+// check and timing here runs on the default stream, one launch at a time, so they share it.
+int* g_tile_counter = nullptr;
+
 // Backward of one case with a random dO: dq, dk, dv against float64 host formulas
 // (P = softmax(S), dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)), dQ = scale dS K,
 // dK = scale dS^T Q, GQA gradients summed over the group), and exact zeros where the gradient is
@@ -211,6 +215,7 @@ int check_case(const Shape& s, const char* tname, FwdLaunch launch = sm80_fwd<T,
               int64_t(s.hkv) * s.nk * D, int64_t(s.nk) * D, D,
               int64_t(s.hq) * s.nq * D, int64_t(s.nq) * D, D,
               s.b, s.hq, s.hkv, s.nq, s.nk, scale * kLog2eF};
+  p.tile_counter = g_tile_counter;
   CUDA_CHECK(launch(p, s.causal, 0));
   CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<float> lse(size_t(s.b) * s.hq * s.nq);
@@ -339,12 +344,22 @@ struct DeviceInputs {
     const int64_t sb = int64_t(h) * n * D, sh = int64_t(n) * D;
     p = FwdParams{q, k, v, o, lse, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D,
                   b, h, h, n, n, scale_log2};
+    p.tile_counter = g_tile_counter;
   }
   ~DeviceInputs() {
     for (T* ptr : {q, k, v, o}) cudaFree(ptr);
     cudaFree(lse);
   }
 };
+
+// One launch of the Hopper forward with tile shape S under schedule `sched`: 0 a block per query
+// tile, 1 persistent walking every gridDim.x-th tile, 2 persistent taking tiles from the counter.
+template <typename T, int D, class S>
+cudaError_t scheduled_fwd(const FwdParams& p, bool causal, int sched) {
+  FwdParams sp = p;
+  sp.tile_counter = sched == 2 ? g_tile_counter : nullptr;
+  return flashduo::sm90::launch_flash_fwd_sm90_cfg<T, D, S>(sp, causal, 0, sched > 0);
+}
 
 // The Hopper forward's TFLOPS (shape S) at B*N = 16384, H*D = 2048, non-causal and causal, and for
 // the shipped shape the Hopper backward's (2.5x the forward's FLOPs) from its output.
@@ -360,14 +375,14 @@ void time_sm90(int n) {
   const int64_t sb = int64_t(h) * n * D, sh = int64_t(n) * D;
   for (int causal = 0; causal < 2; ++causal) {
     const double flops = 4.0 * b * h * double(n) * n * D / (causal ? 2 : 1);
-    const float ms = time_ms(
-        [&] { return flashduo::sm90::launch_flash_fwd_sm90_cfg<T, D, S>(in.p, causal, 0); });
-    const float mp = time_ms([&] {
-      return flashduo::sm90::launch_flash_fwd_sm90_cfg<T, D, S>(in.p, causal, 0, true);
-    });
-    std::printf("time  sm90 fwd %dx%dx%d D=%-3d N=%-5d causal=%d  %.3f ms %.0f TFLOPS | persistent"
-                " %.3f ms %.0f TFLOPS\n", S::kBM, S::kBN, S::kStages, D, n, causal, ms,
-                flops / (ms * 1e-3) / 1e12, mp, flops / (mp * 1e-3) / 1e12);
+    float ms[3];
+    for (int sched = 0; sched < 3; ++sched) {
+      ms[sched] = time_ms([&] { return scheduled_fwd<T, D, S>(in.p, causal, sched); });
+    }
+    auto tf = [&](float t) { return flops / (t * 1e-3) / 1e12; };
+    std::printf("time  sm90 fwd %dx%dx%d D=%-3d N=%-5d causal=%d  TFLOPS: a block per tile %.0f |"
+                " static persistent %.0f | dynamic persistent %.0f\n", S::kBM, S::kBN, S::kStages,
+                D, n, causal, tf(ms[0]), tf(ms[1]), tf(ms[2]));
     if constexpr (std::is_same_v<S, flashduo::sm90::FwdShape<D>>) {
       BwdParams pb{in.q, in.k, in.v, in.o, in.q, in.lse, delta, dq, dk, dv,
                    sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D,
@@ -460,21 +475,22 @@ int check_variant(const Shape* shapes, int count) {
   return bad;
 }
 
-// The shipped shape launched persistent (a block per SM walking the query tiles).
-template <typename T, int D>
-cudaError_t persistent_fwd(const FwdParams& p, bool causal, cudaStream_t stream) {
-  using S = flashduo::sm90::FwdShape<D>;
-  return flashduo::sm90::launch_flash_fwd_sm90_cfg<T, D, S>(p, causal, stream, true);
+// The shipped shape launched persistent (a block per SM walking the query tiles), under schedule
+// SCHED of scheduled_fwd.
+template <typename T, int D, int SCHED>
+cudaError_t persistent_fwd(const FwdParams& p, bool causal, cudaStream_t) {
+  return scheduled_fwd<T, D, flashduo::sm90::FwdShape<D>>(p, causal, SCHED);
 }
 
-// Persistent launches on every shape (most give a block several query tiles), bf16.
+// Both persistent schedules on every shape (most give a block several query tiles), bf16.
 int check_persistent(const Shape* shapes, int count) {
+  using T = __nv_bfloat16;
   int bad = 0;
   for (int i = 0; i < count; ++i) {
-    bad += check_case<__nv_bfloat16, 64>(shapes[i], "bf16", persistent_fwd<__nv_bfloat16, 64>,
-                                         "persistent", nullptr);
-    bad += check_case<__nv_bfloat16, 128>(shapes[i], "bf16", persistent_fwd<__nv_bfloat16, 128>,
-                                          "persistent", nullptr);
+    bad += check_case<T, 64>(shapes[i], "bf16", persistent_fwd<T, 64, 1>, "static", nullptr);
+    bad += check_case<T, 64>(shapes[i], "bf16", persistent_fwd<T, 64, 2>, "dynamic", nullptr);
+    bad += check_case<T, 128>(shapes[i], "bf16", persistent_fwd<T, 128, 1>, "static", nullptr);
+    bad += check_case<T, 128>(shapes[i], "bf16", persistent_fwd<T, 128, 2>, "dynamic", nullptr);
   }
   return bad;
 }
@@ -486,18 +502,18 @@ int check_variants(const Shape* shapes, int count) {
          check_variant<128, Tiles<128, 128, 176, 2>>(shapes, count);
 }
 
-// The ViT-S forward (B = 256, H = 6, N = 197, D = 64) on the Hopper kernel, one block per query
-// tile and persistent.
+// The ViT-S forward (B = 256, H = 6, N = 197, D = 64) on the Hopper kernel under each schedule.
 void time_vit_sm90() {
   using T = __nv_bfloat16;
   const DeviceInputs<T, 64> in(256, 6, 197, 31, kLog2eF / 8.f);
-  const float one = time_ms([&] {
-    return flashduo::sm90::launch_flash_fwd_sm90_cfg<T, 64, flashduo::sm90::FwdShape<64>>(
-        in.p, false, 0, false);
-  });
-  const float per = time_ms([&] { return persistent_fwd<T, 64>(in.p, false, 0); });
-  std::printf("time  ViT-S sm90 fwd (us): a block per tile %.1f, persistent %.1f\n", 1e3f * one,
-              1e3f * per);
+  float us[3];
+  for (int sched = 0; sched < 3; ++sched) {
+    us[sched] = 1e3f * time_ms([&] {
+      return scheduled_fwd<T, 64, flashduo::sm90::FwdShape<64>>(in.p, false, sched);
+    });
+  }
+  std::printf("time  ViT-S sm90 fwd (us): a block per tile %.1f, static persistent %.1f, dynamic"
+              " persistent %.1f\n", us[0], us[1], us[2]);
 }
 
 void time_all_sm90() {
@@ -515,34 +531,34 @@ void time_all_sm90() {
 }
 
 // One configuration of the shipped Hopper forward (bf16, B*N = 16384, H*D = 2048), timed, for a
-// profiler to pick out: `check_flash one D N causal persistent`.
+// profiler to pick out: `check_flash one D N causal SCHED` (SCHED as in scheduled_fwd).
 template <int D>
-void time_one(int n, bool causal, bool persistent) {
+void time_one(int n, bool causal, int sched) {
   using T = __nv_bfloat16;
-  using S = flashduo::sm90::FwdShape<D>;
   const int b = 16384 / n, h = std::max(1, 2048 / D);
   const DeviceInputs<T, D> in(b, h, n, 29, kLog2eF / std::sqrt(float(D)));
-  const float ms = time_ms([&] {
-    return flashduo::sm90::launch_flash_fwd_sm90_cfg<T, D, S>(in.p, causal, 0, persistent);
-  });
+  const float ms = time_ms(
+      [&] { return scheduled_fwd<T, D, flashduo::sm90::FwdShape<D>>(in.p, causal, sched); });
   const double flops = 4.0 * b * h * double(n) * n * D / (causal ? 2 : 1);
-  std::printf("time  sm90 fwd D=%d N=%d causal=%d persistent=%d  %.3f ms %.0f TFLOPS\n", D, n,
-              int(causal), int(persistent), ms, flops / (ms * 1e-3) / 1e12);
+  std::printf("time  sm90 fwd D=%d N=%d causal=%d schedule=%d  %.3f ms %.0f TFLOPS\n", D, n,
+              int(causal), sched, ms, flops / (ms * 1e-3) / 1e12);
 }
 
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
+  const bool sm90 = is_sm90();
+  if (sm90) CUDA_CHECK(cudaMalloc(&g_tile_counter, sizeof(int)));
   if (mode == "one" && argc == 6) {
     const int d = std::atoi(argv[2]), n = std::atoi(argv[3]);
-    const bool causal = std::atoi(argv[4]) != 0, persistent = std::atoi(argv[5]) != 0;
-    if (d == 64) time_one<64>(n, causal, persistent);
-    if (d == 96) time_one<96>(n, causal, persistent);
-    if (d == 128) time_one<128>(n, causal, persistent);
-    if (d == 256) time_one<256>(n, causal, persistent);
+    const bool causal = std::atoi(argv[4]) != 0;
+    const int sched = std::atoi(argv[5]);
+    if (d == 64) time_one<64>(n, causal, sched);
+    if (d == 96) time_one<96>(n, causal, sched);
+    if (d == 128) time_one<128>(n, causal, sched);
+    if (d == 256) time_one<256>(n, causal, sched);
     return 0;
   }
   const bool only_sm90 = mode == "sm90";
-  const bool sm90 = is_sm90();
   if (mode == "time") {  // timings only: both forwards side by side
     time_vit<__nv_bfloat16>();
     for (int n : {1024, 4096, 16384}) {

@@ -33,6 +33,9 @@ struct FwdParams {
   int b, hq, hkv, nq, nk;
   float scale_log2;  // softmax scale * log2(e): scores go through exp2
   RopeParams rope;   // zero-initialized (no rotation) unless set
+  // The Hopper forward's dynamic tile scheduler: one int of device scratch the launch zeroes and
+  // its blocks count taken query tiles on. nullptr: a static schedule.
+  int* tile_counter;
 };
 
 }  // namespace flashduo

@@ -13,6 +13,9 @@
 //   take turns issuing their products (a named barrier per consumer, "ping-pong"), so one's
 //   softmax (exp2 on the MUFU) runs under the others' matrix products.
 // The epilogue normalizes O in registers and writes O and the natural-log lse to global memory.
+// A block walks query tiles: one (a block per tile), every gridDim.x-th (static persistent), or
+// the next untaken one from a global counter (dynamic persistent); the producer picks each and
+// passes it to the other roles through shared memory, and the K/V ring runs on across tiles.
 // With 2D RoPE, producer warps 1-3 rotate the Q tile and each K tile in shared memory once TMA
 // has landed it, and the consumers wait for the rotated tile instead.
 // Causal (top-left): key tiles past the block's last row are never loaded, only the tiles that
@@ -50,7 +53,8 @@ struct FwdTiles {
   static constexpr uint32_t kSwizzle = kChunk == 64 ? 1 : 2;  // descriptor code
   static constexpr uint32_t kGroup = 8 * kChunk * 2;           // bytes of 8 rows of a block
   static constexpr int kSmemTiles = (kBM + 2 * kStages * kBN) * D * 2;
-  static constexpr int kSmem = kSmemTiles + 1024 + (3 + 4 * kStages) * 8;  // + alignment, barriers
+  // + alignment, barriers and the two query-tile slots
+  static constexpr int kSmem = kSmemTiles + 1024 + (3 + 4 * kStages) * 8 + 8;
   static_assert(BM % 64 == 0 && (kConsumers == 2 || kConsumers == 3), "2 or 3 consumers");
   static_assert(BN % 16 == 0 && BN <= 256 && kSmem <= 227 * 1024, "tile too large");
   static_assert(kProducerRegs<true> * 128 + kConsumerRegs<true> * 128 * kConsumers <= 65536 &&
@@ -143,9 +147,13 @@ __global__ void __launch_bounds__(S::kThreads, 1)
   uint64_t* q_ready = empty + kStages;  // RoPE: the rotated tiles
   uint64_t* k_ready = q_ready + 1;
   uint64_t* q_empty = k_ready + kStages;  // the consumers are done with the Q tile
+  // The block's query tiles, its lt-th in tile_slot[lt % 2]: blockIdx.x first, then the next
+  // every gridDim.x-th (static) or the next one nobody has taken (dynamic: p.tile_counter counts
+  // the tiles taken after the first gridDim.x). The producer writes the slot before it arrives on
+  // q_full; a slot of `total` or more ends the walk. Key tiles are counted across query tiles
+  // (g), so the ring's phases run on.
+  int* tile_slot = reinterpret_cast<int*>(q_empty + 1);
 
-  // The block's query tiles: blockIdx.x, then every gridDim.x-th (one per block unless the launch
-  // is persistent). Key tiles are counted across them (g), so the ring's phases run on.
   const int num_m = (p.nq + BM - 1) / BM;
   const int total = num_m * p.b * p.hq;
   auto key_tiles = [&](const QueryBlock& blk) {
@@ -173,13 +181,22 @@ __global__ void __launch_bounds__(S::kThreads, 1)
     if (threadIdx.x == 0) {
       constexpr uint32_t kTileBytes = BN * D * 2;
       int g = 0;
-      for (int tile = blockIdx.x, lt = 0; tile < total; tile += gridDim.x, ++lt) {
-        const QueryBlock blk = query_block_at<BM, kCausal>(tile, p.nq, p.hq, p.hkv);
+      for (int tile = blockIdx.x, lt = 0;; ++lt) {
         if (lt > 0) mbar_wait(q_empty, (lt - 1) & 1);
+        tile_slot[lt & 1] = tile;
+        if (tile >= total) {
+          mbar_arrive(q_full);
+          break;
+        }
+        const QueryBlock blk = query_block_at<BM, kCausal>(tile, p.nq, p.hq, p.hkv);
         mbar_expect_tx(q_full, BM * D * 2);
 #pragma unroll
         for (int c = 0; c < D / C; ++c)
           tma_load_4d(sQ + c * BM * C, &tq, q_full, c * C, blk.m0, blk.h, blk.b);
+        // Taken now, used after this tile's loads: the atomic's round trip hides behind them.
+        const int next = p.tile_counter != nullptr
+                             ? static_cast<int>(gridDim.x) + atomicAdd(p.tile_counter, 1)
+                             : tile + static_cast<int>(gridDim.x);
         const int n_tiles = key_tiles(blk);
         for (int j = 0; j < n_tiles; ++j, ++g) {
           const int s = g % kStages;
@@ -195,15 +212,21 @@ __global__ void __launch_bounds__(S::kThreads, 1)
           for (int c = 0; c < D / C; ++c)
             tma_load_4d(v_dst + c * BN * C, &tv, &v_full[s], c * C, j * BN, blk.hk, blk.b);
         }
+        tile = next;
       }
     }
     if constexpr (kRope) {
       if (threadIdx.x >= 32) {
         const int rt = threadIdx.x - 32;
         int g = 0;
-        for (int tile = blockIdx.x, lt = 0; tile < total; tile += gridDim.x, ++lt) {
-          const QueryBlock blk = query_block_at<BM, kCausal>(tile, p.nq, p.hq, p.hkv);
+        for (int lt = 0;; ++lt) {
           mbar_wait(q_full, lt & 1);
+          const int tile = tile_slot[lt & 1];
+          if (tile >= total) {
+            mbar_arrive(q_ready);  // passes the end on to the consumers
+            break;
+          }
+          const QueryBlock blk = query_block_at<BM, kCausal>(tile, p.nq, p.hq, p.hkv);
           rope_tile<T, D, C, BM, 96>(sQ, blk.m0, p.rope, rt);
           fence_proxy_async();
           mbar_arrive(q_ready);
@@ -233,7 +256,12 @@ __global__ void __launch_bounds__(S::kThreads, 1)
   // keep every named barrier's arrivals and waits paired (an unpaired second arrival would
   // complete a barrier without its waiter).
   if (cw == NC - 1) bar_arrive(1, 256);
-  for (int tile = blockIdx.x, lt = 0; tile < total; tile += gridDim.x, ++lt) {
+  for (int lt = 0;; ++lt) {
+    mbar_wait(kRope ? q_ready : q_full, lt & 1);
+    // Through a warp reduction (which lands in a uniform register): ptxas then keeps the tile's
+    // coordinates, trip counts and branches warp-uniform, as it does for blockIdx.x.
+    const int tile = __reduce_max_sync(0xffffffffu, tile_slot[lt & 1]);
+    if (tile >= total) break;
     const QueryBlock blk = query_block_at<BM, kCausal>(tile, p.nq, p.hq, p.hkv);
     const int n_tiles = key_tiles(blk);
     const int row = blk.m0 + 64 * cw + 16 * warp + lane / 4;  // this thread's first row
@@ -291,7 +319,6 @@ __global__ void __launch_bounds__(S::kThreads, 1)
       }
     };
 
-    mbar_wait(kRope ? q_ready : q_full, lt & 1);
     {  // key tile 0: S only
       float sc[BN / 2], alpha[2];
       bar_sync(1 + cw, 256);  // this consumer's turn on the tensor cores

@@ -62,8 +62,9 @@ inline bool bhnd_map(CUtensorMap* map, const MapKey& key, int chunk, CUtensorMap
 // nq, nk >= 1, hq % hkv == 0, and RoPE tables (when p.rope.cos is set) starting on 16-byte
 // boundaries. Returns
 // cudaErrorNotSupported, launching nothing, when q, k or v cannot be mapped for TMA.
-// persistent: one block per SM, each walking every gridDim.x-th query tile (else one block per
-// tile).
+// persistent: one block per SM, each walking query tiles: the next one nobody has taken when
+// p.tile_counter is set (the launch zeroes it on `stream` first), else every gridDim.x-th. Not
+// persistent: one block per tile (p.tile_counter is not used).
 template <typename T, int D, class S>
 cudaError_t launch_flash_fwd_sm90_cfg(const FwdParams& p, bool causal, cudaStream_t stream,
                                       bool persistent = false) {
@@ -92,31 +93,43 @@ cudaError_t launch_flash_fwd_sm90_cfg(const FwdParams& p, bool causal, cudaStrea
   (void)configured;
   const int num_m = (p.nq + S::kBM - 1) / S::kBM;
   int blocks = num_m * p.b * p.hq;
+  FwdParams kp = p;
   if (persistent) {
     int dev = 0, sms = 0;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
     blocks = std::min(blocks, std::max(sms, 1));
+    if (kp.tile_counter != nullptr) {
+      const cudaError_t err = cudaMemsetAsync(kp.tile_counter, 0, sizeof(int), stream);
+      if (err != cudaSuccess) return err;
+    }
+  } else {
+    kp.tile_counter = nullptr;
   }
   const dim3 grid(static_cast<unsigned>(blocks));
   const Kernel kernel = kernels[(causal ? 1 : 0) + (p.rope.cos != nullptr ? 2 : 0)];
-  kernel<<<grid, S::kThreads, S::kSmem, stream>>>(tq, tk, tv, p);
+  kernel<<<grid, S::kThreads, S::kSmem, stream>>>(tq, tk, tv, kp);
   return cudaGetLastError();
 }
 
 // The shipped configuration: FwdShape<D> (FwdShapeWide64 for long non-causal D = 64 without RoPE:
-// with it, three consumers' registers are too few and ptxas serializes their wgmmas), persistent
-// when non-causal with at most 4096 keys (there a block's few key tiles leave its pipeline idle
-// between query tiles; causal launches keep a block per tile, heaviest first).
+// with it, three consumers' registers are too few and ptxas serializes their wgmmas). Persistent
+// while the keys are few (Nk <= 4096 non-causal, < 4096 causal): there a block's short walk of
+// key tiles would leave its pipeline idle between query tiles. Causal persistent launches take
+// tiles from the dynamic scheduler (p.tile_counter, when set), which evens out the blocks' work;
+// non-causal tiles are equal, and the static walk needs no atomic. Longer keys: a block per
+// tile, which measured faster there (docs/perf-notes.md).
 template <typename T, int D>
 cudaError_t launch_flash_fwd_sm90(const FwdParams& p, bool causal, cudaStream_t stream) {
-  const bool persistent = !causal && p.nk <= 4096;
+  const bool persistent = causal ? p.nk < 4096 : p.nk <= 4096;
+  FwdParams sp = p;
+  if (!causal) sp.tile_counter = nullptr;
   if constexpr (D == 64) {
     if (!causal && p.nq >= 1024 && p.rope.cos == nullptr) {
-      return launch_flash_fwd_sm90_cfg<T, D, FwdShapeWide64>(p, causal, stream, persistent);
+      return launch_flash_fwd_sm90_cfg<T, D, FwdShapeWide64>(sp, causal, stream, persistent);
     }
   }
-  return launch_flash_fwd_sm90_cfg<T, D, FwdShape<D>>(p, causal, stream, persistent);
+  return launch_flash_fwd_sm90_cfg<T, D, FwdShape<D>>(sp, causal, stream, persistent);
 }
 
 }  // namespace flashduo::sm90
