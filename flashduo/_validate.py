@@ -19,14 +19,15 @@ import reference
 
 def check_inputs(
     q: object, k: object, v: object, causal: object, scale: object,
-    rope: object = None, num_prefix_tokens: object = 1,
+    rope: object = None, num_prefix_tokens: object = 1, deterministic: object = None,
 ) -> float:
     """Validate q (B, Hq, Nq, D), k and v (B, Hkv, Nk, D), and a RoPE table for q and k when
     ``rope`` is given; return the effective scale.
 
     Raises TypeError for a wrong kind of argument (not a tensor, integer dtype, mixed dtypes, a
-    rope that is not a ``CosSinTable``) and ValueError for a wrong value (rank, shapes, head
-    counts, devices, scale, a table for another grid, head dim or device).
+    rope that is not a ``CosSinTable``, a deterministic that is neither a bool nor None) and
+    ValueError for a wrong value (rank, shapes, head counts, devices, scale, a table for another
+    grid, head dim or device).
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
@@ -58,6 +59,8 @@ def check_inputs(
         )
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    if deterministic is not None and not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be a bool or None, got {type(deterministic).__name__}")
     if rope is not None:
         reference.check_rope(q, rope, num_prefix_tokens, "q")
         reference.check_rope(k, rope, num_prefix_tokens, "k")

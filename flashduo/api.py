@@ -18,6 +18,7 @@ def attention_with_lse(
     backend: str | None = None,
     rope: reference.CosSinTable | None = None,
     num_prefix_tokens: int = 1,
+    deterministic: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scaled dot-product attention returning the output and the softmax log-sum-exp.
 
@@ -35,6 +36,10 @@ def attention_with_lse(
             (semantics in ``reference.rope``); Nq and Nk must equal num_prefix_tokens + the
             table's grid size. Gradients flow back through the rotation to the unrotated q, k.
         num_prefix_tokens: leading tokens (CLS, registers) left unrotated; only used with rope.
+        deterministic: True makes the backward bit-identical from run to run; False lets a
+            backend with a faster non-deterministic backward (fp32 atomics for dq) use it. None
+            reads ``FLASHDUO_DETERMINISTIC`` (0 / false turns it off), default True. Today every
+            backend's backward is deterministic either way (``Backend.deterministic_modes``).
 
     Under ``torch.autocast`` on q's device, float32 q, k, v run in the autocast dtype (as SDPA
     does): out comes back in that dtype and the gradients in float32.
@@ -43,12 +48,13 @@ def attention_with_lse(
         out: (B, Hq, Nq, D), q's dtype. Differentiable with respect to q, k, v.
         lse: (B, Hq, Nq) float32, natural log of the softmax denominator of each row (no gradient).
     """
-    scale = check_inputs(q, k, v, causal, scale, rope, num_prefix_tokens)
+    scale = check_inputs(q, k, v, causal, scale, rope, num_prefix_tokens, deterministic)
+    deterministic = registry.resolve_deterministic(deterministic)
     q, k, v = _autocast(q, k, v)
     name = registry.resolve_backend(backend)
     tables = (None, None, 0) if rope is None else (rope.COSP, rope.SINP, num_prefix_tokens)
     q, k, v = last_dim_contiguous(q), last_dim_contiguous(k), last_dim_contiguous(v)
-    out, lse = ops.attention(q, k, v, causal, scale, name, *tables)
+    out, lse = ops.attention(q, k, v, causal, scale, name, *tables, deterministic)
     return out, lse.detach()
 
 
@@ -71,6 +77,8 @@ def attention(
     backend: str | None = None,
     rope: reference.CosSinTable | None = None,
     num_prefix_tokens: int = 1,
+    deterministic: bool | None = None,
 ) -> torch.Tensor:
     """Scaled dot-product attention, (B, Hq, Nq, D) -> (B, Hq, Nq, D); see ``attention_with_lse``."""
-    return attention_with_lse(q, k, v, causal, scale, backend, rope, num_prefix_tokens)[0]
+    return attention_with_lse(q, k, v, causal, scale, backend, rope, num_prefix_tokens,
+                              deterministic)[0]

@@ -19,15 +19,17 @@ from flashduo import registry
 
 _LIB = torch.library.Library("flashduo", "DEF")  # noqa: TOR901 (kept alive for the process)
 # rope_cos / rope_sin: float32 (N_pos, D / 2) tables of the 2D RoPE (reference.rope), or None;
-# num_prefix: leading tokens left unrotated.
+# num_prefix: leading tokens left unrotated; deterministic: the backward's mode (fwd carries it to
+# its autograd context).
 _LIB.define(
     "fwd(Tensor q, Tensor k, Tensor v, bool causal, float scale, str backend, "
-    "Tensor? rope_cos=None, Tensor? rope_sin=None, int num_prefix=0) -> (Tensor, Tensor)"
+    "Tensor? rope_cos=None, Tensor? rope_sin=None, int num_prefix=0, bool deterministic=True) "
+    "-> (Tensor, Tensor)"
 )
 _LIB.define(
     "bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, bool causal, "
-    "float scale, str backend, Tensor? rope_cos=None, Tensor? rope_sin=None, int num_prefix=0) "
-    "-> (Tensor, Tensor, Tensor)"
+    "float scale, str backend, Tensor? rope_cos=None, Tensor? rope_sin=None, int num_prefix=0, "
+    "bool deterministic=True) -> (Tensor, Tensor, Tensor)"
 )
 
 
@@ -46,11 +48,12 @@ def _rotate(x: torch.Tensor, rope, inverse: bool = False) -> torch.Tensor:
 def _fwd_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float, backend: str,
     rope_cos: torch.Tensor | None = None, rope_sin: torch.Tensor | None = None,
-    num_prefix: int = 0,
+    num_prefix: int = 0, deterministic: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """out (B, Hq, Nq, D) like q, lse float32 (B, Hq, Nq); q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D).
 
-    With rope tables, backends with ``fused_rope`` get them; others get q, k rotated here. The
+    The forward is deterministic in every backend; ``deterministic`` is the backward's mode. With
+    rope tables, backends with ``fused_rope`` get them; others get q, k rotated here. The
     backend's refusals are raised here, once per call (see ``flashduo._validate``).
     """
     impl = registry.get_backend(backend)
@@ -82,24 +85,27 @@ def _bwd_impl(
     rope_cos: torch.Tensor | None = None,
     rope_sin: torch.Tensor | None = None,
     num_prefix: int = 0,
+    deterministic: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq (B, Hq, Nq, D), dk and dv (B, Hkv, Nk, D) from dout (B, Hq, Nq, D) and saved tensors.
 
     With rope, q and k are the unrotated inputs and dq, dk are returned unrotated.
+    ``deterministic`` reaches backends with ``deterministic_modes`` only.
     """
     if _empty_case(q, k):
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
     impl = registry.get_backend(backend)
+    mode = {"deterministic": deterministic} if impl.deterministic_modes else {}
     rope = _rope(rope_cos, rope_sin, num_prefix)
     if rope is None:
-        dq, dk, dv = impl.bwd(dout, q, k, v, out, lse, causal, scale)
+        dq, dk, dv = impl.bwd(dout, q, k, v, out, lse, causal, scale, **mode)
     elif impl.fused_rope:
-        dq, dk, dv = impl.bwd(dout, q, k, v, out, lse, causal, scale, rope=rope)
+        dq, dk, dv = impl.bwd(dout, q, k, v, out, lse, causal, scale, rope=rope, **mode)
     else:
         qr, kr = _rotate(q, rope), _rotate(k, rope)
-        dq, dk, dv = impl.bwd(dout, qr, kr, v, out, lse, causal, scale)
+        dq, dk, dv = impl.bwd(dout, qr, kr, v, out, lse, causal, scale, **mode)
         dq, dk = _rotate(dq, rope, inverse=True), _rotate(dk, rope, inverse=True)
     return dq.contiguous(), dk.contiguous(), dv.contiguous()
 
@@ -110,28 +116,30 @@ for _key in ("CPU", "CUDA"):
 
 
 @torch.library.register_fake("flashduo::fwd")
-def _fwd_fake(q, k, v, causal, scale, backend, rope_cos=None, rope_sin=None, num_prefix=0):
+def _fwd_fake(q, k, v, causal, scale, backend, rope_cos=None, rope_sin=None, num_prefix=0,
+              deterministic=True):
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 @torch.library.register_fake("flashduo::bwd")
 def _bwd_fake(dout, q, k, v, out, lse, causal, scale, backend, rope_cos=None, rope_sin=None,
-              num_prefix=0):
+              num_prefix=0, deterministic=True):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix = inputs
+    q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix, deterministic = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, rope_cos, rope_sin)
     ctx.causal, ctx.scale, ctx.backend, ctx.num_prefix = causal, scale, backend, num_prefix
+    ctx.deterministic = deterministic
 
 
 def _backward(ctx, dout, dlse):
     q, k, v, out, lse, rope_cos, rope_sin = ctx.saved_tensors
     dq, dk, dv = attention_bwd(dout, q, k, v, out, lse, ctx.causal, ctx.scale, ctx.backend,
-                               rope_cos, rope_sin, ctx.num_prefix)
-    return dq, dk, dv, None, None, None, None, None, None
+                               rope_cos, rope_sin, ctx.num_prefix, ctx.deterministic)
+    return dq, dk, dv, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("flashduo::fwd", _backward, setup_context=_setup_context)
@@ -146,10 +154,11 @@ class _Attention(torch.autograd.Function):
     The ops keep their own autograd registration for callers that use them directly."""
 
     @staticmethod
-    def forward(ctx, q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix):
-        out, lse = attention_fwd(q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix)
-        _setup_context(ctx, (q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix),
-                       (out, lse))
+    def forward(ctx, q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix,
+                deterministic):
+        args = (q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix, deterministic)
+        out, lse = attention_fwd(*args)
+        _setup_context(ctx, args, (out, lse))
         ctx.mark_non_differentiable(lse)
         return out, lse
 
@@ -161,8 +170,9 @@ class _Attention(torch.autograd.Function):
 def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float, backend: str,
     rope_cos: torch.Tensor | None = None, rope_sin: torch.Tensor | None = None,
-    num_prefix: int = 0,
+    num_prefix: int = 0, deterministic: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """out (B, Hq, Nq, D), lse (B, Hq, Nq) float32 through ``flashduo::fwd``, differentiable in
     q, k, v with ``flashduo::bwd`` as the backward (see ``_fwd_impl`` for the shapes)."""
-    return _Attention.apply(q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix)
+    return _Attention.apply(q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix,
+                            deterministic)

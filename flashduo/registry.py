@@ -4,6 +4,8 @@ A backend is a pair of functions with one contract (see ``Backend``) plus the fa
 refuse inputs it cannot take with a readable reason. Selection, highest priority first: the
 ``backend=`` argument, ``with use_backend(name):``, the ``FLASHDUO_BACKEND`` environment variable,
 then the default (``triton`` where a GPU or the Triton interpreter is present, else ``reference``).
+The backward's mode: the ``deterministic=`` argument, else ``FLASHDUO_DETERMINISTIC``, else
+deterministic.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ class Backend:
     out like q, lse float32 (B, Hq, Nq) in natural log.
     ``bwd(dout, q, k, v, out, lse, causal, scale) -> (dq, dk, dv)`` shaped like q, k, v.
     Inputs arrive validated, non-empty and with last-dim stride 1; other strides are free.
+    With ``deterministic_modes``, ``bwd`` also takes ``deterministic=``: False may choose a faster
+    backward whose gradients can differ from run to run in the last bits (fp32 atomics); every
+    other backend's backward is deterministic and is never handed the argument.
     With ``fused_rope``, both also take ``rope=(cos, sin, num_prefix_tokens)`` (float32
     (N_pos, D / 2) tables) and apply the 2D RoPE themselves, taking and returning unrotated q, k
     and dq, dk; other backends are handed rotated q, k by the op layer.
@@ -47,6 +52,7 @@ class Backend:
         default=lambda q, k, v, causal: []
     )
     fused_rope: bool = False
+    deterministic_modes: bool = False
 
     def not_supported_reasons(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
@@ -125,6 +131,25 @@ def resolve_backend(name: str | None) -> str:
         raise TypeError(f"backend must be a str or None, got {type(name).__name__}")
     get_backend(name)
     return name
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def resolve_deterministic(value: bool | None) -> bool:
+    """The backward's mode: ``value`` when given, else ``FLASHDUO_DETERMINISTIC`` (1 / true / yes
+    / on, or 0 / false / no / off, any case), else True."""
+    if value is not None:
+        return value
+    env = os.environ.get("FLASHDUO_DETERMINISTIC", "").strip().lower()
+    if not env or env in _TRUE:
+        return True
+    if env in _FALSE:
+        return False
+    raise ValueError(
+        f"FLASHDUO_DETERMINISTIC must be one of 1, true, yes, on, 0, false, no, off; got {env!r}"
+    )
 
 
 @contextlib.contextmanager

@@ -31,10 +31,12 @@ def skip_if_unrunnable(backend: str, case: Case) -> None:
         pytest.skip(f"{backend} refuses {INTERPRETER_BF16}; bf16 is tested on the GPU")
 
 
-def run_backend(backend: str, q, k, v, causal: bool, dout: torch.Tensor):
+def run_backend(backend: str, q, k, v, causal: bool, dout: torch.Tensor,
+                deterministic: bool | None = None):
     """out, lse, dq, dk, dv from ``backend``, with NaN-poisoned output buffers."""
     poison_allocator((q.shape, q.dtype), (q.shape[:3], torch.float32))
-    out, lse = flashduo.attention_with_lse(q, k, v, causal=causal, backend=backend)
+    out, lse = flashduo.attention_with_lse(q, k, v, causal=causal, backend=backend,
+                                           deterministic=deterministic)
     poison_allocator(
         (q.shape, q.dtype), (k.shape, k.dtype), (v.shape, v.dtype), (q.shape[:3], torch.float32)
     )
@@ -52,7 +54,7 @@ def case_inputs(case: Case, seed: int = 0):
     return passrule.case_inputs(case, seed, DEVICE)
 
 
-def check_case(backend: str, case: Case) -> None:
+def check_case(backend: str, case: Case, deterministic: bool | None = None) -> None:
     """The backend's out, lse and gradients on ``case`` against float64 by the pass rule; a case
     the backend declares unsupported must be refused with a ValueError naming the backend."""
     skip_if_unavailable(backend)
@@ -62,7 +64,7 @@ def check_case(backend: str, case: Case) -> None:
         with pytest.raises(ValueError, match=backend):
             flashduo.attention(q, k, v, causal=case.causal, backend=backend)
         return
-    got = run_backend(backend, q, k, v, case.causal, dout)
+    got = run_backend(backend, q, k, v, case.causal, dout, deterministic)
     truth, baseline = run_reference(q, k, v, case.causal, dout)
     for name, kind, x, ref, base in zip(NAMES, KINDS, got, truth, baseline):
         assert x.shape == ref.shape, f"{name}: shape {tuple(x.shape)} != {tuple(ref.shape)}"

@@ -52,6 +52,56 @@ def test_env_backend_is_used(monkeypatch) -> None:
         registry._REGISTRY.pop("spy")
 
 
+def test_deterministic_resolution(monkeypatch) -> None:
+    """The argument wins, then FLASHDUO_DETERMINISTIC (any case, spaces ignored), then True."""
+    monkeypatch.delenv("FLASHDUO_DETERMINISTIC", raising=False)
+    assert registry.resolve_deterministic(None) is True
+    for env, want in (("0", False), (" Off ", False), ("false", False), ("1", True), ("YES", True)):
+        monkeypatch.setenv("FLASHDUO_DETERMINISTIC", env)
+        assert registry.resolve_deterministic(None) is want, env
+        assert registry.resolve_deterministic(not want) is (not want), env
+
+
+def _mode_spy(seen: list) -> registry.Backend:
+    """The reference backend with two backward modes, recording the mode each backward gets."""
+    ref = flashduo.get_backend("reference")
+
+    def bwd(*args, deterministic):
+        seen.append(deterministic)
+        return ref.bwd(*args)
+
+    return registry.Backend(name="mode-spy", fwd=ref.fwd, bwd=bwd, description="test double",
+                            dtypes=ref.dtypes, devices=ref.devices, deterministic_modes=True)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_deterministic_reaches_the_backward(compiled: bool, monkeypatch) -> None:
+    """A backend with deterministic_modes gets the resolved mode in its backward, eager and under
+    torch.compile(fullgraph=True); the default comes from FLASHDUO_DETERMINISTIC."""
+    seen: list = []
+    flashduo.register_backend(_mode_spy(seen))
+    monkeypatch.delenv("FLASHDUO_DETERMINISTIC", raising=False)
+
+    def loss(q, k, v, mode):
+        return flashduo.attention(q, k, v, causal=True, backend="mode-spy",
+                                  deterministic=mode).float().sum()
+
+    run = torch.compile(loss, fullgraph=True, backend="aot_eager") if compiled else loss
+    try:
+        torch._dynamo.reset()
+        for mode in (True, False):
+            q, k, v = qkv(torch.float32, n=24, d=16, grad=True)
+            run(q, k, v, mode).backward()
+        monkeypatch.setenv("FLASHDUO_DETERMINISTIC", "0")
+        torch._dynamo.reset()
+        q, k, v = qkv(torch.float32, n=24, d=16, grad=True)
+        run(q, k, v, None).backward()
+        assert seen == [True, False, False]
+    finally:
+        registry._REGISTRY.pop("mode-spy")
+        torch._dynamo.reset()
+
+
 def test_default_backend() -> None:
     expected = "triton" if ON_GPU or registry.triton_interpreting() else "reference"
     assert registry.default_backend() == expected
@@ -93,12 +143,15 @@ def _opcheck_backends() -> list[str]:
 def test_opcheck(backend: str) -> None:
     dtype = torch.float16 if ON_GPU else torch.float32
     q, k, v = qkv(dtype, n=48, d=64, grad=True)
-    torch.library.opcheck(torch.ops.flashduo.fwd.default, (q, k, v, True, 0.2, backend))
     out, lse = torch.ops.flashduo.fwd(q, k, v, True, 0.2, backend)
     dout = torch.randn_like(out)
     saved = [t.detach() for t in (q, k, v, out, lse)]
-    args = (dout, *saved, True, 0.2, backend)
-    torch.library.opcheck(torch.ops.flashduo.bwd.default, args)
+    for deterministic in (True, False):
+        kwargs = {"deterministic": deterministic}
+        torch.library.opcheck(torch.ops.flashduo.fwd.default, (q, k, v, True, 0.2, backend),
+                              kwargs)
+        torch.library.opcheck(torch.ops.flashduo.bwd.default, (dout, *saved, True, 0.2, backend),
+                              kwargs)
 
 
 def _compile_params():
@@ -107,12 +160,16 @@ def _compile_params():
     return [("reference", "aot_eager")]
 
 
+@pytest.mark.parametrize("deterministic", [True, False])
 @pytest.mark.parametrize("backend, compiler", _compile_params())
-def test_torch_compile_fullgraph(backend: str, compiler: str) -> None:
-    """fullgraph=True fails on any graph break; compiled forward and grads equal eager."""
+def test_torch_compile_fullgraph(backend: str, compiler: str, deterministic: bool) -> None:
+    """fullgraph=True fails on any graph break; compiled forward and grads equal eager, in both
+    backward modes."""
 
     def block(q, k, v):
-        return flashduo.attention(q * 1.5, k, v, causal=True, backend=backend).float().square().sum()
+        out = flashduo.attention(q * 1.5, k, v, causal=True, backend=backend,
+                                 deterministic=deterministic)
+        return out.float().square().sum()
 
     dtype = torch.bfloat16 if ON_GPU else torch.float32
     assert_compiled_matches_eager(block, tuple(qkv(dtype, n=80, d=64, grad=True)), compiler)

@@ -74,6 +74,14 @@ def test_bad_scale_type_and_causal() -> None:
         flashduo.attention(*qkv(), causal=1, backend="reference")
 
 
+def test_bad_deterministic(monkeypatch) -> None:
+    with pytest.raises(TypeError, match="deterministic must be a bool or None, got str"):
+        flashduo.attention(*qkv(), deterministic="no", backend="reference")
+    monkeypatch.setenv("FLASHDUO_DETERMINISTIC", "maybe")
+    with pytest.raises(ValueError, match="FLASHDUO_DETERMINISTIC must be one of .*'maybe'"):
+        flashduo.attention(*qkv(), backend="reference")
+
+
 @pytest.mark.skipif(not ON_GPU, reason="needs a CUDA device to mix with the CPU")
 def test_mixed_devices() -> None:
     q, k, v = qkv()
