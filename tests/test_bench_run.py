@@ -266,3 +266,35 @@ def test_cuda_sm80_provider_forces_the_mma_sync_forward(monkeypatch: pytest.Monk
     assert seen[-1] == ("cuda", None, False)
     assert providers.backend_of("cuda-sm80") == "cuda"
     assert "cuda-sm80" in providers.parse_providers(None)
+
+
+def test_cuda_nondet_provider_runs_the_fast_backward_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cuda-nondet`` calls the cuda backend with deterministic=False, and is unavailable while
+    cuda declares a single backward mode (it would time the same kernels as ``cuda``)."""
+    import dataclasses
+
+    import torch
+
+    import flashduo
+    from flashduo import registry
+    from flashduo.bench import providers
+
+    seen = []
+
+    def fake_attention(q, k, v, backend=None, **kw):
+        seen.append((backend, kw.get("deterministic"), kw.get("causal")))
+        return q
+
+    monkeypatch.setattr(flashduo, "attention", fake_attention)
+    x = torch.zeros(1)
+    providers.make_impl("cuda-nondet", True, 8, None, "cpu")(x, x, x)
+    providers.make_impl("cuda", True, 8, None, "cpu")(x, x, x)
+    assert seen == [("cuda", False, True), ("cuda", None, True)]
+    assert providers.backend_of("cuda-nondet") == "cuda"
+    assert "cuda-nondet" in providers.parse_providers(None)
+    cuda = flashduo.get_backend("cuda")
+    monkeypatch.setattr(flashduo, "available_backends", lambda: {"cuda": None})
+    assert "same kernels" in providers.unavailable_reason("cuda-nondet", "cuda")
+    monkeypatch.setitem(registry._REGISTRY, "cuda",
+                        dataclasses.replace(cuda, deterministic_modes=True))
+    assert providers.unavailable_reason("cuda-nondet", "cuda") is None

@@ -1,7 +1,7 @@
 """The benchmark behind ``python -m flashduo bench`` (``make bench``).
 
 Providers (``providers.py``): flashduo's backends by registry name (triton, cuda, triton-unfused;
-cuda-sm80 is cuda with its mma.sync forward forced),
+cuda-sm80 is cuda with its mma.sync forward forced, cuda-nondet cuda with deterministic=False),
 PyTorch SDPA restricted to each of its backends (torch-flash, torch-cudnn, torch-efficient,
 torch-math), compiled FlexAttention (torch-flex) and textbook attention (naive). Suites
 (``suites.py``, ``tiles.py``): sweep (TFLOPS vs N), vit (ViT shapes, with and without RoPE),

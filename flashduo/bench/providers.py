@@ -5,7 +5,9 @@ Every provider is a function (q, k, v) -> out on (B, H, N, D) tensors:
 - flashduo backends, by their registry name (``triton``, ``cuda``, ``triton-unfused``, or any other
   registered one): ``flashduo.attention(..., backend=name)``; ``cuda-sm80`` is the ``cuda`` backend
   with ``FLASHDUO_CUDA_ARCH=sm80`` set around each call (its mma.sync forward, which a Hopper GPU
-  otherwise replaces by the sm_90a one), so one run shows both;
+  otherwise replaces by the sm_90a one), so one run shows both; ``cuda-nondet`` is ``cuda`` with
+  ``deterministic=False`` (its faster backward, once the backend declares ``deterministic_modes``;
+  until then it is reported unavailable rather than timing the same kernels twice);
 - ``torch-flash`` / ``torch-cudnn`` / ``torch-efficient`` / ``torch-math``: PyTorch SDPA restricted
   to one of its backends;
 - ``torch-flex``: FlexAttention under ``torch.compile``, Dynamo's recompile limit raised so that
@@ -27,8 +29,9 @@ from flashduo import registry
 from flashduo.bench.records import FLEX, NAIVE, NOROPE
 from flashduo.bench.timing import Impl
 
-FLASHDUO_PROVIDERS = ("triton", "cuda", "cuda-sm80", "triton-unfused")
+FLASHDUO_PROVIDERS = ("triton", "cuda", "cuda-sm80", "cuda-nondet", "triton-unfused")
 FORCED_ARCH = {"cuda-sm80": ("cuda", "sm80")}  # provider -> (backend, FLASHDUO_CUDA_ARCH)
+NONDETERMINISTIC = {"cuda-nondet": "cuda"}  # provider -> backend run with deterministic=False
 SDPA_PROVIDERS = ("torch-flash", "torch-cudnn", "torch-efficient", "torch-math")
 PROVIDERS = (*FLASHDUO_PROVIDERS, *SDPA_PROVIDERS, FLEX, NAIVE)
 CPU_PROVIDERS = ("torch-flash", "torch-math", NAIVE)  # what the CPU run can time
@@ -44,6 +47,8 @@ def parse_providers(values: Iterable[str] | None) -> list[str]:
 
 def backend_of(name: str) -> str:
     """The registry backend behind flashduo provider ``name``."""
+    if name in NONDETERMINISTIC:
+        return NONDETERMINISTIC[name]
     return FORCED_ARCH[name][0] if name in FORCED_ARCH else name
 
 
@@ -51,6 +56,9 @@ def _attention(name: str) -> Impl:
     """flashduo.attention through provider ``name``'s backend (keyword arguments pass through),
     with its forced CUDA architecture set during the call."""
     backend = backend_of(name)
+    if name in NONDETERMINISTIC:
+        return lambda q, k, v, **kw: flashduo.attention(q, k, v, backend=backend,
+                                                        deterministic=False, **kw)
     if name not in FORCED_ARCH:
         return lambda q, k, v, **kw: flashduo.attention(q, k, v, backend=backend, **kw)
     arch = FORCED_ARCH[name][1]
@@ -90,6 +98,9 @@ def unavailable_reason(name: str, device: str) -> str | None:
         registered = flashduo.available_backends()
         if backend_of(name) not in registered:
             return f"not a registered flashduo backend (registered: {', '.join(registered)})"
+        if name in NONDETERMINISTIC and not flashduo.get_backend(backend_of(name)).deterministic_modes:
+            return (f"{backend_of(name)} has one backward, deterministic in both modes: "
+                    f"deterministic=False would time the same kernels")
         return registered[backend_of(name)]
     if device == "cuda" and name == "torch-flash" and torch.cuda.get_device_capability() < (8, 0):
         return "PyTorch's FlashAttention kernels need compute capability >= 8.0"
