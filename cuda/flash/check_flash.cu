@@ -2,7 +2,8 @@
 // on awkward shapes against a float64 host reference, then the forward's speed at large shapes.
 // On an sm_90 GPU the Hopper forward (sm90/) runs every case too, at D = 64, 96, 128 and 256 (the
 // test suite runs the backward from its output). `check_flash sm90` checks and times the Hopper
-// forward only (the nine smaller shapes, and tile-shape variants); `check_flash time` only times.
+// forward only (the nine smaller shapes, and tile-shape variants); `check_flash time` only times;
+// `check_flash qbuf` checks and times the Q-buffer variants of persistent launches.
 // Exits non-zero on a mismatch.
 #include <cmath>
 #include <cstdio>
@@ -380,9 +381,10 @@ void time_sm90(int n) {
       ms[sched] = time_ms([&] { return scheduled_fwd<T, D, S>(in.p, causal, sched); });
     }
     auto tf = [&](float t) { return flops / (t * 1e-3) / 1e12; };
-    std::printf("time  sm90 fwd %dx%dx%d D=%-3d N=%-5d causal=%d  TFLOPS: a block per tile %.0f |"
+    const char* q = S::kQBufs == 2 ? " two Q" : S::kEarlyQ ? " early Q" : "";
+    std::printf("time  sm90 fwd %dx%dx%d%s D=%-3d N=%-5d causal=%d  TFLOPS: a block per tile %.0f |"
                 " static persistent %.0f | dynamic persistent %.0f\n", S::kBM, S::kBN, S::kStages,
-                D, n, causal, tf(ms[0]), tf(ms[1]), tf(ms[2]));
+                q, D, n, causal, tf(ms[0]), tf(ms[1]), tf(ms[2]));
     if constexpr (std::is_same_v<S, flashduo::sm90::FwdShape<D>>) {
       BwdParams pb{in.q, in.k, in.v, in.o, in.q, in.lse, delta, dq, dk, dv,
                    sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D,
@@ -495,6 +497,47 @@ int check_persistent(const Shape* shapes, int count) {
   return bad;
 }
 
+// Persistent launches' next Q tile (FwdTiles' QBUFS and EARLY_Q): a second Q buffer, and freeing
+// the buffer after the tile's last S. Checked on every shape under both persistent schedules,
+// then timed beside the shipped shape.
+using EarlyQ64 = flashduo::sm90::FwdTiles<64, 128, 128, 3, 1, true>;
+using TwoQ64 = flashduo::sm90::FwdTiles<64, 128, 128, 3, 2, true>;
+using EarlyQ128 = flashduo::sm90::FwdTiles<128, 128, 128, 3, 1, true>;
+
+template <typename T, int D, class S, int SCHED>
+cudaError_t q_variant_fwd(const FwdParams& p, bool causal, cudaStream_t) {
+  return scheduled_fwd<T, D, S>(p, causal, SCHED);
+}
+
+template <int D, class S>
+int check_q_variant(const Shape* shapes, int count) {
+  using T = __nv_bfloat16;
+  char label[48];
+  std::snprintf(label, sizeof(label), "Q buffers %d early %d", S::kQBufs, int(S::kEarlyQ));
+  int bad = 0;
+  for (int i = 0; i < count; ++i) {
+    bad += check_case<T, D>(shapes[i], "bf16", q_variant_fwd<T, D, S, 1>, label, nullptr);
+    bad += check_case<T, D>(shapes[i], "bf16", q_variant_fwd<T, D, S, 2>, label, nullptr);
+  }
+  return bad;
+}
+
+int check_q_variants(const Shape* shapes, int count) {
+  return check_q_variant<64, EarlyQ64>(shapes, count) + check_q_variant<64, TwoQ64>(shapes, count) +
+         check_q_variant<128, EarlyQ128>(shapes, count);
+}
+
+void time_q_variants() {
+  using T = __nv_bfloat16;
+  for (int n : {1024, 2048, 4096, 16384}) {
+    time_sm90<T, 64>(n);
+    time_sm90<T, 64, EarlyQ64>(n);
+    time_sm90<T, 64, TwoQ64>(n);
+    time_sm90<T, 128>(n);
+    time_sm90<T, 128, EarlyQ128>(n);
+  }
+}
+
 int check_variants(const Shape* shapes, int count) {
   return check_variant<64, flashduo::sm90::FwdShapeWide64>(shapes, count) +
          check_variant<96, Tiles<96, 128, 128, 2>>(shapes, count) +
@@ -559,6 +602,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   const bool only_sm90 = mode == "sm90";
+
   if (mode == "time") {  // timings only: both forwards side by side
     time_vit<__nv_bfloat16>();
     for (int n : {1024, 4096, 16384}) {
@@ -580,6 +624,13 @@ int main(int argc, char** argv) {
                           {40, 8, 8, 203, 17, true},  {48, 6, 3, 197, 197, true},
                           {48, 6, 6, 197, 197, false}, {34, 8, 4, 290, 290, true}};
   const int count = sizeof(shapes) / sizeof(shapes[0]);
+  if (mode == "qbuf") {  // the Q-buffer variants alone: checked, then timed
+    if (!sm90) return 0;
+    const int bad = check_q_variants(shapes, count);
+    time_q_variants();
+    std::printf("check_fwd qbuf: %s\n", bad ? "FAILED" : "all cases passed");
+    return bad ? 1 : 0;
+  }
   if (only_sm90) {
     if (!sm90) {
       std::printf("check_flash sm90: skipped, this GPU is not sm_90\n");
