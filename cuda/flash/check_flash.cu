@@ -3,7 +3,8 @@
 // On an sm_90 GPU the Hopper forward (sm90/) runs every case too, at D = 64, 96, 128 and 256 (the
 // test suite runs the backward from its output). `check_flash sm90` checks and times the Hopper
 // forward only (the nine smaller shapes, and tile-shape variants); `check_flash time` only times;
-// `check_flash qbuf` checks and times the Q-buffer variants of persistent launches.
+// `check_flash qbuf` checks and times the Q-buffer variants of persistent launches;
+// `check_flash atomic` checks and times the Hopper backward's atomic mode.
 // Exits non-zero on a mismatch.
 #include <cmath>
 #include <cstdio>
@@ -43,6 +44,10 @@ struct Shape {
 // The Hopper forward's tile counter (FwdParams::tile_counter), as the extension passes one; every
 // check and timing here runs on the default stream, one launch at a time, so they share it.
 int* g_tile_counter = nullptr;
+// The Hopper backward's atomic-mode workspace (BwdParams::dq_accum), fp32, kAccumFloats of them:
+// enough for every check and timing here.
+constexpr size_t kAccumFloats = size_t(16384) * 2048;
+float* g_dq_accum = nullptr;
 
 // Backward of one case with a random dO: dq, dk, dv against float64 host formulas
 // (P = softmax(S), dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)), dQ = scale dS K,
@@ -353,6 +358,28 @@ struct DeviceInputs {
   }
 };
 
+// Gradient buffers for DeviceInputs of the same (B, H, N), and the BwdParams of the backward
+// from its output with dO = q; freed when it goes.
+template <typename T, int D>
+struct DeviceGrads {
+  T *dq = nullptr, *dk = nullptr, *dv = nullptr;
+  float* delta = nullptr;
+  BwdParams p{};
+  DeviceGrads(const DeviceInputs<T, D>& in, int b, int h, int n) {
+    const size_t el = size_t(b) * h * n * D;
+    for (T** ptr : {&dq, &dk, &dv}) CUDA_CHECK(cudaMalloc(ptr, el * sizeof(T)));
+    CUDA_CHECK(cudaMalloc(&delta, size_t(b) * h * n * sizeof(float)));
+    const int64_t sb = int64_t(h) * n * D, sh = int64_t(n) * D;
+    p = BwdParams{in.q, in.k, in.v, in.o, in.q, in.lse, delta, dq, dk, dv,
+                  sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D,
+                  b, h, h, n, n, 1.f / std::sqrt(float(D)), kLog2eF / std::sqrt(float(D))};
+  }
+  ~DeviceGrads() {
+    for (T* ptr : {dq, dk, dv}) cudaFree(ptr);
+    cudaFree(delta);
+  }
+};
+
 // One launch of the Hopper forward with tile shape S under schedule `sched`: 0 a block per query
 // tile, 1 persistent walking every gridDim.x-th tile, 2 persistent taking tiles from the counter.
 template <typename T, int D, class S>
@@ -368,12 +395,7 @@ template <typename T, int D, class S = flashduo::sm90::FwdShape<D>>
 void time_sm90(int n) {
   const int b = 16384 / n, h = std::max(1, 2048 / D);
   const DeviceInputs<T, D> in(b, h, n, 23, kLog2eF / std::sqrt(float(D)));
-  const size_t el = size_t(b) * h * n * D;
-  T *dq, *dk, *dv;
-  float* delta;
-  for (T** ptr : {&dq, &dk, &dv}) CUDA_CHECK(cudaMalloc(ptr, el * sizeof(T)));
-  CUDA_CHECK(cudaMalloc(&delta, size_t(b) * h * n * sizeof(float)));
-  const int64_t sb = int64_t(h) * n * D, sh = int64_t(n) * D;
+  const DeviceGrads<T, D> grads(in, b, h, n);
   for (int causal = 0; causal < 2; ++causal) {
     const double flops = 4.0 * b * h * double(n) * n * D / (causal ? 2 : 1);
     float ms[3];
@@ -386,17 +408,12 @@ void time_sm90(int n) {
                 " static persistent %.0f | dynamic persistent %.0f\n", S::kBM, S::kBN, S::kStages,
                 q, D, n, causal, tf(ms[0]), tf(ms[1]), tf(ms[2]));
     if constexpr (std::is_same_v<S, flashduo::sm90::FwdShape<D>>) {
-      BwdParams pb{in.q, in.k, in.v, in.o, in.q, in.lse, delta, dq, dk, dv,
-                   sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D,
-                   b, h, h, n, n, 1.f / std::sqrt(float(D)), kLog2eF / std::sqrt(float(D))};
       const float mb = time_ms(
-          [&] { return flashduo::sm90::launch_flash_bwd_sm90<T, D>(pb, causal, 0); });
+          [&] { return flashduo::sm90::launch_flash_bwd_sm90<T, D>(grads.p, causal, 0); });
       std::printf("time  sm90 bwd D=%-3d N=%-5d causal=%d  %.3f ms %.0f TFLOPS\n", D, n, causal,
                   mb, 2.5 * flops / (mb * 1e-3) / 1e12);
     }
   }
-  for (T* ptr : {dq, dk, dv}) cudaFree(ptr);
-  cudaFree(delta);
 }
 
 // ViT-S forward (B = 256, H = 6, N = 197, D = 64): the streaming kernel against the short one.
@@ -453,6 +470,56 @@ int check_sm90(const Shape* shapes, int count, bool with_bwd) {
     bad += check_sm90_case<__nv_bfloat16, 256>(s, "bf16", with_bwd);
   }
   return bad;
+}
+
+// The Hopper backward's atomic mode (dQ added into g_dq_accum by the dK/dV kernel).
+template <typename T, int D>
+cudaError_t atomic_bwd(const BwdParams& p, bool causal, cudaStream_t stream) {
+  BwdParams pa = p;
+  pa.dq_accum = g_dq_accum;
+  return flashduo::sm90::launch_flash_bwd_sm90_atomic<T, D>(pa, causal, stream);
+}
+
+template <typename T, int D>
+int check_atomic_case(const Shape& s, const char* tname) {
+  return check_case<T, D>(s, tname, flashduo::sm90::launch_flash_fwd_sm90<T, D>, "sm90 atomic",
+                          atomic_bwd<T, D>);
+}
+
+// The atomic mode on the first `count` shapes, every head dim, from the Hopper forward's output.
+int check_atomic(const Shape* shapes, int count) {
+  int bad = 0;
+  for (int i = 0; i < count; ++i) {
+    const Shape& s = shapes[i];
+    bad += check_atomic_case<__half, 64>(s, "fp16");
+    bad += check_atomic_case<__nv_bfloat16, 64>(s, "bf16");
+    bad += check_atomic_case<__nv_bfloat16, 96>(s, "bf16");
+    bad += check_atomic_case<__half, 128>(s, "fp16");
+    bad += check_atomic_case<__nv_bfloat16, 128>(s, "bf16");
+    bad += check_atomic_case<__nv_bfloat16, 256>(s, "bf16");
+  }
+  return bad;
+}
+
+// Backward TFLOPS (2.5x the forward's FLOPs), deterministic against atomic, at B*N = 16384,
+// H*D = 2048, bf16, from the Hopper forward's output.
+template <int D>
+void time_atomic(int n) {
+  using T = __nv_bfloat16;
+  const int b = 16384 / n, h = std::max(1, 2048 / D);
+  const DeviceInputs<T, D> in(b, h, n, 37, kLog2eF / std::sqrt(float(D)));
+  const DeviceGrads<T, D> grads(in, b, h, n);
+  const BwdParams& pb = grads.p;
+  for (int causal = 0; causal < 2; ++causal) {
+    const cudaError_t fwd = flashduo::sm90::launch_flash_fwd_sm90<T, D>(in.p, causal, 0);
+    CUDA_CHECK(fwd);
+    const double flops = 2.5 * 4.0 * b * h * double(n) * n * D / (causal ? 2 : 1);
+    const float det = time_ms(
+        [&] { return flashduo::sm90::launch_flash_bwd_sm90<T, D>(pb, causal, 0); });
+    const float atom = time_ms([&] { return atomic_bwd<T, D>(pb, causal, 0); });
+    std::printf("time  sm90 bwd D=%-3d N=%-5d causal=%d  TFLOPS: deterministic %.0f | atomic %.0f\n",
+                D, n, causal, flops / (det * 1e-3) / 1e12, flops / (atom * 1e-3) / 1e12);
+  }
 }
 
 // Tile-shape variants of the Hopper forward, beside the shipped FwdShape, to choose from by
@@ -590,7 +657,10 @@ void time_one(int n, bool causal, int sched) {
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
   const bool sm90 = is_sm90();
-  if (sm90) CUDA_CHECK(cudaMalloc(&g_tile_counter, sizeof(int)));
+  if (sm90) {
+    CUDA_CHECK(cudaMalloc(&g_tile_counter, sizeof(int)));
+    CUDA_CHECK(cudaMalloc(&g_dq_accum, kAccumFloats * sizeof(float)));
+  }
   if (mode == "one" && argc == 6) {
     const int d = std::atoi(argv[2]), n = std::atoi(argv[3]);
     const bool causal = std::atoi(argv[4]) != 0;
@@ -624,6 +694,16 @@ int main(int argc, char** argv) {
                           {40, 8, 8, 203, 17, true},  {48, 6, 3, 197, 197, true},
                           {48, 6, 6, 197, 197, false}, {34, 8, 4, 290, 290, true}};
   const int count = sizeof(shapes) / sizeof(shapes[0]);
+  if (mode == "atomic") {  // the backward's atomic mode alone: checked, then timed
+    if (!sm90) return 0;
+    const int bad = check_atomic(shapes, 10);
+    for (int n : {1024, 2048, 4096, 16384}) {
+      time_atomic<64>(n);
+      time_atomic<128>(n);
+    }
+    std::printf("check_bwd atomic: %s\n", bad ? "FAILED" : "all cases passed");
+    return bad ? 1 : 0;
+  }
   if (mode == "qbuf") {  // the Q-buffer variants alone: checked, then timed
     if (!sm90) return 0;
     const int bad = check_q_variants(shapes, count);

@@ -66,6 +66,9 @@ struct BwdParams {
   float scale;       // softmax scale
   float scale_log2;  // scale * log2(e)
   RopeParams rope;   // zero-initialized (no rotation) unless set; dq, dk come back unrotated
+  // The Hopper backward's atomic mode (launch_flash_bwd_sm90_atomic): fp32 (B, Hq, Nq, D)
+  // contiguous scratch the dK/dV kernel adds dQ into. nullptr: the deterministic dQ kernel.
+  float* dq_accum;
 };
 
 }  // namespace flashduo

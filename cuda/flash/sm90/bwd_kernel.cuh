@@ -10,6 +10,10 @@
 //    dV += P^T dO and dK += dS^T Q (wgmma, the A operand from registers);
 // 3. dQ: a block keeps 128 query rows of Q and dO and streams K and V tiles: S = Q K^T,
 //    dP = dO V^T, dS in registers, dQ += dS K.
+// The atomic mode (launch_flash_bwd_sm90_atomic) drops kernel 3: the dK/dV kernel also writes
+// each tile's dS to shared memory, computes its share of dQ = dS K there (wgmma) and adds it to
+// an fp32 workspace with vector atomics, which a last pass scales into dq. Five N^2 D products
+// instead of seven; the order of the additions, and so dq's last bits, vary from run to run.
 // The producer warpgroup keeps 24 registers (setmaxnreg), the two consumers 240. With RoPE the
 // producer's idle warps rotate Q and K in shared memory as they land (rope.cuh) and release them
 // on their own mbarriers (producer 40 registers, consumers 232); dQ and dK are turned back by the
@@ -47,9 +51,11 @@ struct BwdShape {
   static constexpr int kSmemDkdv =
       (2 * kKeys + 2 * kStages * kQTile) * D * 2 + 2 * kStages * kQTile * 4 + 1024 + 16 * 8;
   static constexpr int kSmemDq = (2 * kRows + 2 * kStages * kKeyTile) * D * 2 + 1024 + 16 * 8;
+  static constexpr int kDsKeys = 64;  // atomic mode: each consumer's dS tile, kQTile x 64 keys
+  static constexpr int kSmemDs = 2 * kQTile * kDsKeys * 2;
   static_assert(D == 64 || D == 96 || D == 128 || D == 256,
                 "the Hopper backward takes D = 64, 96, 128, 256");
-  static_assert(kSmemDkdv <= 227 * 1024 && kSmemDq <= 227 * 1024, "tiles too large");
+  static_assert(kSmemDkdv + kSmemDs <= 227 * 1024 && kSmemDq <= 227 * 1024, "tiles too large");
   static_assert(kProducerRegs<true> * 128 + kConsumerRegs<true> * 256 <= 65536, "registers");
 };
 
@@ -135,7 +141,30 @@ struct DkdvMaps {
   CUtensorMap q, dout, k, v;
 };
 
-template <typename T, int D, bool kCausal, bool kRope>
+// The dS tile of the atomic mode: kQTile query rows x 64 keys, one 128-byte row per query under
+// the 128-byte swizzle (the layout TMA gives a K-major operand), read as A of dQ = dS K.
+using DsLayout = FwdShape<64>;
+
+// Swizzled offset of (row, col) in a tile of 64-element (128-byte) rows.
+__device__ __forceinline__ int ds_offset(int row, int col) {
+  return row * 64 + (((col / 8) ^ (row % 8)) * 8) + col % 8;
+}
+
+// Store x, rounded to T, at element `offset` of the shared-memory tile (a shared-space store:
+// the tile pointer is generic).
+template <typename T>
+__device__ __forceinline__ void store_shared(const T* tile, int offset, float x) {
+  const T v = static_cast<T>(x);
+  unsigned short bits;
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    bits = __bfloat16_as_ushort(v);
+  } else {
+    bits = __half_as_ushort(v);
+  }
+  asm volatile("st.shared.b16 [%0], %1;" ::"r"(smem_u32(tile + offset)), "h"(bits) : "memory");
+}
+
+template <typename T, int D, bool kCausal, bool kRope, bool kAtomicDq = false>
 __global__ void __launch_bounds__(384, 1)
     bwd_dkdv_sm90_kernel(const __grid_constant__ DkdvMaps maps, const BwdParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -149,8 +178,9 @@ __global__ void __launch_bounds__(384, 1)
   T* sV = sK + BN * D;
   T* sQ = sV + BN * D;                 // kStages tiles
   T* sDO = sQ + kStages * BM * D;      // kStages tiles
+  T* sDS = sDO + kStages * BM * D;     // atomic mode: a dS tile per consumer
   // per stage: lse2[BM] (lse in log2 units), delta[BM]
-  float* sStat = reinterpret_cast<float*>(sDO + kStages * BM * D);
+  float* sStat = reinterpret_cast<float*>(sDS + (kAtomicDq ? 2 * BM * B::kDsKeys : 0));
   uint64_t* kv_full = reinterpret_cast<uint64_t*>(sStat + kStages * 2 * BM);
   uint64_t* qd_full = kv_full + 1;
   uint64_t* stat_full = qd_full + kStages;
@@ -287,6 +317,19 @@ __global__ void __launch_bounds__(384, 1)
     uint32_t pa[BM / 16][4], da[BM / 16][4];
     pack_a<T, BM>(pa, st);
     pack_a<T, BM>(da, dpt);
+    if constexpr (kAtomicDq) {  // dS^T (keys x queries) goes in as dS (queries x keys)
+      T* tDS = sDS + cw * BM * B::kDsKeys;
+#pragma unroll
+      for (int t = 0; t < BM / 8; ++t) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int q = t * 8 + (lane % 4) * 2 + (e & 1), kr = 16 * warp + lane / 4 + (e >> 1) * 8;
+          store_shared<T>(tDS, ds_offset(q, kr), dpt[4 * t + e]);
+        }
+      }
+      fence_proxy_async();
+      bar_sync(1 + cw, 128);  // this consumer's dS tile is whole
+    }
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < BM / 16; ++kk) {
@@ -295,7 +338,40 @@ __global__ void __launch_bounds__(384, 1)
     }
     wgmma_commit();
     wgmma_wait<0>();
-    if (lane == 0) mbar_arrive(&empty[s]);
+    if constexpr (kAtomicDq) {  // dQ[:, col0 + AC) += dS K, from this consumer's 64 keys
+      const int h = hk * group + it / per_head;
+      const T* tDS = sDS + cw * BM * B::kDsKeys;
+      float dq[AC / 2];
+      const T* tK = sK + col0 * BN + krow0 * C;
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < B::kDsKeys / 16; ++kk) {
+        const uint64_t a = kmajor_desc<T, DsLayout>(tDS, BM, 0, kk);
+        const uint64_t bk = nmajor_desc<T, D>(tK, BN, kk);
+        if (kk == 0) {
+          wgmma_ss_zero<T, 1>(dq, a, bk);
+        } else {
+          wgmma_ss<T, 1>(dq, a, bk, 1);
+        }
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      if (lane == 0) mbar_arrive(&empty[s]);
+      float* acc = p.dq_accum + (static_cast<int64_t>(b) * p.hq + h) * p.nq * D + col0;
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int r = m0 + 16 * warp + lane / 4 + 8 * i;
+        if (r >= p.nq) continue;
+#pragma unroll
+        for (int t = 0; t < AC / 8; ++t) {
+          atomicAdd(reinterpret_cast<float2*>(acc + static_cast<int64_t>(r) * D + t * 8 +
+                                              (lane % 4) * 2),
+                    make_float2(dq[4 * t + 2 * i], dq[4 * t + 2 * i + 1]));
+        }
+      }
+    } else {
+      if (lane == 0) mbar_arrive(&empty[s]);
+    }
   }
   T* gdk = static_cast<T*>(p.dk) + b * p.dk_sb + hk * p.dk_sh;
   T* gdv = static_cast<T*>(p.dv) + b * p.dk_sb + hk * p.dk_sh;
@@ -304,6 +380,22 @@ __global__ void __launch_bounds__(384, 1)
   store_acc<T, AC>(gdk + col0, p.dk_sn, n0 + krow0, p.nk, dk, all_one_key ? 0.f : p.scale);
   store_acc<T, AC>(gdv + col0, p.dk_sn, n0 + krow0, p.nk, dv, 1.f);
 #endif
+}
+
+// The atomic mode's last pass: dq = scale * dq_accum, four elements a thread, exactly 0 in rows
+// that see one key.
+template <typename T, int D, bool kCausal>
+__global__ void __launch_bounds__(256) bwd_dq_convert_kernel(const BwdParams p) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * 256 + threadIdx.x;  // of 4 elements
+  if (idx >= static_cast<int64_t>(p.b) * p.hq * p.nq * (D / 4)) return;
+  const int64_t row = idx / (D / 4);
+  const int col = static_cast<int>(idx % (D / 4)) * 4, i = static_cast<int>(row % p.nq);
+  const int64_t bh = row / p.nq;
+  const int b = static_cast<int>(bh / p.hq), h = static_cast<int>(bh % p.hq);
+  const float4 x = reinterpret_cast<const float4*>(p.dq_accum)[idx];
+  const float m = one_key_row<kCausal>(i, p.nk) ? 0.f : p.scale;
+  T* dq = static_cast<T*>(p.dq) + b * p.dq_sb + h * p.dq_sh + i * p.dq_sn + col;
+  *reinterpret_cast<uint2*>(dq) = make_uint2(pack2<T>(x.x * m, x.y * m), pack2<T>(x.z * m, x.w * m));
 }
 
 // Tensor maps of the dQ kernel: q, dO (kRows rows), k, v (kKeyTile rows).
@@ -459,6 +551,28 @@ __global__ void __launch_bounds__(384, 1)
 #endif
 }
 
+// A tensor map of one of p's (B, H, N, D) tensors with boxes of `rows` rows, in the forward's
+// column-block layout; false when TMA cannot address it.
+template <typename T, int D>
+bool bwd_map(CUtensorMap* m, const BwdParams& p, const void* base, int h, int n, int64_t sb,
+             int64_t sh, int64_t sn, int rows) {
+  using F = FwdShape<D>;
+  constexpr int64_t bf16 = std::is_same_v<T, __nv_bfloat16> ? 1 : 0;
+  const CUtensorMapSwizzle sw =
+      F::kChunk == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B;
+  return bhnd_map(m, {base, p.b, h, n, sb, sh, sn, D, rows, bf16}, F::kChunk, sw);
+}
+
+// The dK/dV kernel's tensor maps of p's q, dO, k, v; false when one cannot be mapped for TMA.
+template <typename T, int D>
+bool dkdv_maps(const BwdParams& p, DkdvMaps* mk) {
+  using B = BwdShape<D>;
+  return bwd_map<T, D>(&mk->q, p, p.q, p.hq, p.nq, p.q_sb, p.q_sh, p.q_sn, B::kQTile) &&
+         bwd_map<T, D>(&mk->dout, p, p.dout, p.hq, p.nq, p.do_sb, p.do_sh, p.do_sn, B::kQTile) &&
+         bwd_map<T, D>(&mk->k, p, p.k, p.hkv, p.nk, p.k_sb, p.k_sh, p.k_sn, B::kKeys) &&
+         bwd_map<T, D>(&mk->v, p, p.v, p.hkv, p.nk, p.v_sb, p.v_sh, p.v_sn, B::kKeys);
+}
+
 // Launch the Hopper backward on `stream`: the delta pass, then the dK/dV and dQ kernels. Requires
 // an sm_90 device, nq, nk >= 1, hq % hkv == 0, and RoPE tables (when p.rope.cos is set) starting
 // on 16-byte boundaries. cudaErrorNotSupported, launching nothing, when an input cannot be mapped
@@ -466,25 +580,14 @@ __global__ void __launch_bounds__(384, 1)
 template <typename T, int D>
 cudaError_t launch_flash_bwd_sm90(const BwdParams& p, bool causal, cudaStream_t stream) {
   using B = BwdShape<D>;
-  using F = FwdShape<D>;
-  constexpr int64_t bf16 = std::is_same_v<T, __nv_bfloat16> ? 1 : 0;
-  const CUtensorMapSwizzle sw =
-      F::kChunk == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B;
-  auto map = [&](CUtensorMap* m, const void* base, int h, int n, int64_t sb, int64_t sh,
-                 int64_t sn, int rows) {
-    return bhnd_map(m, {base, p.b, h, n, sb, sh, sn, D, rows, bf16}, F::kChunk, sw);
-  };
   DkdvMaps mk;
   DqMaps mq;
   const bool ok =
-      map(&mk.q, p.q, p.hq, p.nq, p.q_sb, p.q_sh, p.q_sn, B::kQTile) &&
-      map(&mk.dout, p.dout, p.hq, p.nq, p.do_sb, p.do_sh, p.do_sn, B::kQTile) &&
-      map(&mk.k, p.k, p.hkv, p.nk, p.k_sb, p.k_sh, p.k_sn, B::kKeys) &&
-      map(&mk.v, p.v, p.hkv, p.nk, p.v_sb, p.v_sh, p.v_sn, B::kKeys) &&
-      map(&mq.q, p.q, p.hq, p.nq, p.q_sb, p.q_sh, p.q_sn, B::kRows) &&
-      map(&mq.dout, p.dout, p.hq, p.nq, p.do_sb, p.do_sh, p.do_sn, B::kRows) &&
-      map(&mq.k, p.k, p.hkv, p.nk, p.k_sb, p.k_sh, p.k_sn, B::kKeyTile) &&
-      map(&mq.v, p.v, p.hkv, p.nk, p.v_sb, p.v_sh, p.v_sn, B::kKeyTile);
+      dkdv_maps<T, D>(p, &mk) &&
+      bwd_map<T, D>(&mq.q, p, p.q, p.hq, p.nq, p.q_sb, p.q_sh, p.q_sn, B::kRows) &&
+      bwd_map<T, D>(&mq.dout, p, p.dout, p.hq, p.nq, p.do_sb, p.do_sh, p.do_sn, B::kRows) &&
+      bwd_map<T, D>(&mq.k, p, p.k, p.hkv, p.nk, p.k_sb, p.k_sh, p.k_sn, B::kKeyTile) &&
+      bwd_map<T, D>(&mq.v, p, p.v, p.hkv, p.nk, p.v_sb, p.v_sh, p.v_sn, B::kKeyTile);
   if (!ok) return cudaErrorNotSupported;
   using Dkdv = void (*)(DkdvMaps, BwdParams);
   using Dq = void (*)(DqMaps, BwdParams);
@@ -511,6 +614,43 @@ cudaError_t launch_flash_bwd_sm90(const BwdParams& p, bool causal, cudaStream_t 
   dkdv_kernels[variant]<<<grid_kv, 384, B::kSmemDkdv, stream>>>(mk, p);
   const unsigned grid_q = static_cast<unsigned>((p.nq + B::kRows - 1) / B::kRows) * p.b * p.hq;
   dq_kernels[variant]<<<grid_q, 384, B::kSmemDq, stream>>>(mq, p);
+  return cudaGetLastError();
+}
+
+// The atomic mode on `stream`: delta, the dK/dV kernel adding dQ into p.dq_accum (zeroed here
+// first), and the pass that scales it into dq. Requires what launch_flash_bwd_sm90 does and
+// p.dq_accum, fp32 (B, Hq, Nq, D) contiguous; cudaErrorNotSupported, launching nothing, with RoPE
+// (not built in this mode) or when an input cannot be mapped for TMA.
+template <typename T, int D>
+cudaError_t launch_flash_bwd_sm90_atomic(const BwdParams& p, bool causal, cudaStream_t stream) {
+  using B = BwdShape<D>;
+  DkdvMaps mk;
+  if (p.rope.cos != nullptr || p.dq_accum == nullptr || !dkdv_maps<T, D>(p, &mk)) {
+    return cudaErrorNotSupported;
+  }
+  using Dkdv = void (*)(DkdvMaps, BwdParams);
+  using Convert = void (*)(BwdParams);
+  static const Dkdv dkdv_kernels[2] = {bwd_dkdv_sm90_kernel<T, D, false, false, true>,
+                                       bwd_dkdv_sm90_kernel<T, D, true, false, true>};
+  static const Convert convert_kernels[2] = {bwd_dq_convert_kernel<T, D, false>,
+                                             bwd_dq_convert_kernel<T, D, true>};
+  static const bool configured = [] {
+    for (Dkdv k : dkdv_kernels) {
+      cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           B::kSmemDkdv + B::kSmemDs);
+    }
+    return true;
+  }();
+  (void)configured;
+  const int64_t rows = static_cast<int64_t>(p.b) * p.hq * p.nq;
+  const cudaError_t err = cudaMemsetAsync(p.dq_accum, 0, rows * D * sizeof(float), stream);
+  if (err != cudaSuccess) return err;
+  bwd_delta_kernel<T, D><<<static_cast<unsigned>((rows + 31) / 32), 128, 0, stream>>>(p);
+  const unsigned grid_kv = static_cast<unsigned>((p.nk + B::kKeys - 1) / B::kKeys) * p.b * p.hkv;
+  dkdv_kernels[causal ? 1 : 0]<<<grid_kv, 384, B::kSmemDkdv + B::kSmemDs, stream>>>(mk, p);
+  const int64_t quads = rows * (D / 4);
+  convert_kernels[causal ? 1 : 0]<<<static_cast<unsigned>((quads + 255) / 256), 256, 0, stream>>>(
+      p);
   return cudaGetLastError();
 }
 
