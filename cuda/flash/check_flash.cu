@@ -3,7 +3,7 @@
 // On an sm_90 GPU the Hopper forward (sm90/) runs every case too, at D = 64, 96, 128 and 256 (the
 // test suite runs the backward from its output). `check_flash sm90` checks and times the Hopper
 // forward only (the nine smaller shapes, and tile-shape variants); `check_flash time` only times;
-// `check_flash qbuf` checks and times the Q-buffer variants of persistent launches;
+// `check_flash lateq` checks and times forwards that free the Q tile after its last P V;
 // `check_flash atomic` checks and times the Hopper backward's atomic mode.
 // Exits non-zero on a mismatch.
 #include <cmath>
@@ -403,7 +403,7 @@ void time_sm90(int n) {
       ms[sched] = time_ms([&] { return scheduled_fwd<T, D, S>(in.p, causal, sched); });
     }
     auto tf = [&](float t) { return flops / (t * 1e-3) / 1e12; };
-    const char* q = S::kQBufs == 2 ? " two Q" : S::kEarlyQ ? " early Q" : "";
+    const char* q = S::kEarlyQ ? "" : " late Q";
     std::printf("time  sm90 fwd %dx%dx%d%s D=%-3d N=%-5d causal=%d  TFLOPS: a block per tile %.0f |"
                 " static persistent %.0f | dynamic persistent %.0f\n", S::kBM, S::kBN, S::kStages,
                 q, D, n, causal, tf(ms[0]), tf(ms[1]), tf(ms[2]));
@@ -564,12 +564,12 @@ int check_persistent(const Shape* shapes, int count) {
   return bad;
 }
 
-// Persistent launches' next Q tile (FwdTiles' QBUFS and EARLY_Q): a second Q buffer, and freeing
-// the buffer after the tile's last S. Checked on every shape under both persistent schedules,
-// then timed beside the shipped shape.
-using EarlyQ64 = flashduo::sm90::FwdTiles<64, 128, 128, 3, 1, true>;
-using TwoQ64 = flashduo::sm90::FwdTiles<64, 128, 128, 3, 2, true>;
-using EarlyQ128 = flashduo::sm90::FwdTiles<128, 128, 128, 3, 1, true>;
+// When the consumers free the Q tile (FwdTiles' EARLY_Q): the shipped shapes free it after the
+// tile's last S, these after its last P V. Checked on every shape under both persistent
+// schedules, then timed beside the shipped shapes.
+using LateQ64 = flashduo::sm90::FwdTiles<64, 128, 128, 3, false>;
+using LateQWide64 = flashduo::sm90::FwdTiles<64, 192, 128, 3, false>;
+using LateQ128 = flashduo::sm90::FwdTiles<128, 128, 128, 3, false>;
 
 template <typename T, int D, class S, int SCHED>
 cudaError_t q_variant_fwd(const FwdParams& p, bool causal, cudaStream_t) {
@@ -580,7 +580,7 @@ template <int D, class S>
 int check_q_variant(const Shape* shapes, int count) {
   using T = __nv_bfloat16;
   char label[48];
-  std::snprintf(label, sizeof(label), "Q buffers %d early %d", S::kQBufs, int(S::kEarlyQ));
+  std::snprintf(label, sizeof(label), "%dx%d early Q %d", S::kBM, S::kBN, int(S::kEarlyQ));
   int bad = 0;
   for (int i = 0; i < count; ++i) {
     bad += check_case<T, D>(shapes[i], "bf16", q_variant_fwd<T, D, S, 1>, label, nullptr);
@@ -590,18 +590,20 @@ int check_q_variant(const Shape* shapes, int count) {
 }
 
 int check_q_variants(const Shape* shapes, int count) {
-  return check_q_variant<64, EarlyQ64>(shapes, count) + check_q_variant<64, TwoQ64>(shapes, count) +
-         check_q_variant<128, EarlyQ128>(shapes, count);
+  return check_q_variant<64, LateQ64>(shapes, count) +
+         check_q_variant<64, flashduo::sm90::FwdShapeWide64>(shapes, count) +
+         check_q_variant<128, LateQ128>(shapes, count);
 }
 
 void time_q_variants() {
   using T = __nv_bfloat16;
   for (int n : {1024, 2048, 4096, 16384}) {
     time_sm90<T, 64>(n);
-    time_sm90<T, 64, EarlyQ64>(n);
-    time_sm90<T, 64, TwoQ64>(n);
+    time_sm90<T, 64, LateQ64>(n);
+    time_sm90<T, 64, flashduo::sm90::FwdShapeWide64>(n);
+    time_sm90<T, 64, LateQWide64>(n);
     time_sm90<T, 128>(n);
-    time_sm90<T, 128, EarlyQ128>(n);
+    time_sm90<T, 128, LateQ128>(n);
   }
 }
 
@@ -704,11 +706,11 @@ int main(int argc, char** argv) {
     std::printf("check_bwd atomic: %s\n", bad ? "FAILED" : "all cases passed");
     return bad ? 1 : 0;
   }
-  if (mode == "qbuf") {  // the Q-buffer variants alone: checked, then timed
+  if (mode == "lateq") {  // the late-Q variants alone: checked, then timed
     if (!sm90) return 0;
     const int bad = check_q_variants(shapes, count);
     time_q_variants();
-    std::printf("check_fwd qbuf: %s\n", bad ? "FAILED" : "all cases passed");
+    std::printf("check_fwd lateq: %s\n", bad ? "FAILED" : "all cases passed");
     return bad ? 1 : 0;
   }
   if (only_sm90) {

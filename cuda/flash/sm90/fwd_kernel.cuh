@@ -39,13 +39,12 @@ namespace flashduo::sm90 {
 // of kStages K/V stages. kChunk: the column block of a shared-memory tile (64 elements under the
 // 128-byte swizzle; 32 and the 64-byte swizzle for D = 96, which 64 does not divide). Registers
 // per thread after setmaxnreg: the producer keeps 24 (56 when it rotates tiles for RoPE), the
-// consumers share the rest. A persistent block's next Q tile: QBUFS = 2 gives it a buffer of its
-// own, so it lands while the current tile runs; EARLY_Q frees a buffer once the tile's last S is
-// computed instead of after its last P V.
-template <int D, int BM, int BN, int STAGES, int QBUFS = 1, bool EARLY_Q = false>
+// consumers share the rest. EARLY_Q: the consumers free the Q tile as soon as its last S is
+// computed, so a persistent block's next Q tile lands during the last softmax, P V and epilogue;
+// otherwise after the last P V.
+template <int D, int BM, int BN, int STAGES, bool EARLY_Q = true>
 struct FwdTiles {
   static constexpr int kBM = BM, kBN = BN, kStages = STAGES;
-  static constexpr int kQBufs = QBUFS;
   static constexpr bool kEarlyQ = EARLY_Q;
   static constexpr int kConsumers = BM / 64;
   static constexpr int kThreads = 128 * (kConsumers + 1);
@@ -56,11 +55,10 @@ struct FwdTiles {
   static constexpr int kChunk = D % 64 == 0 ? 64 : 32;
   static constexpr uint32_t kSwizzle = kChunk == 64 ? 1 : 2;  // descriptor code
   static constexpr uint32_t kGroup = 8 * kChunk * 2;           // bytes of 8 rows of a block
-  static constexpr int kSmemTiles = (kQBufs * kBM + 2 * kStages * kBN) * D * 2;
-  // + alignment, barriers, the two query-tile slots and a second Q buffer's barriers
-  static constexpr int kSmem = kSmemTiles + 1024 + (3 + 4 * kStages) * 8 + 8 + 3 * 8 * (kQBufs - 1);
+  static constexpr int kSmemTiles = (kBM + 2 * kStages * kBN) * D * 2;
+  // + alignment, barriers and the two query-tile slots
+  static constexpr int kSmem = kSmemTiles + 1024 + (3 + 4 * kStages) * 8 + 8;
   static_assert(BM % 64 == 0 && (kConsumers == 2 || kConsumers == 3), "2 or 3 consumers");
-  static_assert(kQBufs == 1 || kQBufs == 2, "one or two Q buffers");
   static_assert(BN % 16 == 0 && BN <= 256 && kSmem <= 227 * 1024, "tile too large");
   static_assert(kProducerRegs<true> * 128 + kConsumerRegs<true> * 128 * kConsumers <= 65536 &&
                     kProducerRegs<false> * 128 + kConsumerRegs<false> * 128 * kConsumers <= 65536,
@@ -142,8 +140,8 @@ __global__ void __launch_bounds__(S::kThreads, 1)
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = reinterpret_cast<unsigned char*>(
       (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  T* sQ = reinterpret_cast<T*>(smem);  // kQBufs buffers of BM x D
-  T* sK = sQ + S::kQBufs * BM * D;
+  T* sQ = reinterpret_cast<T*>(smem);
+  T* sK = sQ + BM * D;
   T* sV = sK + kStages * BN * D;
   uint64_t* q_full = reinterpret_cast<uint64_t*>(sV + kStages * BN * D);
   uint64_t* k_full = q_full + 1;
@@ -158,12 +156,6 @@ __global__ void __launch_bounds__(S::kThreads, 1)
   // q_full; a slot of `total` or more ends the walk. Key tiles are counted across query tiles
   // (g), so the ring's phases run on.
   int* tile_slot = reinterpret_cast<int*>(q_empty + 1);
-  // Q buffer b of query tile lt: lt % kQBufs, used for the (lt / kQBufs)-th time. Buffer 1's
-  // full / ready / empty barriers follow the slots.
-  uint64_t* q_extra = reinterpret_cast<uint64_t*>(tile_slot + 2);
-  auto q_full_of = [&](int b) { return b == 0 ? q_full : q_extra; };
-  auto q_ready_of = [&](int b) { return b == 0 ? q_ready : q_extra + 1; };
-  auto q_empty_of = [&](int b) { return b == 0 ? q_empty : q_extra + 2; };
 
   const int num_m = (p.nq + BM - 1) / BM;
   const int total = num_m * p.b * p.hq;
@@ -183,11 +175,6 @@ __global__ void __launch_bounds__(S::kThreads, 1)
       mbar_init(&k_ready[s], 96);
     }
     mbar_init(q_ready, 96);
-    if constexpr (S::kQBufs == 2) {
-      mbar_init(q_full_of(1), 1);
-      mbar_init(q_ready_of(1), 96);
-      mbar_init(q_empty_of(1), 4 * NC);
-    }
     mbar_fence_init();
   }
   __syncthreads();
@@ -198,19 +185,17 @@ __global__ void __launch_bounds__(S::kThreads, 1)
       constexpr uint32_t kTileBytes = BN * D * 2;
       int g = 0;
       for (int tile = blockIdx.x, lt = 0;; ++lt) {
-        const int qb = lt % S::kQBufs, use = lt / S::kQBufs;
-        if (use > 0) mbar_wait(q_empty_of(qb), (use - 1) & 1);
+        if (lt > 0) mbar_wait(q_empty, (lt - 1) & 1);
         tile_slot[lt & 1] = tile;
         if (tile >= total) {
-          mbar_arrive(q_full_of(qb));
+          mbar_arrive(q_full);
           break;
         }
         const QueryBlock blk = query_block_at<BM, kCausal>(tile, p.nq, p.hq, p.hkv);
-        mbar_expect_tx(q_full_of(qb), BM * D * 2);
-        T* q_dst = sQ + qb * BM * D;
+        mbar_expect_tx(q_full, BM * D * 2);
 #pragma unroll
         for (int c = 0; c < D / C; ++c)
-          tma_load_4d(q_dst + c * BM * C, &tq, q_full_of(qb), c * C, blk.m0, blk.h, blk.b);
+          tma_load_4d(sQ + c * BM * C, &tq, q_full, c * C, blk.m0, blk.h, blk.b);
         // Taken now, used after this tile's loads: the atomic's round trip hides behind them.
         const int next = p.tile_counter != nullptr
                              ? static_cast<int>(gridDim.x) + atomicAdd(p.tile_counter, 1)
@@ -238,17 +223,16 @@ __global__ void __launch_bounds__(S::kThreads, 1)
         const int rt = threadIdx.x - 32;
         int g = 0;
         for (int lt = 0;; ++lt) {
-          const int qb = lt % S::kQBufs;
-          mbar_wait(q_full_of(qb), (lt / S::kQBufs) & 1);
+          mbar_wait(q_full, lt & 1);
           const int tile = tile_slot[lt & 1];
           if (tile >= total) {
-            mbar_arrive(q_ready_of(qb));  // passes the end on to the consumers
+            mbar_arrive(q_ready);  // passes the end on to the consumers
             break;
           }
           const QueryBlock blk = query_block_at<BM, kCausal>(tile, p.nq, p.hq, p.hkv);
-          rope_tile<T, D, C, BM, 96>(sQ + qb * BM * D, blk.m0, p.rope, rt);
+          rope_tile<T, D, C, BM, 96>(sQ, blk.m0, p.rope, rt);
           fence_proxy_async();
-          mbar_arrive(q_ready_of(qb));
+          mbar_arrive(q_ready);
           const int n_tiles = key_tiles(blk);
           for (int j = 0; j < n_tiles; ++j, ++g) {
             const int s = g % kStages;
@@ -276,8 +260,7 @@ __global__ void __launch_bounds__(S::kThreads, 1)
   // complete a barrier without its waiter).
   if (cw == NC - 1) bar_arrive(1, 256);
   for (int lt = 0;; ++lt) {
-    const int qb = lt % S::kQBufs;
-    mbar_wait(kRope ? q_ready_of(qb) : q_full_of(qb), (lt / S::kQBufs) & 1);
+    mbar_wait(kRope ? q_ready : q_full, lt & 1);
     // Through a warp reduction (which lands in a uniform register): ptxas then keeps the tile's
     // coordinates, trip counts and branches warp-uniform, as it does for blockIdx.x.
     const int tile = __reduce_max_sync(0xffffffffu, tile_slot[lt & 1]);
@@ -298,7 +281,7 @@ __global__ void __launch_bounds__(S::kThreads, 1)
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
-        wgmma_ss<T, 0>(sc, kmajor_desc<T, S>(sQ + qb * BM * D, BM, 64 * cw, kk),
+        wgmma_ss<T, 0>(sc, kmajor_desc<T, S>(sQ, BM, 64 * cw, kk),
                        kmajor_desc<T, S>(sK + s * BN * D, BN, 0, kk), kk > 0);
       }
       wgmma_commit();
@@ -316,8 +299,8 @@ __global__ void __launch_bounds__(S::kThreads, 1)
     auto release = [&](int j) {
       if (lane == 0) mbar_arrive(&empty[(g0 + j) % kStages]);
     };
-    auto release_q = [&] {  // every S of this tile is done: its Q buffer may be refilled
-      if (lane == 0) mbar_arrive(q_empty_of(qb));
+    auto release_q = [&] {  // every S of this tile is done: the Q tile may be replaced
+      if (lane == 0) mbar_arrive(q_empty);
     };
     auto softmax = [&](float(&sc)[BN / 2], int j, float(&alpha)[2]) {
       const int n0 = j * BN;
