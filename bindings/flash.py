@@ -3,7 +3,10 @@
 ``fwd(q, k, v, causal, scale) -> (out, lse)``: q (B, Hq, Nq, D), k and v (B, Hkv, Nk, D), float16
 or bfloat16 CUDA tensors with last-dim stride 1, D in {64, 96, 128, 256} (96 and 256 on sm_90
 only), Hq % Hkv == 0; out (B, Hq, Nq, D) contiguous, lse float32 (B, Hq, Nq) in natural log.
-``bwd(dout, q, k, v, out, lse, causal, scale) -> (dq, dk, dv)``, contiguous, shaped like q, k, v.
+``bwd(dout, q, k, v, out, lse, causal, scale) -> (dq, dk, dv)``, contiguous, shaped like q, k, v;
+``deterministic=False`` with ``FLASHDUO_CUDA_DQ=atomic`` in the environment runs the Hopper
+backward's atomic mode (dq added with fp32 atomics: run-to-run differences in the last bits);
+otherwise the backward is deterministic either way.
 Both take ``rope=(cos, sin, num_prefix)`` (``reference.RopeTables``: float32 contiguous
 (N_pos, D / 2) tables of the 2D RoPE): q and k are rotated inside the kernels; dq and dk come back
 unrotated.
@@ -47,8 +50,9 @@ def fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: 
 
 def bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         out: torch.Tensor, lse: torch.Tensor, causal: bool, scale: float,
-        rope: RopeTables | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rope: RopeTables | None = None,
+        deterministic: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward: (dq, dk, dv)."""
     dout, q, k, v, out = (_aligned(t) for t in (dout, q, k, v, out))
     return loader.load().bwd(dout, q, k, v, out, lse, bool(causal), float(scale),
-                             *_rope_args(rope))
+                             *_rope_args(rope), bool(deterministic))

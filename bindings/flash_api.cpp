@@ -6,6 +6,8 @@
 // FLASHDUO_CUDA_ARCH=sm80; elsewhere the mma.sync forward (D in {64, 128}).
 // bwd(dout, q, k, v, out, lse, causal, scale) -> (dq, dk, dv), contiguous, shaped like q, k, v;
 // on sm_90 the Hopper backward (D in {64, 96, 128, 256}), elsewhere mma.sync (D in {64, 128}).
+// deterministic=False with FLASHDUO_CUDA_DQ=atomic (read on every call) runs the Hopper
+// backward's atomic mode; every other path is deterministic either way.
 // Both take optional 2D RoPE tables (rope_cos, rope_sin: float32 (N_pos, D / 2), num_prefix):
 // q and k are rotated inside the kernels, and dq, dk come back unrotated.
 // Both launch on the current CUDA stream of the tensors' device.
@@ -94,6 +96,16 @@ bool use_sm90(cudaStream_t stream) {
     return false;
   }
   return major == 9 && flashduo::sm90::forward_built(stream);
+}
+
+// Whether this backward adds dQ with fp32 atomics (the Hopper backward's atomic mode): only when
+// the caller allows non-deterministic gradients and FLASHDUO_CUDA_DQ=atomic opts in. It is not
+// the default because the two measurements disagree: at D = 64 it times 15 - 23 % faster than
+// the separate dQ kernel in check_flash, and 17 - 28 % slower in `make bench` (docs/perf-notes.md).
+bool atomic_dq(bool deterministic, cudaStream_t stream) {
+  if (deterministic) return false;
+  const char* mode = std::getenv("FLASHDUO_CUDA_DQ");
+  return mode != nullptr && std::string(mode) == "atomic" && use_sm90(stream);
 }
 
 template <typename T>
@@ -245,7 +257,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const
                                                    const at::Tensor& out, const at::Tensor& lse,
                                                    bool causal, double scale,
                                                    const OptTensor& rope_cos,
-                                                   const OptTensor& rope_sin, int64_t num_prefix) {
+                                                   const OptTensor& rope_sin, int64_t num_prefix,
+                                                   bool deterministic) {
   require(bwd_problem(dout, q, k, v, out, lse, scale));
   require(rope_problem(q, k, rope_cos, rope_sin, num_prefix));
   const int64_t d = q.size(3);
@@ -271,6 +284,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const
                         static_cast<float>(scale * flashduo::kLog2e),
                         rope_params(rope_cos, rope_sin, num_prefix)};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  at::Tensor dq_accum;  // the atomic mode's fp32 scratch, (B, Hq, Nq, D)
+  if (atomic_dq(deterministic, stream)) {
+    dq_accum = at::empty({b, hq, nq, d}, q.options().dtype(at::kFloat));
+    p.dq_accum = dq_accum.data_ptr<float>();
+  }
   const cudaError_t err =
       q.scalar_type() == at::kHalf
           ? dispatch_head_dim<__half>(p, static_cast<int>(d), causal, stream)
@@ -303,9 +321,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "whether fwd runs the Hopper (sm_90a) kernels on the current device now");
   m.def("bwd", &bwd,
         "FlashAttention backward: (dout, q, k, v, out, lse, causal, scale, rope_cos=None, "
-        "rope_sin=None, num_prefix=0) -> (dq, dk, dv)",
+        "rope_sin=None, num_prefix=0, deterministic=True) -> (dq, dk, dv)",
         pybind11::arg("dout"), pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"),
         pybind11::arg("out"), pybind11::arg("lse"), pybind11::arg("causal"),
         pybind11::arg("scale"), pybind11::arg("rope_cos") = pybind11::none(),
-        pybind11::arg("rope_sin") = pybind11::none(), pybind11::arg("num_prefix") = 0);
+        pybind11::arg("rope_sin") = pybind11::none(), pybind11::arg("num_prefix") = 0,
+        pybind11::arg("deterministic") = true);
 }

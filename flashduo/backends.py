@@ -142,10 +142,11 @@ def _cuda_fwd(q, k, v, causal, scale, rope=None):
     return flash.fwd(q, k, v, causal, scale, rope=rope)
 
 
-def _cuda_bwd(dout, q, k, v, out, lse, causal, scale, rope=None):
+def _cuda_bwd(dout, q, k, v, out, lse, causal, scale, rope=None, deterministic=True):
     from bindings import flash
 
-    return flash.bwd(dout, q, k, v, out, lse, causal, scale, rope=rope)
+    return flash.bwd(dout, q, k, v, out, lse, causal, scale, rope=rope,
+                     deterministic=deterministic)
 
 
 def _torch_fwd(q, k, v, causal, scale):
@@ -231,6 +232,7 @@ register_backend(
         unavailable=_cuda_unavailable,
         extra_reasons=_cuda_limits,
         fused_rope=True,
+        deterministic_modes=True,
     )
 )
 

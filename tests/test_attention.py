@@ -86,3 +86,28 @@ NONDETERMINISTIC_CASES = [next(c for c in CASES if c.hq != c.hkv), next(c for c 
 def test_nondeterministic_backward_within_pass_rule(backend: str, case) -> None:
     """deterministic=False (the faster backward where a backend has one) passes the same rule."""
     check_case(backend, case, deterministic=False)
+
+
+# cuda's atomic backward (deterministic=False with FLASHDUO_CUDA_DQ=atomic, Hopper): every case
+# with ragged lengths, GQA or a non-contiguous layout (one-key rows among them), and every head dim.
+ATOMIC_CASES = [c for c in CASES if c.nq != c.nk or c.hq != c.hkv or c.layout != "contiguous"]
+
+
+@pytest.mark.parametrize("case", ATOMIC_CASES, ids=lambda c: c.id)
+def test_cuda_atomic_backward(case, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuda's atomic backward against float64 by the pass rule."""
+    monkeypatch.setenv("FLASHDUO_CUDA_DQ", "atomic")
+    check_case("cuda", case, deterministic=False)
+
+
+def test_cuda_atomic_opt_in_keeps_deterministic_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FLASHDUO_CUDA_DQ=atomic changes nothing while deterministic=True: the gradients equal, bit
+    for bit, those of a run without it."""
+    case = next(c for c in CASES if c.hq != c.hkv and c.causal and c.d == 64)
+    skip_if_unrunnable("cuda", case)
+    q, k, v, dout = case_inputs(case, seed=5)
+    plain = run_backend("cuda", q, k, v, True, dout, deterministic=True)
+    monkeypatch.setenv("FLASHDUO_CUDA_DQ", "atomic")
+    opted = run_backend("cuda", q, k, v, True, dout, deterministic=True)
+    for name, x, y in zip(NAMES, plain, opted):
+        assert torch.equal(x, y), f"cuda {name} changed under FLASHDUO_CUDA_DQ=atomic"

@@ -269,8 +269,8 @@ def test_cuda_sm80_provider_forces_the_mma_sync_forward(monkeypatch: pytest.Monk
 
 
 def test_cuda_nondet_provider_runs_the_fast_backward_mode(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``cuda-nondet`` calls the cuda backend with deterministic=False, and is unavailable while
-    cuda declares a single backward mode (it would time the same kernels as ``cuda``)."""
+    """``cuda-nondet`` calls the cuda backend with deterministic=False; it would be unavailable if
+    cuda declared a single backward mode (timing the same kernels as ``cuda``)."""
     import dataclasses
 
     import torch
@@ -294,7 +294,8 @@ def test_cuda_nondet_provider_runs_the_fast_backward_mode(monkeypatch: pytest.Mo
     assert "cuda-nondet" in providers.parse_providers(None)
     cuda = flashduo.get_backend("cuda")
     monkeypatch.setattr(flashduo, "available_backends", lambda: {"cuda": None})
-    assert "same kernels" in providers.unavailable_reason("cuda-nondet", "cuda")
-    monkeypatch.setitem(registry._REGISTRY, "cuda",
-                        dataclasses.replace(cuda, deterministic_modes=True))
+    assert cuda.deterministic_modes
     assert providers.unavailable_reason("cuda-nondet", "cuda") is None
+    monkeypatch.setitem(registry._REGISTRY, "cuda",
+                        dataclasses.replace(cuda, deterministic_modes=False))
+    assert "same kernels" in providers.unavailable_reason("cuda-nondet", "cuda")

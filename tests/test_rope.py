@@ -100,13 +100,25 @@ def test_attention_with_rope(backend, case) -> None:
     """out, lse and dq, dk, dv against float64 RoPE then float64 attention, by the common pass
     rule; ``triton`` and ``cuda`` rotate inside their kernels, the others get q, k rotated by the
     op layer."""
+    _check_rope(backend, case, deterministic=True)
+
+
+@pytest.mark.parametrize("case", ROPE_CASES, ids=_case_id)
+def test_cuda_atomic_backward_with_rope(case, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuda's atomic backward (deterministic=False with FLASHDUO_CUDA_DQ=atomic on Hopper: dq added
+    with fp32 atomics against the rotated k, turned back at the end) by the same rule."""
+    monkeypatch.setenv("FLASHDUO_CUDA_DQ", "atomic")
+    _check_rope("cuda", case, deterministic=False)
+
+
+def _check_rope(backend: str, case, deterministic: bool) -> None:
     grid, prefix, causal, d, b = case
     dtype = torch.bfloat16 if ON_GPU else torch.float16
     skip_if_unrunnable(backend, Case(2, 4, 2, 1, 1, d, dtype, causal))
     q, k, v, dout = _rope_case_inputs(dtype, grid, prefix, d=d, b=b)
     table = reference.CosSinTable(100.0, grid[0], d, device=DEVICE, W_img=grid[1])
     out, lse = flashduo.attention_with_lse(q, k, v, causal=causal, backend=backend, rope=table,
-                                           num_prefix_tokens=prefix)
+                                           num_prefix_tokens=prefix, deterministic=deterministic)
     grads = torch.autograd.grad(out, (q, k, v), dout)
 
     def truth_and_baseline(upcast: bool):

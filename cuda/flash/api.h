@@ -56,7 +56,10 @@ FLASHDUO_SM90_FWD(__nv_bfloat16, 256)
 #undef FLASHDUO_SM90_FWD
 
 // The Hopper backward (sm90/bwd_kernel.cuh), D in {64, 96, 128, 256}, with or without RoPE
-// tables; like the forward it launches nothing (cudaErrorNotSupported) when an input cannot be mapped for TMA.
+// tables; like the forward it launches nothing (cudaErrorNotSupported) when an input cannot be
+// mapped for TMA. Deterministic unless p.dq_accum points at fp32 (B, Hq, Nq, D) scratch: then dQ
+// is added into it with fp32 atomics by the dK/dV kernel (its order, and so its last bits, vary
+// from run to run) and scaled into dq by a last pass.
 template <typename T, int D>
 cudaError_t launch_flash_bwd_sm90(const BwdParams& p, bool causal, cudaStream_t stream);
 

@@ -477,7 +477,7 @@ template <typename T, int D>
 cudaError_t atomic_bwd(const BwdParams& p, bool causal, cudaStream_t stream) {
   BwdParams pa = p;
   pa.dq_accum = g_dq_accum;
-  return flashduo::sm90::launch_flash_bwd_sm90_atomic<T, D>(pa, causal, stream);
+  return flashduo::sm90::launch_flash_bwd_sm90<T, D>(pa, causal, stream);
 }
 
 template <typename T, int D>
@@ -701,7 +701,9 @@ int main(int argc, char** argv) {
     const int bad = check_atomic(shapes, 10);
     for (int n : {1024, 2048, 4096, 16384}) {
       time_atomic<64>(n);
+      time_atomic<96>(n);
       time_atomic<128>(n);
+      time_atomic<256>(n);
     }
     std::printf("check_bwd atomic: %s\n", bad ? "FAILED" : "all cases passed");
     return bad ? 1 : 0;

@@ -154,12 +154,11 @@ __device__ __forceinline__ int ds_offset(int row, int col) {
 // the tile pointer is generic).
 template <typename T>
 __device__ __forceinline__ void store_shared(const T* tile, int offset, float x) {
-  const T v = static_cast<T>(x);
   unsigned short bits;
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    bits = __bfloat16_as_ushort(v);
+    bits = __bfloat16_as_ushort(__float2bfloat16(x));
   } else {
-    bits = __half_as_ushort(v);
+    bits = __half_as_ushort(__float2half(x));
   }
   asm volatile("st.shared.b16 [%0], %1;" ::"r"(smem_u32(tile + offset)), "h"(bits) : "memory");
 }
@@ -382,8 +381,9 @@ __global__ void __launch_bounds__(384, 1)
 #endif
 }
 
-// The atomic mode's last pass: dq = scale * dq_accum, four elements a thread, exactly 0 in rows
-// that see one key.
+// The atomic mode's last pass: dq = scale * dq_accum, four elements (two channel pairs) a thread,
+// exactly 0 in rows that see one key. With RoPE, dq_accum holds the gradient against the rotated
+// q (the dK/dV kernel multiplies dS by the rotated K), turned back here by the inverse rotation.
 template <typename T, int D, bool kCausal>
 __global__ void __launch_bounds__(256) bwd_dq_convert_kernel(const BwdParams p) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * 256 + threadIdx.x;  // of 4 elements
@@ -392,7 +392,15 @@ __global__ void __launch_bounds__(256) bwd_dq_convert_kernel(const BwdParams p) 
   const int col = static_cast<int>(idx % (D / 4)) * 4, i = static_cast<int>(row % p.nq);
   const int64_t bh = row / p.nq;
   const int b = static_cast<int>(bh / p.hq), h = static_cast<int>(bh % p.hq);
-  const float4 x = reinterpret_cast<const float4*>(p.dq_accum)[idx];
+  float4 x = reinterpret_cast<const float4*>(p.dq_accum)[idx];
+  const int pos = i - p.rope.prefix;
+  if (p.rope.cos != nullptr && pos >= 0 && pos < p.rope.n_pos) {
+    const int pair = pos * (D / 2) + col / 2;
+    const float2 c = *reinterpret_cast<const float2*>(p.rope.cos + pair);
+    const float2 sn = *reinterpret_cast<const float2*>(p.rope.sin + pair);
+    x = make_float4(x.x * c.x + x.y * sn.x, x.y * c.x - x.x * sn.x, x.z * c.y + x.w * sn.y,
+                    x.w * c.y - x.z * sn.y);
+  }
   const float m = one_key_row<kCausal>(i, p.nk) ? 0.f : p.scale;
   T* dq = static_cast<T*>(p.dq) + b * p.dq_sb + h * p.dq_sh + i * p.dq_sn + col;
   *reinterpret_cast<uint2*>(dq) = make_uint2(pack2<T>(x.x * m, x.y * m), pack2<T>(x.z * m, x.w * m));
@@ -573,12 +581,9 @@ bool dkdv_maps(const BwdParams& p, DkdvMaps* mk) {
          bwd_map<T, D>(&mk->v, p, p.v, p.hkv, p.nk, p.v_sb, p.v_sh, p.v_sn, B::kKeys);
 }
 
-// Launch the Hopper backward on `stream`: the delta pass, then the dK/dV and dQ kernels. Requires
-// an sm_90 device, nq, nk >= 1, hq % hkv == 0, and RoPE tables (when p.rope.cos is set) starting
-// on 16-byte boundaries. cudaErrorNotSupported, launching nothing, when an input cannot be mapped
-// for TMA.
+// The deterministic mode on `stream`: the delta pass, then the dK/dV and dQ kernels.
 template <typename T, int D>
-cudaError_t launch_flash_bwd_sm90(const BwdParams& p, bool causal, cudaStream_t stream) {
+cudaError_t launch_bwd_sm90_deterministic(const BwdParams& p, bool causal, cudaStream_t stream) {
   using B = BwdShape<D>;
   DkdvMaps mk;
   DqMaps mq;
@@ -618,20 +623,17 @@ cudaError_t launch_flash_bwd_sm90(const BwdParams& p, bool causal, cudaStream_t 
 }
 
 // The atomic mode on `stream`: delta, the dK/dV kernel adding dQ into p.dq_accum (zeroed here
-// first), and the pass that scales it into dq. Requires what launch_flash_bwd_sm90 does and
-// p.dq_accum, fp32 (B, Hq, Nq, D) contiguous; cudaErrorNotSupported, launching nothing, with RoPE
-// (not built in this mode) or when an input cannot be mapped for TMA.
+// first), and the pass that scales it into dq.
 template <typename T, int D>
-cudaError_t launch_flash_bwd_sm90_atomic(const BwdParams& p, bool causal, cudaStream_t stream) {
+cudaError_t launch_bwd_sm90_atomic(const BwdParams& p, bool causal, cudaStream_t stream) {
   using B = BwdShape<D>;
   DkdvMaps mk;
-  if (p.rope.cos != nullptr || p.dq_accum == nullptr || !dkdv_maps<T, D>(p, &mk)) {
-    return cudaErrorNotSupported;
-  }
+  if (!dkdv_maps<T, D>(p, &mk)) return cudaErrorNotSupported;
   using Dkdv = void (*)(DkdvMaps, BwdParams);
   using Convert = void (*)(BwdParams);
-  static const Dkdv dkdv_kernels[2] = {bwd_dkdv_sm90_kernel<T, D, false, false, true>,
-                                       bwd_dkdv_sm90_kernel<T, D, true, false, true>};
+  static const Dkdv dkdv_kernels[4] = {
+      bwd_dkdv_sm90_kernel<T, D, false, false, true>, bwd_dkdv_sm90_kernel<T, D, true, false, true>,
+      bwd_dkdv_sm90_kernel<T, D, false, true, true>, bwd_dkdv_sm90_kernel<T, D, true, true, true>};
   static const Convert convert_kernels[2] = {bwd_dq_convert_kernel<T, D, false>,
                                              bwd_dq_convert_kernel<T, D, true>};
   static const bool configured = [] {
@@ -647,11 +649,23 @@ cudaError_t launch_flash_bwd_sm90_atomic(const BwdParams& p, bool causal, cudaSt
   if (err != cudaSuccess) return err;
   bwd_delta_kernel<T, D><<<static_cast<unsigned>((rows + 31) / 32), 128, 0, stream>>>(p);
   const unsigned grid_kv = static_cast<unsigned>((p.nk + B::kKeys - 1) / B::kKeys) * p.b * p.hkv;
-  dkdv_kernels[causal ? 1 : 0]<<<grid_kv, 384, B::kSmemDkdv + B::kSmemDs, stream>>>(mk, p);
+  const int variant = (causal ? 1 : 0) + (p.rope.cos != nullptr ? 2 : 0);
+  dkdv_kernels[variant]<<<grid_kv, 384, B::kSmemDkdv + B::kSmemDs, stream>>>(mk, p);
   const int64_t quads = rows * (D / 4);
   convert_kernels[causal ? 1 : 0]<<<static_cast<unsigned>((quads + 255) / 256), 256, 0, stream>>>(
       p);
   return cudaGetLastError();
+}
+
+// Launch the Hopper backward on `stream`: deterministic when p.dq_accum is null, else the atomic
+// mode, which needs p.dq_accum to be fp32 (B, Hq, Nq, D) contiguous scratch (atomic_dq_pays in
+// api.h says at which head dims the extension asks for it). Requires an sm_90 device,
+// nq, nk >= 1, hq % hkv == 0, and RoPE tables (when p.rope.cos is set) starting on 16-byte
+// boundaries. cudaErrorNotSupported, launching nothing, when an input cannot be mapped for TMA.
+template <typename T, int D>
+cudaError_t launch_flash_bwd_sm90(const BwdParams& p, bool causal, cudaStream_t stream) {
+  return p.dq_accum != nullptr ? launch_bwd_sm90_atomic<T, D>(p, causal, stream)
+                               : launch_bwd_sm90_deterministic<T, D>(p, causal, stream);
 }
 
 }  // namespace flashduo::sm90
