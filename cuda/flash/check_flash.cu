@@ -287,30 +287,73 @@ float time_ms(F launch) {
   return timer.stop_ms() / reps;
 }
 
+// Fill `count` device elements with uniform values in [-1, 1) (fill_random's, from `seed`).
+template <typename T>
+void upload_random(T* dst, size_t count, unsigned seed) {
+  std::vector<float> f(count);
+  fill_random(f.data(), count, seed);
+  std::vector<T> host(count);
+  for (size_t i = 0; i < count; ++i) host[i] = from_float<T>(f[i]);
+  CUDA_CHECK(cudaMemcpy(dst, host.data(), count * sizeof(T), cudaMemcpyHostToDevice));
+}
+
+// Independent random q, k, v (B, H, N, D), contiguous, on the device with an output and an lse
+// buffer, and the FwdParams over them; freed when it goes.
+template <typename T, int D>
+struct DeviceInputs {
+  T *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr;
+  float* lse = nullptr;
+  FwdParams p{};
+  DeviceInputs(int b, int h, int n, unsigned seed, float scale_log2) {
+    const size_t el = size_t(b) * h * n * D;
+    for (T** ptr : {&q, &k, &v, &o}) CUDA_CHECK(cudaMalloc(ptr, el * sizeof(T)));
+    CUDA_CHECK(cudaMalloc(&lse, size_t(b) * h * n * sizeof(float)));
+    unsigned s = seed;
+    for (T* ptr : {q, k, v}) upload_random(ptr, el, s++);
+    const int64_t sb = int64_t(h) * n * D, sh = int64_t(n) * D;
+    p = FwdParams{q, k, v, o, lse, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D,
+                  b, h, h, n, n, scale_log2};
+    p.tile_counter = g_tile_counter;
+  }
+  ~DeviceInputs() {
+    for (T* ptr : {q, k, v, o}) cudaFree(ptr);
+    cudaFree(lse);
+  }
+};
+
+// Gradient buffers for DeviceInputs of the same (B, H, N), a random dO of its own, and the
+// BwdParams of the backward from the inputs' output; freed when it goes.
+template <typename T, int D>
+struct DeviceGrads {
+  T *dout = nullptr, *dq = nullptr, *dk = nullptr, *dv = nullptr;
+  float* delta = nullptr;
+  BwdParams p{};
+  DeviceGrads(const DeviceInputs<T, D>& in, int b, int h, int n) {
+    const size_t el = size_t(b) * h * n * D;
+    for (T** ptr : {&dout, &dq, &dk, &dv}) CUDA_CHECK(cudaMalloc(ptr, el * sizeof(T)));
+    CUDA_CHECK(cudaMalloc(&delta, size_t(b) * h * n * sizeof(float)));
+    upload_random(dout, el, 41);
+    const int64_t sb = int64_t(h) * n * D, sh = int64_t(n) * D;
+    p = BwdParams{in.q, in.k, in.v, in.o, dout, in.lse, delta, dq, dk, dv,
+                  sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D,
+                  b, h, h, n, n, 1.f / std::sqrt(float(D)), kLog2eF / std::sqrt(float(D))};
+  }
+  ~DeviceGrads() {
+    for (T* ptr : {dout, dq, dk, dv}) cudaFree(ptr);
+    cudaFree(delta);
+  }
+};
+
 // TFLOPS at B*N = 16384, H*D = 2048 (the benchmark's shape family), non-causal and causal, for
 // the forward with 4 warps of 16 and of 32 query rows and the backward with (dK/dV, dQ) warps (4, 4) and (8, 8).
 // The backward counts 2.5x the forward's FLOPs.
 template <typename T, int D>
 void time_case(int n) {
   const int b = 16384 / n, h = 2048 / D;
-  const size_t el = size_t(b) * h * n * D;
-  std::vector<T> host(el);
-  std::vector<float> f(el);
-  fill_random(f.data(), el, 23);
-  for (size_t i = 0; i < el; ++i) host[i] = from_float<T>(f[i]);
-  T *q, *o, *dq, *dk, *dv;
-  float *lse, *delta;
-  for (T** ptr : {&q, &o, &dq, &dk, &dv}) CUDA_CHECK(cudaMalloc(ptr, el * sizeof(T)));
-  CUDA_CHECK(cudaMalloc(&lse, size_t(b) * h * n * sizeof(float)));
-  CUDA_CHECK(cudaMalloc(&delta, size_t(b) * h * n * sizeof(float)));
-  CUDA_CHECK(cudaMemcpy(q, host.data(), el * sizeof(T), cudaMemcpyHostToDevice));
-  const int64_t sb = int64_t(h) * n * D, sh = int64_t(n) * D;
-  const float scale = 1.f / std::sqrt(float(D));
-  FwdParams p{q, q, q, o, lse, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D,
-              b, h, h, n, n, kLog2eF * scale};
-  BwdParams pb{q, q, q, o, q, lse, delta, dq, dk, dv,
-               sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D,
-               b, h, h, n, n, scale, kLog2eF * scale};
+  const DeviceInputs<T, D> in(b, h, n, 23, kLog2eF / std::sqrt(float(D)));
+  const DeviceGrads<T, D> grads(in, b, h, n);
+  const FwdParams& p = in.p;
+  const BwdParams& pb = grads.p;
   for (int causal = 0; causal < 2; ++causal) {
     const double flops = 4.0 * b * h * double(n) * n * D / (causal ? 2 : 1);
     const float f4 =
@@ -324,61 +367,7 @@ void time_case(int n) {
                 "  ||  bwd W4 %.3f ms %.0f TF | W8 %.3f ms %.0f TF\n",
                 D, n, causal, f4, tf(f4, 1), f8, tf(f8, 1), b4, tf(b4, 2.5), b8, tf(b8, 2.5));
   }
-  for (T* ptr : {q, o, dq, dk, dv}) cudaFree(ptr);
-  cudaFree(lse);
-  cudaFree(delta);
 }
-
-// Random q, k, v (B, H, N, D), contiguous, on the device with an output and an lse buffer, and the
-// FwdParams over them; freed when it goes.
-template <typename T, int D>
-struct DeviceInputs {
-  T *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr;
-  float* lse = nullptr;
-  FwdParams p{};
-  DeviceInputs(int b, int h, int n, unsigned seed, float scale_log2) {
-    const size_t el = size_t(b) * h * n * D;
-    std::vector<T> host(el);
-    std::vector<float> f(el);
-    fill_random(f.data(), el, seed);
-    for (size_t i = 0; i < el; ++i) host[i] = from_float<T>(f[i]);
-    for (T** ptr : {&q, &k, &v, &o}) CUDA_CHECK(cudaMalloc(ptr, el * sizeof(T)));
-    CUDA_CHECK(cudaMalloc(&lse, size_t(b) * h * n * sizeof(float)));
-    for (T* ptr : {q, k, v}) {
-      CUDA_CHECK(cudaMemcpy(ptr, host.data(), el * sizeof(T), cudaMemcpyHostToDevice));
-    }
-    const int64_t sb = int64_t(h) * n * D, sh = int64_t(n) * D;
-    p = FwdParams{q, k, v, o, lse, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D,
-                  b, h, h, n, n, scale_log2};
-    p.tile_counter = g_tile_counter;
-  }
-  ~DeviceInputs() {
-    for (T* ptr : {q, k, v, o}) cudaFree(ptr);
-    cudaFree(lse);
-  }
-};
-
-// Gradient buffers for DeviceInputs of the same (B, H, N), and the BwdParams of the backward
-// from its output with dO = q; freed when it goes.
-template <typename T, int D>
-struct DeviceGrads {
-  T *dq = nullptr, *dk = nullptr, *dv = nullptr;
-  float* delta = nullptr;
-  BwdParams p{};
-  DeviceGrads(const DeviceInputs<T, D>& in, int b, int h, int n) {
-    const size_t el = size_t(b) * h * n * D;
-    for (T** ptr : {&dq, &dk, &dv}) CUDA_CHECK(cudaMalloc(ptr, el * sizeof(T)));
-    CUDA_CHECK(cudaMalloc(&delta, size_t(b) * h * n * sizeof(float)));
-    const int64_t sb = int64_t(h) * n * D, sh = int64_t(n) * D;
-    p = BwdParams{in.q, in.k, in.v, in.o, in.q, in.lse, delta, dq, dk, dv,
-                  sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D, sb, sh, D,
-                  b, h, h, n, n, 1.f / std::sqrt(float(D)), kLog2eF / std::sqrt(float(D))};
-  }
-  ~DeviceGrads() {
-    for (T* ptr : {dq, dk, dv}) cudaFree(ptr);
-    cudaFree(delta);
-  }
-};
 
 // One launch of the Hopper forward with tile shape S under schedule `sched`: 0 a block per query
 // tile, 1 persistent walking every gridDim.x-th tile, 2 persistent taking tiles from the counter.
