@@ -469,6 +469,14 @@ cudaError_t atomic_bwd(const BwdParams& p, bool causal, cudaStream_t stream) {
   return flashduo::sm90::launch_flash_bwd_sm90<T, D>(pa, causal, stream);
 }
 
+// The atomic mode with dQ's columns split between the consumers (kDq = 2, D = 128).
+template <typename T>
+cudaError_t split_atomic_bwd(const BwdParams& p, bool causal, cudaStream_t stream) {
+  BwdParams pa = p;
+  pa.dq_accum = g_dq_accum;
+  return flashduo::sm90::launch_bwd_sm90_atomic<T, 128, 2>(pa, causal, stream);
+}
+
 template <typename T, int D>
 int check_atomic_case(const Shape& s, const char* tname) {
   return check_case<T, D>(s, tname, flashduo::sm90::launch_flash_fwd_sm90<T, D>, "sm90 atomic",
@@ -486,6 +494,11 @@ int check_atomic(const Shape* shapes, int count) {
     bad += check_atomic_case<__half, 128>(s, "fp16");
     bad += check_atomic_case<__nv_bfloat16, 128>(s, "bf16");
     bad += check_atomic_case<__nv_bfloat16, 256>(s, "bf16");
+    bad += check_case<__half, 128>(s, "fp16", flashduo::sm90::launch_flash_fwd_sm90<__half, 128>,
+                                   "sm90 split atomic", split_atomic_bwd<__half>);
+    bad += check_case<__nv_bfloat16, 128>(
+        s, "bf16", flashduo::sm90::launch_flash_fwd_sm90<__nv_bfloat16, 128>, "sm90 split atomic",
+        split_atomic_bwd<__nv_bfloat16>);
   }
   return bad;
 }
@@ -506,8 +519,14 @@ void time_atomic(int n) {
     const float det = time_ms(
         [&] { return flashduo::sm90::launch_flash_bwd_sm90<T, D>(pb, causal, 0); });
     const float atom = time_ms([&] { return atomic_bwd<T, D>(pb, causal, 0); });
-    std::printf("time  sm90 bwd D=%-3d N=%-5d causal=%d  TFLOPS: deterministic %.0f | atomic %.0f\n",
-                D, n, causal, flops / (det * 1e-3) / 1e12, flops / (atom * 1e-3) / 1e12);
+    auto tf = [&](float ms) { return flops / (ms * 1e-3) / 1e12; };
+    std::printf("time  sm90 bwd D=%-3d N=%-5d causal=%d  TFLOPS: deterministic %.0f | atomic %.0f",
+                D, n, causal, tf(det), tf(atom));
+    if constexpr (D == 128) {
+      const float split = time_ms([&] { return split_atomic_bwd<T>(pb, causal, 0); });
+      std::printf(" | split atomic %.0f", tf(split));
+    }
+    std::printf("\n");
   }
 }
 

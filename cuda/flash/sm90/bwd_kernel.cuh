@@ -163,10 +163,15 @@ __device__ __forceinline__ void store_shared(const T* tile, int offset, float x)
   asm volatile("st.shared.b16 [%0], %1;" ::"r"(smem_u32(tile + offset)), "h"(bits) : "memory");
 }
 
-template <typename T, int D, bool kCausal, bool kRope, bool kAtomicDq = false>
+// kDq: 0, dQ is left to the dQ kernel; 1 (atomic mode), each consumer adds dS K for its 64 keys
+// and every column; 2 (atomic mode, D = 128), each consumer adds dS K for both consumers' keys
+// and half the columns, half the reduction traffic, on dS tiles double-buffered by step parity.
+template <typename T, int D, bool kCausal, bool kRope, int kDq = 0>
 __global__ void __launch_bounds__(384, 1)
     bwd_dkdv_sm90_kernel(const __grid_constant__ DkdvMaps maps, const BwdParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr bool kAtomicDq = kDq > 0, kSplitDq = kDq == 2;
+  static_assert(!kSplitDq || D == 128, "the column split of dQ takes D = 128");
   using B = BwdShape<D>;
   using L = FwdShape<D>;  // the shared-memory layout (column blocks, swizzle) of the forward
   constexpr int BN = B::kKeys, BM = B::kQTile, C = L::kChunk, kStages = B::kStages;
@@ -177,9 +182,9 @@ __global__ void __launch_bounds__(384, 1)
   T* sV = sK + BN * D;
   T* sQ = sV + BN * D;                 // kStages tiles
   T* sDO = sQ + kStages * BM * D;      // kStages tiles
-  T* sDS = sDO + kStages * BM * D;     // atomic mode: a dS tile per consumer
+  T* sDS = sDO + kStages * BM * D;     // atomic mode: a dS tile per consumer (kDq = 2: two)
   // per stage: lse2[BM] (lse in log2 units), delta[BM]
-  float* sStat = reinterpret_cast<float*>(sDS + (kAtomicDq ? 2 * BM * B::kDsKeys : 0));
+  float* sStat = reinterpret_cast<float*>(sDS + kDq * 2 * BM * B::kDsKeys);
   uint64_t* kv_full = reinterpret_cast<uint64_t*>(sStat + kStages * 2 * BM);
   uint64_t* qd_full = kv_full + 1;
   uint64_t* stat_full = qd_full + kStages;
@@ -316,8 +321,10 @@ __global__ void __launch_bounds__(384, 1)
     uint32_t pa[BM / 16][4], da[BM / 16][4];
     pack_a<T, BM>(pa, st);
     pack_a<T, BM>(da, dpt);
+    // This step's dS tiles: consumer c's is tile ds0 + c.
+    const int ds0 = kSplitDq ? 2 * (it & 1) : 0;
     if constexpr (kAtomicDq) {  // dS^T (keys x queries) goes in as dS (queries x keys)
-      T* tDS = sDS + cw * BM * B::kDsKeys;
+      T* tDS = sDS + (ds0 + cw) * BM * B::kDsKeys;
 #pragma unroll
       for (int t = 0; t < BM / 8; ++t) {
 #pragma unroll
@@ -327,7 +334,13 @@ __global__ void __launch_bounds__(384, 1)
         }
       }
       fence_proxy_async();
-      bar_sync(1 + cw, 128);  // this consumer's dS tile is whole
+      if constexpr (kSplitDq) {
+        // Both consumers' dS tiles of this step are whole. Passing also means the other
+        // consumer's dQ of step it - 1 is complete, so the tiles step it + 1 writes are free.
+        bar_sync(3, 256);
+      } else {
+        bar_sync(1 + cw, 128);  // this consumer's dS tile is whole
+      }
     }
     wgmma_fence();
 #pragma unroll
@@ -337,15 +350,21 @@ __global__ void __launch_bounds__(384, 1)
     }
     wgmma_commit();
     wgmma_wait<0>();
-    if constexpr (kAtomicDq) {  // dQ[:, col0 + AC) += dS K, from this consumer's 64 keys
+    if constexpr (kAtomicDq) {
+      // kDq = 1: dQ[:, col0 + AC) += dS K over this consumer's 64 keys; kDq = 2:
+      // dQ[:, 64 cw + 64) += dS K over all 128 keys (column block cw of K).
+      constexpr int QC = kSplitDq ? D / 2 : AC;       // dQ columns this consumer adds
+      constexpr int QK = kSplitDq ? BN : B::kDsKeys;  // keys it sums over
+      const int qc0 = kSplitDq ? QC * cw : col0;
       const int h = hk * group + it / per_head;
-      const T* tDS = sDS + cw * BM * B::kDsKeys;
-      float dq[AC / 2];
-      const T* tK = sK + col0 * BN + krow0 * C;
+      float dq[QC / 2];
+      const T* tK = kSplitDq ? sK + qc0 * BN : sK + col0 * BN + krow0 * C;
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < B::kDsKeys / 16; ++kk) {
-        const uint64_t a = kmajor_desc<T, DsLayout>(tDS, BM, 0, kk);
+      for (int kk = 0; kk < QK / 16; ++kk) {
+        constexpr int kSteps = B::kDsKeys / 16;  // k-steps per dS tile
+        const T* tDS = sDS + (ds0 + (kSplitDq ? kk / kSteps : cw)) * BM * B::kDsKeys;
+        const uint64_t a = kmajor_desc<T, DsLayout>(tDS, BM, 0, kk % kSteps);
         const uint64_t bk = nmajor_desc<T, D>(tK, BN, kk);
         if (kk == 0) {
           wgmma_ss_zero<T, 1>(dq, a, bk);
@@ -356,13 +375,13 @@ __global__ void __launch_bounds__(384, 1)
       wgmma_commit();
       wgmma_wait<0>();
       if (lane == 0) mbar_arrive(&empty[s]);
-      float* acc = p.dq_accum + (static_cast<int64_t>(b) * p.hq + h) * p.nq * D + col0;
+      float* acc = p.dq_accum + (static_cast<int64_t>(b) * p.hq + h) * p.nq * D + qc0;
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
         const int r = m0 + 16 * warp + lane / 4 + 8 * i;
         if (r >= p.nq) continue;
 #pragma unroll
-        for (int t = 0; t < AC / 8; ++t) {
+        for (int t = 0; t < QC / 8; ++t) {
           atomicAdd(reinterpret_cast<float2*>(acc + static_cast<int64_t>(r) * D + t * 8 +
                                               (lane % 4) * 2),
                     make_float2(dq[4 * t + 2 * i], dq[4 * t + 2 * i + 1]));
@@ -623,23 +642,25 @@ cudaError_t launch_bwd_sm90_deterministic(const BwdParams& p, bool causal, cudaS
 }
 
 // The atomic mode on `stream`: delta, the dK/dV kernel adding dQ into p.dq_accum (zeroed here
-// first), and the pass that scales it into dq.
-template <typename T, int D>
+// first; kDq as in bwd_dkdv_sm90_kernel), and the pass that scales it into dq.
+template <typename T, int D, int kDq = 1>
 cudaError_t launch_bwd_sm90_atomic(const BwdParams& p, bool causal, cudaStream_t stream) {
+  static_assert(kDq == 1 || kDq == 2, "an atomic kDq");
+  constexpr int kSmem = BwdShape<D>::kSmemDkdv + kDq * BwdShape<D>::kSmemDs;
+  static_assert(kSmem <= 227 * 1024, "tiles too large");
   using B = BwdShape<D>;
   DkdvMaps mk;
   if (!dkdv_maps<T, D>(p, &mk)) return cudaErrorNotSupported;
   using Dkdv = void (*)(DkdvMaps, BwdParams);
   using Convert = void (*)(BwdParams);
   static const Dkdv dkdv_kernels[4] = {
-      bwd_dkdv_sm90_kernel<T, D, false, false, true>, bwd_dkdv_sm90_kernel<T, D, true, false, true>,
-      bwd_dkdv_sm90_kernel<T, D, false, true, true>, bwd_dkdv_sm90_kernel<T, D, true, true, true>};
+      bwd_dkdv_sm90_kernel<T, D, false, false, kDq>, bwd_dkdv_sm90_kernel<T, D, true, false, kDq>,
+      bwd_dkdv_sm90_kernel<T, D, false, true, kDq>, bwd_dkdv_sm90_kernel<T, D, true, true, kDq>};
   static const Convert convert_kernels[2] = {bwd_dq_convert_kernel<T, D, false>,
                                              bwd_dq_convert_kernel<T, D, true>};
   static const bool configured = [] {
     for (Dkdv k : dkdv_kernels) {
-      cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           B::kSmemDkdv + B::kSmemDs);
+      cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
     }
     return true;
   }();
@@ -650,7 +671,7 @@ cudaError_t launch_bwd_sm90_atomic(const BwdParams& p, bool causal, cudaStream_t
   bwd_delta_kernel<T, D><<<static_cast<unsigned>((rows + 31) / 32), 128, 0, stream>>>(p);
   const unsigned grid_kv = static_cast<unsigned>((p.nk + B::kKeys - 1) / B::kKeys) * p.b * p.hkv;
   const int variant = (causal ? 1 : 0) + (p.rope.cos != nullptr ? 2 : 0);
-  dkdv_kernels[variant]<<<grid_kv, 384, B::kSmemDkdv + B::kSmemDs, stream>>>(mk, p);
+  dkdv_kernels[variant]<<<grid_kv, 384, kSmem, stream>>>(mk, p);
   const int64_t quads = rows * (D / 4);
   convert_kernels[causal ? 1 : 0]<<<static_cast<unsigned>((quads + 255) / 256), 256, 0, stream>>>(
       p);
