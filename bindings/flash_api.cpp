@@ -100,8 +100,8 @@ bool use_sm90(cudaStream_t stream) {
 
 // Whether this backward adds dQ with fp32 atomics (the Hopper backward's atomic mode): only when
 // the caller allows non-deterministic gradients and FLASHDUO_CUDA_DQ=atomic opts in. It is not
-// the default because the two measurements disagree: at D = 64 it times 15 - 23 % faster than
-// the separate dQ kernel in check_flash, and 17 - 28 % slower in `make bench` (docs/perf-notes.md).
+// the default because the two measurements disagree: at D = 64 check_flash times it faster than
+// the separate dQ kernel and `make bench` slower (docs/perf-notes.md, CUDA v2.3).
 bool atomic_dq(bool deterministic, cudaStream_t stream) {
   if (deterministic) return false;
   const char* mode = std::getenv("FLASHDUO_CUDA_DQ");
