@@ -198,6 +198,14 @@ __device__ __forceinline__ float2 unpack2<__nv_bfloat16>(uint32_t x) {
   return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&x));
 }
 
+// The inverse rotation of one channel pair of a gradient, (e, o) -> (e c + o s, o c - e s): the
+// gradient against a rotated q or k becomes the gradient against the unrotated one.
+__device__ __forceinline__ void rope_turn_back(float& e, float& o, float c, float s) {
+  const float e0 = e;
+  e = e0 * c + o * s;
+  o = o * c - e0 * s;
+}
+
 // Four channel pairs (one 16-byte chunk) turned by cos c and sin s:
 // (e, o) -> (e c - o s, o c + e s).
 template <typename T>
@@ -281,10 +289,7 @@ __device__ __forceinline__ void rope_acc_inverse(float (&acc)[D / 8][4], int row
 #pragma unroll
     for (int t = 0; t < D / 8; ++t) {
       const int pair = pos * (D / 2) + t * 4 + lane % 4;
-      const float c = r.cos[pair], s = r.sin[pair];
-      const float e = acc[t][2 * i], o = acc[t][2 * i + 1];
-      acc[t][2 * i] = e * c + o * s;
-      acc[t][2 * i + 1] = o * c - e * s;
+      rope_turn_back(acc[t][2 * i], acc[t][2 * i + 1], r.cos[pair], r.sin[pair]);
     }
   }
 }

@@ -417,8 +417,8 @@ __global__ void __launch_bounds__(256) bwd_dq_convert_kernel(const BwdParams p) 
     const int pair = pos * (D / 2) + col / 2;
     const float2 c = *reinterpret_cast<const float2*>(p.rope.cos + pair);
     const float2 sn = *reinterpret_cast<const float2*>(p.rope.sin + pair);
-    x = make_float4(x.x * c.x + x.y * sn.x, x.y * c.x - x.x * sn.x, x.z * c.y + x.w * sn.y,
-                    x.w * c.y - x.z * sn.y);
+    rope_turn_back(x.x, x.y, c.x, sn.x);
+    rope_turn_back(x.z, x.w, c.y, sn.y);
   }
   const float m = one_key_row<kCausal>(i, p.nk) ? 0.f : p.scale;
   T* dq = static_cast<T*>(p.dq) + b * p.dq_sb + h * p.dq_sh + i * p.dq_sn + col;

@@ -45,10 +45,8 @@ __device__ __forceinline__ void rope_acc_inverse_wg(float (&acc)[N / 2], int row
 #pragma unroll
     for (int t = 0; t < N / 8; ++t) {
       const int pair = pos * (D / 2) + col0 / 2 + t * 4 + lane % 4;
-      const float c = __ldg(r.cos + pair), s = __ldg(r.sin + pair);
-      const float e = acc[4 * t + 2 * i], o = acc[4 * t + 2 * i + 1];
-      acc[4 * t + 2 * i] = e * c + o * s;
-      acc[4 * t + 2 * i + 1] = o * c - e * s;
+      rope_turn_back(acc[4 * t + 2 * i], acc[4 * t + 2 * i + 1], __ldg(r.cos + pair),
+                     __ldg(r.sin + pair));
     }
   }
 }
