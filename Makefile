@@ -43,12 +43,14 @@ $(BUILD)/wgmma_gemm: cuda/examples/wgmma_gemm.cu cuda/examples/cuda_common.cuh $
 run-examples: examples
 	@set -e; for x in $(EXAMPLE_BINS); do ./$$x; done
 
-# Standalone check of the CUDA FlashAttention forward kernel against a host reference (GPU).
-# The kernels' headers: the extension's one list (bindings/sources.py).
+# Standalone check of the CUDA FlashAttention kernels against a host reference (GPU), compiled
+# with the extension's nvcc flags (fast math among them) so that its timings are the product's.
+# The kernels' headers and the flags: the extension's one list (bindings/sources.py).
 FLASH_HEADERS := $(shell $(PYTHON) -c "from bindings import sources; print(*sources.DEPENDS)" 2>/dev/null)
+FLASH_NVCC_FLAGS := $(shell $(PYTHON) -c "from bindings import sources; print(*sources.NVCC_FLAGS)" 2>/dev/null)
 $(BUILD)/check_flash: cuda/flash/check_flash.cu $(FLASH_HEADERS) cuda/examples/cuda_common.cuh
 	@mkdir -p $(BUILD)
-	$(NVCC) $(NVCC_FLAGS) $(WGMMA_ARCH) -Xptxas -v -o $@ $<
+	$(NVCC) $(if $(FLASH_NVCC_FLAGS),$(FLASH_NVCC_FLAGS),$(NVCC_FLAGS)) -std=c++17 $(WGMMA_ARCH) -Xptxas -v -o $@ $<
 
 flash-check: $(BUILD)/check_flash
 	./$(BUILD)/check_flash
