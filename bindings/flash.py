@@ -4,9 +4,9 @@
 or bfloat16 CUDA tensors with last-dim stride 1, D in {64, 96, 128, 256} (96 and 256 on sm_90
 only), Hq % Hkv == 0; out (B, Hq, Nq, D) contiguous, lse float32 (B, Hq, Nq) in natural log.
 ``bwd(dout, q, k, v, out, lse, causal, scale) -> (dq, dk, dv)``, contiguous, shaped like q, k, v;
-``deterministic=False`` with ``FLASHDUO_CUDA_DQ=atomic`` in the environment runs the Hopper
-backward's atomic mode (dq added with fp32 atomics: run-to-run differences in the last bits);
-otherwise the backward is deterministic either way.
+``deterministic=False`` runs the Hopper backward's atomic mode at D = 64 and 128 (dq added with
+fp32 atomics: run-to-run differences in the last bits); otherwise the backward is deterministic
+either way.
 Both take ``rope=(cos, sin, num_prefix)`` (``reference.RopeTables``: float32 contiguous
 (N_pos, D / 2) tables of the 2D RoPE): q and k are rotated inside the kernels; dq and dk come back
 unrotated.

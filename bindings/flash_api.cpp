@@ -6,8 +6,8 @@
 // FLASHDUO_CUDA_ARCH=sm80; elsewhere the mma.sync forward (D in {64, 128}).
 // bwd(dout, q, k, v, out, lse, causal, scale) -> (dq, dk, dv), contiguous, shaped like q, k, v;
 // on sm_90 the Hopper backward (D in {64, 96, 128, 256}), elsewhere mma.sync (D in {64, 128}).
-// deterministic=False with FLASHDUO_CUDA_DQ=atomic (read on every call) runs the Hopper
-// backward's atomic mode; every other path is deterministic either way.
+// deterministic=False runs the Hopper backward's atomic mode at D = 64 and 128; every other
+// path is deterministic either way.
 // Both take optional 2D RoPE tables (rope_cos, rope_sin: float32 (N_pos, D / 2), num_prefix):
 // q and k are rotated inside the kernels, and dq, dk come back unrotated.
 // Both launch on the current CUDA stream of the tensors' device.
@@ -98,14 +98,11 @@ bool use_sm90(cudaStream_t stream) {
   return major == 9 && flashduo::sm90::forward_built(stream);
 }
 
-// Whether this backward adds dQ with fp32 atomics (the Hopper backward's atomic mode): only when
-// the caller allows non-deterministic gradients and FLASHDUO_CUDA_DQ=atomic opts in. It is not
-// the default because the two measurements disagree: at D = 64 check_flash times it faster than
-// the separate dQ kernel and `make bench` slower (docs/perf-notes.md, CUDA v2.3).
-bool atomic_dq(bool deterministic, cudaStream_t stream) {
-  if (deterministic) return false;
-  const char* mode = std::getenv("FLASHDUO_CUDA_DQ");
-  return mode != nullptr && std::string(mode) == "atomic" && use_sm90(stream);
+// Whether this backward adds dQ with fp32 atomics (the Hopper backward's atomic mode): when the
+// caller allows non-deterministic gradients, at the head dims where that mode is the faster one
+// (64 and 128; docs/perf-notes.md, CUDA v2.4).
+bool atomic_dq(bool deterministic, int64_t d, cudaStream_t stream) {
+  return !deterministic && (d == 64 || d == 128) && use_sm90(stream);
 }
 
 template <typename T>
@@ -284,9 +281,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const
                         static_cast<float>(scale * flashduo::kLog2e),
                         rope_params(rope_cos, rope_sin, num_prefix)};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  at::Tensor dq_accum;  // the atomic mode's fp32 scratch, (B, Hq, Nq, D)
-  if (atomic_dq(deterministic, stream)) {
-    dq_accum = at::empty({b, hq, nq, d}, q.options().dtype(at::kFloat));
+  at::Tensor dq_accum;  // the atomic mode's fp32 scratch (BwdParams::dq_accum)
+  if (atomic_dq(deterministic, d, stream)) {
+    dq_accum = at::empty({b, hq, flashduo::dq_accum_rows(nq), d}, q.options().dtype(at::kFloat));
     p.dq_accum = dq_accum.data_ptr<float>();
   }
   const cudaError_t err =

@@ -39,8 +39,8 @@ def attention_with_lse(
         deterministic: True makes the backward bit-identical from run to run; False lets a
             backend with a faster non-deterministic backward (fp32 atomics for dq) use it. None
             reads ``FLASHDUO_DETERMINISTIC`` (0 / false turns it off), default True. Today only
-            ``cuda`` on Hopper has such a backward, and only with ``FLASHDUO_CUDA_DQ=atomic``
-            set; everywhere else it is deterministic either way (``Backend.deterministic_modes``).
+            ``cuda`` on Hopper has such a backward, at D = 64 and 128; everywhere else it is
+            deterministic either way (``Backend.deterministic_modes``).
 
     Under ``torch.autocast`` on q's device, float32 q, k, v run in the autocast dtype (as SDPA
     does): out comes back in that dtype and the gradients in float32.

@@ -104,10 +104,9 @@ def test_attention_with_rope(backend, case) -> None:
 
 
 @pytest.mark.parametrize("case", ROPE_CASES, ids=_case_id)
-def test_cuda_atomic_backward_with_rope(case, monkeypatch: pytest.MonkeyPatch) -> None:
-    """cuda's atomic backward (deterministic=False with FLASHDUO_CUDA_DQ=atomic on Hopper: dq added
-    with fp32 atomics against the rotated k, turned back at the end) by the same rule."""
-    monkeypatch.setenv("FLASHDUO_CUDA_DQ", "atomic")
+def test_cuda_atomic_backward_with_rope(case) -> None:
+    """cuda's atomic backward (deterministic=False on Hopper at D = 64, 128: dq added with fp32
+    bulk reductions against the rotated k, turned back at the end) by the same rule."""
     _check_rope("cuda", case, deterministic=False)
 
 

@@ -461,26 +461,35 @@ int check_sm90(const Shape* shapes, int count, bool with_bwd) {
   return bad;
 }
 
-// The Hopper backward's atomic mode (dQ added into g_dq_accum by the dK/dV kernel).
+// The Hopper backward's atomic mode with each consumer adding dS K for its own 64 keys into
+// g_dq_accum with vector atomics (kDq = 1; the product's is split bulk below).
 template <typename T, int D>
 cudaError_t atomic_bwd(const BwdParams& p, bool causal, cudaStream_t stream) {
   BwdParams pa = p;
   pa.dq_accum = g_dq_accum;
-  return flashduo::sm90::launch_flash_bwd_sm90<T, D>(pa, causal, stream);
+  return flashduo::sm90::launch_bwd_sm90_atomic<T, D, 1>(pa, causal, stream);
 }
 
-// The atomic mode with dQ's columns split between the consumers (kDq = 2, D = 128).
-template <typename T>
+// The atomic mode with dQ's columns split between the consumers: kDq = 2 (vector atomics) or
+// 3 (bulk reductions, the product's atomic mode), D = 64 or 128.
+template <typename T, int D, int kDq>
 cudaError_t split_atomic_bwd(const BwdParams& p, bool causal, cudaStream_t stream) {
   BwdParams pa = p;
   pa.dq_accum = g_dq_accum;
-  return flashduo::sm90::launch_bwd_sm90_atomic<T, 128, 2>(pa, causal, stream);
+  return flashduo::sm90::launch_bwd_sm90_atomic<T, D, kDq>(pa, causal, stream);
 }
 
 template <typename T, int D>
 int check_atomic_case(const Shape& s, const char* tname) {
   return check_case<T, D>(s, tname, flashduo::sm90::launch_flash_fwd_sm90<T, D>, "sm90 atomic",
                           atomic_bwd<T, D>);
+}
+
+template <typename T, int D>
+int check_split_cases(const Shape& s, const char* tname) {
+  const auto fwd = flashduo::sm90::launch_flash_fwd_sm90<T, D>;
+  return check_case<T, D>(s, tname, fwd, "sm90 split atomic", split_atomic_bwd<T, D, 2>) +
+         check_case<T, D>(s, tname, fwd, "sm90 split bulk", split_atomic_bwd<T, D, 3>);
 }
 
 // The atomic mode on the first `count` shapes, every head dim, from the Hopper forward's output.
@@ -494,11 +503,10 @@ int check_atomic(const Shape* shapes, int count) {
     bad += check_atomic_case<__half, 128>(s, "fp16");
     bad += check_atomic_case<__nv_bfloat16, 128>(s, "bf16");
     bad += check_atomic_case<__nv_bfloat16, 256>(s, "bf16");
-    bad += check_case<__half, 128>(s, "fp16", flashduo::sm90::launch_flash_fwd_sm90<__half, 128>,
-                                   "sm90 split atomic", split_atomic_bwd<__half>);
-    bad += check_case<__nv_bfloat16, 128>(
-        s, "bf16", flashduo::sm90::launch_flash_fwd_sm90<__nv_bfloat16, 128>, "sm90 split atomic",
-        split_atomic_bwd<__nv_bfloat16>);
+    bad += check_split_cases<__half, 64>(s, "fp16");
+    bad += check_split_cases<__nv_bfloat16, 64>(s, "bf16");
+    bad += check_split_cases<__half, 128>(s, "fp16");
+    bad += check_split_cases<__nv_bfloat16, 128>(s, "bf16");
   }
   return bad;
 }
@@ -522,9 +530,10 @@ void time_atomic(int n) {
     auto tf = [&](float ms) { return flops / (ms * 1e-3) / 1e12; };
     std::printf("time  sm90 bwd D=%-3d N=%-5d causal=%d  TFLOPS: deterministic %.0f | atomic %.0f",
                 D, n, causal, tf(det), tf(atom));
-    if constexpr (D == 128) {
-      const float split = time_ms([&] { return split_atomic_bwd<T>(pb, causal, 0); });
-      std::printf(" | split atomic %.0f", tf(split));
+    if constexpr (D == 64 || D == 128) {
+      const float split = time_ms([&] { return split_atomic_bwd<T, D, 2>(pb, causal, 0); });
+      const float bulk = time_ms([&] { return split_atomic_bwd<T, D, 3>(pb, causal, 0); });
+      std::printf(" | split atomic %.0f | split bulk %.0f", tf(split), tf(bulk));
     }
     std::printf("\n");
   }

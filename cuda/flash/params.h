@@ -66,9 +66,13 @@ struct BwdParams {
   float scale;       // softmax scale
   float scale_log2;  // scale * log2(e)
   RopeParams rope;   // zero-initialized (no rotation) unless set; dq, dk come back unrotated
-  // The Hopper backward's atomic mode (launch_flash_bwd_sm90_atomic): fp32 (B, Hq, Nq, D)
-  // contiguous scratch the dK/dV kernel adds dQ into. nullptr: the deterministic dQ kernel.
+  // The Hopper backward's atomic mode (launch_flash_bwd_sm90 at D = 64, 128): fp32 scratch of
+  // B * Hq * dq_accum_rows(Nq) * D floats the dK/dV kernel adds dQ into. nullptr: the
+  // deterministic dQ kernel.
   float* dq_accum;
 };
+
+// Rows per (batch, query head) of BwdParams::dq_accum: Nq rounded up to whole 64-row tiles.
+inline constexpr int64_t dq_accum_rows(int64_t nq) { return (nq + 63) / 64 * 64; }
 
 }  // namespace flashduo

@@ -6,9 +6,9 @@ Every provider is a function (q, k, v) -> out on (B, H, N, D) tensors:
   registered one): ``flashduo.attention(..., backend=name)``; ``cuda-sm80`` is the ``cuda`` backend
   with ``FLASHDUO_CUDA_ARCH=sm80`` set around each call (its mma.sync forward, which a Hopper GPU
   otherwise replaces by the sm_90a one), so one run shows both; ``cuda-nondet`` is ``cuda`` with
-  ``deterministic=False`` (the same kernels as ``cuda`` unless ``FLASHDUO_CUDA_DQ=atomic`` is set
-  for the run, which gives it the Hopper backward's atomic mode; reported unavailable if the
-  backend declares no ``deterministic_modes``);
+  ``deterministic=False`` (on Hopper at D = 64 and 128 the backward's atomic mode, elsewhere the
+  same kernels as ``cuda``; reported unavailable if the backend declares no
+  ``deterministic_modes``);
 - ``torch-flash`` / ``torch-cudnn`` / ``torch-efficient`` / ``torch-math``: PyTorch SDPA restricted
   to one of its backends;
 - ``torch-flex``: FlexAttention under ``torch.compile``, Dynamo's recompile limit raised so that

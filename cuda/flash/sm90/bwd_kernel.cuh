@@ -10,10 +10,13 @@
 //    dV += P^T dO and dK += dS^T Q (wgmma, the A operand from registers);
 // 3. dQ: a block keeps 128 query rows of Q and dO and streams K and V tiles: S = Q K^T,
 //    dP = dO V^T, dS in registers, dQ += dS K.
-// The atomic mode (launch_flash_bwd_sm90_atomic) drops kernel 3: the dK/dV kernel also writes
-// each tile's dS to shared memory, computes its share of dQ = dS K there (wgmma) and adds it to
-// an fp32 workspace with vector atomics, which a last pass scales into dq. Five N^2 D products
-// instead of seven; the order of the additions, and so dq's last bits, vary from run to run.
+// The atomic mode (launch_bwd_sm90_atomic) drops kernel 3: the dK/dV kernel also writes each
+// tile's dS to shared memory, computes a share of dQ = dS K there (wgmma) and adds it to an fp32
+// workspace, which a last pass scales into dq. Five N^2 D products instead of seven; the order of
+// the additions, and so dq's last bits, vary from run to run. The product's atomic mode (D = 64,
+// 128) gives each consumer half of dQ's columns over all 128 keys, staged in shared memory and
+// added by one bulk reduction (cp.reduce.async.bulk) per tile; check_flash also times per-thread
+// vector atomics, with the columns split or with each consumer adding its own 64 keys.
 // The producer warpgroup keeps 24 registers (setmaxnreg), the two consumers 240. With RoPE the
 // producer's idle warps rotate Q and K in shared memory as they land (rope.cuh) and release them
 // on their own mbarriers (producer 40 registers, consumers 232); dQ and dK are turned back by the
@@ -52,10 +55,18 @@ struct BwdShape {
       (2 * kKeys + 2 * kStages * kQTile) * D * 2 + 2 * kStages * kQTile * 4 + 1024 + 16 * 8;
   static constexpr int kSmemDq = (2 * kRows + 2 * kStages * kKeyTile) * D * 2 + 1024 + 16 * 8;
   static constexpr int kDsKeys = 64;  // atomic mode: each consumer's dS tile, kQTile x 64 keys
-  static constexpr int kSmemDs = 2 * kQTile * kDsKeys * 2;
+  // The dK/dV kernel's dS tiles (bwd_dkdv_sm90_kernel's kDq: none, one per consumer, or two per
+  // consumer by step parity) and its shared memory with them, plus (kDq = 3) a kQTile x D / 2
+  // fp32 dQ tile per consumer.
+  __host__ __device__ static constexpr int ds_tiles(int dq) {
+    return dq == 0 ? 0 : dq == 1 ? 2 : 4;
+  }
+  __host__ __device__ static constexpr int smem_dkdv(int dq) {
+    return kSmemDkdv + ds_tiles(dq) * kQTile * kDsKeys * 2 + (dq == 3 ? kQTile * D * 4 : 0);
+  }
   static_assert(D == 64 || D == 96 || D == 128 || D == 256,
                 "the Hopper backward takes D = 64, 96, 128, 256");
-  static_assert(kSmemDkdv + kSmemDs <= 227 * 1024 && kSmemDq <= 227 * 1024, "tiles too large");
+  static_assert(smem_dkdv(1) <= 227 * 1024 && kSmemDq <= 227 * 1024, "tiles too large");
   static_assert(kProducerRegs<true> * 128 + kConsumerRegs<true> * 256 <= 65536, "registers");
 };
 
@@ -164,14 +175,16 @@ __device__ __forceinline__ void store_shared(const T* tile, int offset, float x)
 }
 
 // kDq: 0, dQ is left to the dQ kernel; 1 (atomic mode), each consumer adds dS K for its 64 keys
-// and every column; 2 (atomic mode, D = 128), each consumer adds dS K for both consumers' keys
-// and half the columns, half the reduction traffic, on dS tiles double-buffered by step parity.
+// and every column; 2 (atomic mode, D = 64 or 128), each consumer adds dS K for both consumers'
+// keys and half the columns, half the reduction traffic, on dS tiles double-buffered by step
+// parity; 3, as 2, but each consumer stages its dQ tile in shared memory and one thread adds it
+// with a bulk reduction, in the tile layout of bwd_dq_convert_tiles_kernel.
 template <typename T, int D, bool kCausal, bool kRope, int kDq = 0>
 __global__ void __launch_bounds__(384, 1)
     bwd_dkdv_sm90_kernel(const __grid_constant__ DkdvMaps maps, const BwdParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr bool kAtomicDq = kDq > 0, kSplitDq = kDq == 2;
-  static_assert(!kSplitDq || D == 128, "the column split of dQ takes D = 128");
+  constexpr bool kAtomicDq = kDq > 0, kSplitDq = kDq >= 2, kBulkDq = kDq == 3;
+  static_assert(!kSplitDq || D == 64 || D == 128, "the column split of dQ takes D = 64, 128");
   using B = BwdShape<D>;
   using L = FwdShape<D>;  // the shared-memory layout (column blocks, swizzle) of the forward
   constexpr int BN = B::kKeys, BM = B::kQTile, C = L::kChunk, kStages = B::kStages;
@@ -182,9 +195,10 @@ __global__ void __launch_bounds__(384, 1)
   T* sV = sK + BN * D;
   T* sQ = sV + BN * D;                 // kStages tiles
   T* sDO = sQ + kStages * BM * D;      // kStages tiles
-  T* sDS = sDO + kStages * BM * D;     // atomic mode: a dS tile per consumer (kDq = 2: two)
+  T* sDS = sDO + kStages * BM * D;     // atomic mode: B::ds_tiles(kDq) dS tiles
+  float* sDQ = reinterpret_cast<float*>(sDS + B::ds_tiles(kDq) * BM * B::kDsKeys);  // kDq = 3
   // per stage: lse2[BM] (lse in log2 units), delta[BM]
-  float* sStat = reinterpret_cast<float*>(sDS + kDq * 2 * BM * B::kDsKeys);
+  float* sStat = sDQ + (kBulkDq ? BM * D : 0);
   uint64_t* kv_full = reinterpret_cast<uint64_t*>(sStat + kStages * 2 * BM);
   uint64_t* qd_full = kv_full + 1;
   uint64_t* stat_full = qd_full + kStages;
@@ -336,7 +350,9 @@ __global__ void __launch_bounds__(384, 1)
       fence_proxy_async();
       if constexpr (kSplitDq) {
         // Both consumers' dS tiles of this step are whole. Passing also means the other
-        // consumer's dQ of step it - 1 is complete, so the tiles step it + 1 writes are free.
+        // consumer's dQ of step it - 1 is complete, so the tiles step it + 1 writes are free,
+        // and (kDq = 3) that step's bulk reduction has read this consumer's dQ tile.
+        if (kBulkDq && threadIdx.x % 128 == 0) bulk_wait_read<0>();
         bar_sync(3, 256);
       } else {
         bar_sync(1 + cw, 128);  // this consumer's dS tile is whole
@@ -349,17 +365,19 @@ __global__ void __launch_bounds__(384, 1)
       wgmma_rs<T, 1>(dk, da[kk], nmajor_desc<T, D>(tQ + col0 * BM, BM, kk), 1);   // dK += dS^T Q
     }
     wgmma_commit();
-    wgmma_wait<0>();
-    if constexpr (kAtomicDq) {
+    if constexpr (!kAtomicDq) {
+      wgmma_wait<0>();
+      if (lane == 0) mbar_arrive(&empty[s]);
+    } else {
       // kDq = 1: dQ[:, col0 + AC) += dS K over this consumer's 64 keys; kDq = 2:
-      // dQ[:, 64 cw + 64) += dS K over all 128 keys (column block cw of K).
+      // dQ[:, QC cw + QC) += dS K over all 128 keys (columns [QC cw, QC cw + QC) of K), issued
+      // behind dV and dK so that the tensor cores run them back to back.
       constexpr int QC = kSplitDq ? D / 2 : AC;       // dQ columns this consumer adds
       constexpr int QK = kSplitDq ? BN : B::kDsKeys;  // keys it sums over
       const int qc0 = kSplitDq ? QC * cw : col0;
       const int h = hk * group + it / per_head;
       float dq[QC / 2];
-      const T* tK = kSplitDq ? sK + qc0 * BN : sK + col0 * BN + krow0 * C;
-      wgmma_fence();
+      const T* tK = kSplitDq ? sK + (qc0 / C) * BN * C + qc0 % C : sK + col0 * BN + krow0 * C;
 #pragma unroll
       for (int kk = 0; kk < QK / 16; ++kk) {
         constexpr int kSteps = B::kDsKeys / 16;  // k-steps per dS tile
@@ -373,23 +391,42 @@ __global__ void __launch_bounds__(384, 1)
         }
       }
       wgmma_commit();
-      wgmma_wait<0>();
+      wgmma_wait<1>();  // dV and dK have read this stage's Q and dO
       if (lane == 0) mbar_arrive(&empty[s]);
-      float* acc = p.dq_accum + (static_cast<int64_t>(b) * p.hq + h) * p.nq * D + qc0;
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const int r = m0 + 16 * warp + lane / 4 + 8 * i;
-        if (r >= p.nq) continue;
+      wgmma_wait<0>();
+      if constexpr (kBulkDq) {
+        float* tDQ = sDQ + cw * BM * QC;
+        const int tid = threadIdx.x % 128;
 #pragma unroll
         for (int t = 0; t < QC / 8; ++t) {
-          atomicAdd(reinterpret_cast<float2*>(acc + static_cast<int64_t>(r) * D + t * 8 +
-                                              (lane % 4) * 2),
-                    make_float2(dq[4 * t + 2 * i], dq[4 * t + 2 * i + 1]));
+          reinterpret_cast<float4*>(tDQ)[t * 128 + tid] =
+              make_float4(dq[4 * t], dq[4 * t + 1], dq[4 * t + 2], dq[4 * t + 3]);
+        }
+        fence_proxy_async();
+        bar_sync(1 + cw, 128);  // this consumer's dQ tile is whole
+        if (tid == 0) {
+          const int64_t tile = (static_cast<int64_t>(b) * p.hq + h) * m_tiles + m0 / BM;
+          bulk_reduce_add_f32(p.dq_accum + (2 * tile + cw) * BM * QC, tDQ, BM * QC * 4);
+          bulk_commit();
+        }
+      } else {
+        float* acc = p.dq_accum + (static_cast<int64_t>(b) * p.hq + h) * p.nq * D + qc0;
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const int r = m0 + 16 * warp + lane / 4 + 8 * i;
+          if (r >= p.nq) continue;
+#pragma unroll
+          for (int t = 0; t < QC / 8; ++t) {
+            atomicAdd(reinterpret_cast<float2*>(acc + static_cast<int64_t>(r) * D + t * 8 +
+                                                (lane % 4) * 2),
+                      make_float2(dq[4 * t + 2 * i], dq[4 * t + 2 * i + 1]));
+          }
         }
       }
-    } else {
-      if (lane == 0) mbar_arrive(&empty[s]);
     }
+  }
+  if constexpr (kBulkDq) {
+    if (threadIdx.x % 128 == 0) bulk_wait<0>();  // the last reductions are done with sDQ
   }
   T* gdk = static_cast<T*>(p.dk) + b * p.dk_sb + hk * p.dk_sh;
   T* gdv = static_cast<T*>(p.dv) + b * p.dk_sb + hk * p.dk_sh;
@@ -423,6 +460,42 @@ __global__ void __launch_bounds__(256) bwd_dq_convert_kernel(const BwdParams p) 
   const float m = one_key_row<kCausal>(i, p.nk) ? 0.f : p.scale;
   T* dq = static_cast<T*>(p.dq) + b * p.dq_sb + h * p.dq_sh + i * p.dq_sn + col;
   *reinterpret_cast<uint2*>(dq) = make_uint2(pack2<T>(x.x * m, x.y * m), pack2<T>(x.z * m, x.w * m));
+}
+
+// The last pass of the atomic mode with bulk reductions (kDq = 3): dq = scale * dq_accum, where
+// dq_accum holds, for each (batch, query head, 64-row query tile) and consumer c, the 64 x D / 2
+// fp32 block of dQ's columns [D / 2 c, D / 2 c + D / 2) in the consumer's accumulator order:
+// float4 t * 128 + thread is that thread's rows r, r + 8 (r = 16 warp + lane / 4) at columns
+// 8 t + 2 (lane % 4) + {0, 1}. One float4 a thread; RoPE and one-key rows as in
+// bwd_dq_convert_kernel.
+template <typename T, int D, bool kCausal>
+__global__ void __launch_bounds__(256) bwd_dq_convert_tiles_kernel(const BwdParams p) {
+  constexpr int QC = D / 2, kHalf = 16 * QC;  // float4s in a 64 x QC block
+  const int m_tiles = (p.nq + 63) / 64;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * 256 + threadIdx.x;
+  if (idx >= static_cast<int64_t>(p.b) * p.hq * m_tiles * 2 * kHalf) return;
+  const int64_t half = idx / kHalf, tile = half / 2;
+  const int w4 = static_cast<int>(idx % kHalf), t = w4 / 128, tid = w4 % 128;
+  const int lane = tid % 32, warp = tid / 32, cw = static_cast<int>(half % 2);
+  const int mt = static_cast<int>(tile % m_tiles);
+  const int64_t bh = tile / m_tiles;
+  const int b = static_cast<int>(bh / p.hq), h = static_cast<int>(bh % p.hq);
+  const int col = QC * cw + 8 * t + 2 * (lane % 4);
+  const float4 x = reinterpret_cast<const float4*>(p.dq_accum)[idx];
+  float v[2][2] = {{x.x, x.y}, {x.z, x.w}};
+  T* dq = static_cast<T*>(p.dq) + b * p.dq_sb + h * p.dq_sh + col;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int row = mt * 64 + 16 * warp + lane / 4 + 8 * i;
+    if (row >= p.nq) continue;
+    const int pos = row - p.rope.prefix;
+    if (p.rope.cos != nullptr && pos >= 0 && pos < p.rope.n_pos) {
+      const int pair = pos * (D / 2) + col / 2;
+      rope_turn_back(v[i][0], v[i][1], p.rope.cos[pair], p.rope.sin[pair]);
+    }
+    const float m = one_key_row<kCausal>(row, p.nk) ? 0.f : p.scale;
+    *reinterpret_cast<uint32_t*>(dq + row * p.dq_sn) = pack2<T>(v[i][0] * m, v[i][1] * m);
+  }
 }
 
 // Tensor maps of the dQ kernel: q, dO (kRows rows), k, v (kKeyTile rows).
@@ -643,10 +716,10 @@ cudaError_t launch_bwd_sm90_deterministic(const BwdParams& p, bool causal, cudaS
 
 // The atomic mode on `stream`: delta, the dK/dV kernel adding dQ into p.dq_accum (zeroed here
 // first; kDq as in bwd_dkdv_sm90_kernel), and the pass that scales it into dq.
-template <typename T, int D, int kDq = 1>
+template <typename T, int D, int kDq>
 cudaError_t launch_bwd_sm90_atomic(const BwdParams& p, bool causal, cudaStream_t stream) {
-  static_assert(kDq == 1 || kDq == 2, "an atomic kDq");
-  constexpr int kSmem = BwdShape<D>::kSmemDkdv + kDq * BwdShape<D>::kSmemDs;
+  static_assert(kDq >= 1 && kDq <= 3, "an atomic kDq");
+  constexpr int kSmem = BwdShape<D>::smem_dkdv(kDq);
   static_assert(kSmem <= 227 * 1024, "tiles too large");
   using B = BwdShape<D>;
   DkdvMaps mk;
@@ -656,8 +729,9 @@ cudaError_t launch_bwd_sm90_atomic(const BwdParams& p, bool causal, cudaStream_t
   static const Dkdv dkdv_kernels[4] = {
       bwd_dkdv_sm90_kernel<T, D, false, false, kDq>, bwd_dkdv_sm90_kernel<T, D, true, false, kDq>,
       bwd_dkdv_sm90_kernel<T, D, false, true, kDq>, bwd_dkdv_sm90_kernel<T, D, true, true, kDq>};
-  static const Convert convert_kernels[2] = {bwd_dq_convert_kernel<T, D, false>,
-                                             bwd_dq_convert_kernel<T, D, true>};
+  static const Convert convert_kernels[2] = {
+      kDq == 3 ? bwd_dq_convert_tiles_kernel<T, D, false> : bwd_dq_convert_kernel<T, D, false>,
+      kDq == 3 ? bwd_dq_convert_tiles_kernel<T, D, true> : bwd_dq_convert_kernel<T, D, true>};
   static const bool configured = [] {
     for (Dkdv k : dkdv_kernels) {
       cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
@@ -666,27 +740,31 @@ cudaError_t launch_bwd_sm90_atomic(const BwdParams& p, bool causal, cudaStream_t
   }();
   (void)configured;
   const int64_t rows = static_cast<int64_t>(p.b) * p.hq * p.nq;
-  const cudaError_t err = cudaMemsetAsync(p.dq_accum, 0, rows * D * sizeof(float), stream);
+  const int64_t accum_rows =
+      static_cast<int64_t>(p.b) * p.hq * (kDq == 3 ? dq_accum_rows(p.nq) : p.nq);
+  const cudaError_t err = cudaMemsetAsync(p.dq_accum, 0, accum_rows * D * sizeof(float), stream);
   if (err != cudaSuccess) return err;
   bwd_delta_kernel<T, D><<<static_cast<unsigned>((rows + 31) / 32), 128, 0, stream>>>(p);
   const unsigned grid_kv = static_cast<unsigned>((p.nk + B::kKeys - 1) / B::kKeys) * p.b * p.hkv;
   const int variant = (causal ? 1 : 0) + (p.rope.cos != nullptr ? 2 : 0);
   dkdv_kernels[variant]<<<grid_kv, 384, kSmem, stream>>>(mk, p);
-  const int64_t quads = rows * (D / 4);
+  const int64_t quads = accum_rows * (D / 4);
   convert_kernels[causal ? 1 : 0]<<<static_cast<unsigned>((quads + 255) / 256), 256, 0, stream>>>(
       p);
   return cudaGetLastError();
 }
 
-// Launch the Hopper backward on `stream`: deterministic when p.dq_accum is null, else the atomic
-// mode, which needs p.dq_accum to be fp32 (B, Hq, Nq, D) contiguous scratch (atomic_dq_pays in
-// api.h says at which head dims the extension asks for it). Requires an sm_90 device,
-// nq, nk >= 1, hq % hkv == 0, and RoPE tables (when p.rope.cos is set) starting on 16-byte
-// boundaries. cudaErrorNotSupported, launching nothing, when an input cannot be mapped for TMA.
+// Launch the Hopper backward on `stream`: at D = 64 and 128 with p.dq_accum set (the scratch
+// that BwdParams describes), the atomic mode with dQ's columns split between the consumers and
+// bulk reductions (kDq = 3); otherwise deterministic. Requires an sm_90 device, nq, nk >= 1,
+// hq % hkv == 0, and RoPE tables (when p.rope.cos is set) starting on 16-byte boundaries.
+// cudaErrorNotSupported, launching nothing, when an input cannot be mapped for TMA.
 template <typename T, int D>
 cudaError_t launch_flash_bwd_sm90(const BwdParams& p, bool causal, cudaStream_t stream) {
-  return p.dq_accum != nullptr ? launch_bwd_sm90_atomic<T, D>(p, causal, stream)
-                               : launch_bwd_sm90_deterministic<T, D>(p, causal, stream);
+  if constexpr (D == 64 || D == 128) {
+    if (p.dq_accum != nullptr) return launch_bwd_sm90_atomic<T, D, 3>(p, causal, stream);
+  }
+  return launch_bwd_sm90_deterministic<T, D>(p, causal, stream);
 }
 
 }  // namespace flashduo::sm90

@@ -1,6 +1,6 @@
-// Hopper (sm_90a) building blocks in inline PTX: mbarriers, TMA tile loads, wgmma descriptors and
-// fences, register reallocation and named barriers. Shared by the sm_90 attention kernels and the
-// wgmma GEMM example (cuda/examples/wgmma_gemm.cu).
+// Hopper (sm_90a) building blocks in inline PTX: mbarriers, TMA tile loads, bulk reductions,
+// wgmma descriptors and fences, register reallocation and named barriers. Shared by the sm_90
+// attention kernels and the wgmma GEMM example (cuda/examples/wgmma_gemm.cu).
 //
 // Shared-memory tiles are stored the way TMA writes them with a 128-byte (or 64-byte) swizzle: a
 // tile of R rows and D 16-bit columns is D / C column blocks of R x C elements (C = 64 for the
@@ -80,6 +80,30 @@ __device__ __forceinline__ void tma_load_4d(void* dst, const CUtensorMap* map, u
 // (wgmma operand reads, TMA writes) of the same bytes.
 __device__ __forceinline__ void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
+
+// ---- bulk reductions: shared -> global, through the async proxy ----
+
+// Add `bytes` (a multiple of 16) of fp32 at shared `src` elementwise into global `dst` (both
+// 16-byte aligned), as one bulk operation of this thread's bulk group.
+__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, const float* src, uint32_t bytes) {
+  asm volatile(
+      "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;" ::"l"(dst),
+      "r"(smem_u32(src)), "r"(bytes)
+      : "memory");
+}
+__device__ __forceinline__ void bulk_commit() {
+  asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+}
+// Wait until at most N of this thread's bulk groups are still reading their shared sources.
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
+}
+// Wait until at most N of this thread's bulk groups are incomplete.
+template <int N>
+__device__ __forceinline__ void bulk_wait() {
+  asm volatile("cp.async.bulk.wait_group %0;" ::"n"(N) : "memory");
 }
 
 // ---- wgmma: descriptors and ordering ----
