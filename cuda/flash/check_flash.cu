@@ -4,7 +4,7 @@
 // test suite runs the backward from its output). `check_flash sm90` checks and times the Hopper
 // forward only (the nine smaller shapes, and tile-shape variants); `check_flash time` only times;
 // `check_flash lateq` checks and times forwards that free the Q tile after its last P V;
-// `check_flash atomic` checks and times the Hopper backward's atomic mode.
+// `check_flash atomic` checks and times the Hopper backward's atomic mode and its variants.
 // Exits non-zero on a mismatch.
 #include <cmath>
 #include <cstdio>
