@@ -461,22 +461,14 @@ int check_sm90(const Shape* shapes, int count, bool with_bwd) {
   return bad;
 }
 
-// The Hopper backward's atomic mode with each consumer adding dS K for its own 64 keys into
-// g_dq_accum with vector atomics (kDq = 1; the product's is split bulk below).
-template <typename T, int D>
+// The Hopper backward's atomic mode under DqMode Q (sm90/bwd_kernel.cuh), adding into
+// g_dq_accum: DqOwnKeys at every head dim; DqSplit, DqSplitBulk (the product's),
+// DqOwnKeysBulk and DqSplitBulkStsm at D = 64 and 128.
+template <typename T, int D, class Q = flashduo::sm90::DqOwnKeys>
 cudaError_t atomic_bwd(const BwdParams& p, bool causal, cudaStream_t stream) {
   BwdParams pa = p;
   pa.dq_accum = g_dq_accum;
-  return flashduo::sm90::launch_bwd_sm90_atomic<T, D, 1>(pa, causal, stream);
-}
-
-// The atomic mode with dQ's columns split between the consumers: kDq = 2 (vector atomics) or
-// 3 (bulk reductions, the product's atomic mode), D = 64 or 128.
-template <typename T, int D, int kDq>
-cudaError_t split_atomic_bwd(const BwdParams& p, bool causal, cudaStream_t stream) {
-  BwdParams pa = p;
-  pa.dq_accum = g_dq_accum;
-  return flashduo::sm90::launch_bwd_sm90_atomic<T, D, kDq>(pa, causal, stream);
+  return flashduo::sm90::launch_bwd_sm90_atomic<T, D, Q>(pa, causal, stream);
 }
 
 template <typename T, int D>
@@ -488,8 +480,13 @@ int check_atomic_case(const Shape& s, const char* tname) {
 template <typename T, int D>
 int check_split_cases(const Shape& s, const char* tname) {
   const auto fwd = flashduo::sm90::launch_flash_fwd_sm90<T, D>;
-  return check_case<T, D>(s, tname, fwd, "sm90 split atomic", split_atomic_bwd<T, D, 2>) +
-         check_case<T, D>(s, tname, fwd, "sm90 split bulk", split_atomic_bwd<T, D, 3>);
+  namespace sm90 = flashduo::sm90;
+  return check_case<T, D>(s, tname, fwd, "sm90 split atomic", atomic_bwd<T, D, sm90::DqSplit>) +
+         check_case<T, D>(s, tname, fwd, "sm90 split bulk", atomic_bwd<T, D, sm90::DqSplitBulk>) +
+         check_case<T, D>(s, tname, fwd, "sm90 own-keys bulk",
+                          atomic_bwd<T, D, sm90::DqOwnKeysBulk>) +
+         check_case<T, D>(s, tname, fwd, "sm90 split bulk stmatrix",
+                          atomic_bwd<T, D, sm90::DqSplitBulkStsm>);
 }
 
 // The atomic mode on the first `count` shapes, every head dim, from the Hopper forward's output.
@@ -531,9 +528,16 @@ void time_atomic(int n) {
     std::printf("time  sm90 bwd D=%-3d N=%-5d causal=%d  TFLOPS: deterministic %.0f | atomic %.0f",
                 D, n, causal, tf(det), tf(atom));
     if constexpr (D == 64 || D == 128) {
-      const float split = time_ms([&] { return split_atomic_bwd<T, D, 2>(pb, causal, 0); });
-      const float bulk = time_ms([&] { return split_atomic_bwd<T, D, 3>(pb, causal, 0); });
-      std::printf(" | split atomic %.0f | split bulk %.0f", tf(split), tf(bulk));
+      namespace sm90 = flashduo::sm90;
+      const float split = time_ms([&] { return atomic_bwd<T, D, sm90::DqSplit>(pb, causal, 0); });
+      const float bulk =
+          time_ms([&] { return atomic_bwd<T, D, sm90::DqSplitBulk>(pb, causal, 0); });
+      const float own =
+          time_ms([&] { return atomic_bwd<T, D, sm90::DqOwnKeysBulk>(pb, causal, 0); });
+      const float stsm =
+          time_ms([&] { return atomic_bwd<T, D, sm90::DqSplitBulkStsm>(pb, causal, 0); });
+      std::printf(" | split atomic %.0f | split bulk %.0f | own-keys bulk %.0f | split bulk "
+                  "stmatrix %.0f", tf(split), tf(bulk), tf(own), tf(stsm));
     }
     std::printf("\n");
   }

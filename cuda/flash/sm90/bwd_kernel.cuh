@@ -38,6 +38,28 @@
 
 namespace flashduo::sm90 {
 
+// How the dK/dV kernel treats dQ. kAtomic: it adds dQ = dS K into BwdParams::dq_accum (the
+// atomic mode); otherwise the dQ kernel computes dQ. kSplit (D = 64, 128): each consumer adds
+// half of dQ's columns over both consumers' 128 keys (half the bytes), on dS tiles
+// double-buffered by step parity with one 256-thread barrier a step; otherwise its own 64 keys
+// over all its columns. kBulk (D = 64, 128): each consumer stages its fp32 dQ tile in shared
+// memory and one thread adds it with a bulk reduction, in the tile layout of
+// bwd_dq_convert_tiles_kernel; otherwise every thread adds its part with vector atomics.
+// kStsm: dS goes to shared memory by stmatrix (four transposing 8 x 8 stores per 16 queries)
+// instead of one 16-bit store per element.
+template <bool kAtomic_, bool kSplit_ = false, bool kBulk_ = false, bool kStsm_ = false>
+struct DqMode {
+  static constexpr bool kAtomic = kAtomic_, kSplit = kSplit_, kBulk = kBulk_, kStsm = kStsm_;
+  static constexpr int kDsTiles = !kAtomic ? 0 : kSplit ? 4 : 2;  // 64 x 64 dS tiles
+  static constexpr int kBlocks = kSplit ? 2 : 1;  // dQ column blocks, one per consumer if split
+};
+using DqKernel = DqMode<false>;                    // deterministic: the separate dQ kernel
+using DqOwnKeys = DqMode<true>;                    // atomic, each consumer its own keys
+using DqSplit = DqMode<true, true>;                // atomic, columns split
+using DqSplitBulk = DqMode<true, true, true>;      // the product's atomic mode
+using DqOwnKeysBulk = DqMode<true, false, true>;   // own keys, bulk reductions
+using DqSplitBulkStsm = DqMode<true, true, true, true>;  // the product's, dS by stmatrix
+
 template <int D>
 struct BwdShape {
   static constexpr bool kSplitD = D > 128;  // dK/dV: the consumers share keys, split columns
@@ -55,18 +77,17 @@ struct BwdShape {
       (2 * kKeys + 2 * kStages * kQTile) * D * 2 + 2 * kStages * kQTile * 4 + 1024 + 16 * 8;
   static constexpr int kSmemDq = (2 * kRows + 2 * kStages * kKeyTile) * D * 2 + 1024 + 16 * 8;
   static constexpr int kDsKeys = 64;  // atomic mode: each consumer's dS tile, kQTile x 64 keys
-  // The dK/dV kernel's dS tiles (bwd_dkdv_sm90_kernel's kDq: none, one per consumer, or two per
-  // consumer by step parity) and its shared memory with them, plus (kDq = 3) a kQTile x D / 2
-  // fp32 dQ tile per consumer.
-  __host__ __device__ static constexpr int ds_tiles(int dq) {
-    return dq == 0 ? 0 : dq == 1 ? 2 : 4;
-  }
-  __host__ __device__ static constexpr int smem_dkdv(int dq) {
-    return kSmemDkdv + ds_tiles(dq) * kQTile * kDsKeys * 2 + (dq == 3 ? kQTile * D * 4 : 0);
-  }
+  // The dK/dV kernel's fp32 dQ tiles under DqMode Q (a kQTile x D / kBlocks tile per consumer),
+  // and its shared memory with them and its dS tiles.
+  template <class Q>
+  static constexpr int kDqFloats = Q::kBulk ? 2 * kQTile * D / Q::kBlocks : 0;
+  template <class Q>
+  static constexpr int kSmemDkdvWith =
+      kSmemDkdv + Q::kDsTiles * kQTile * kDsKeys * 2 + kDqFloats<Q> * 4;
   static_assert(D == 64 || D == 96 || D == 128 || D == 256,
                 "the Hopper backward takes D = 64, 96, 128, 256");
-  static_assert(smem_dkdv(1) <= 227 * 1024 && kSmemDq <= 227 * 1024, "tiles too large");
+  static_assert(kSmemDkdvWith<DqOwnKeys> <= 227 * 1024 && kSmemDq <= 227 * 1024,
+                "tiles too large");
   static_assert(kProducerRegs<true> * 128 + kConsumerRegs<true> * 256 <= 65536, "registers");
 };
 
@@ -174,17 +195,14 @@ __device__ __forceinline__ void store_shared(const T* tile, int offset, float x)
   asm volatile("st.shared.b16 [%0], %1;" ::"r"(smem_u32(tile + offset)), "h"(bits) : "memory");
 }
 
-// kDq: 0, dQ is left to the dQ kernel; 1 (atomic mode), each consumer adds dS K for its 64 keys
-// and every column; 2 (atomic mode, D = 64 or 128), each consumer adds dS K for both consumers'
-// keys and half the columns, half the reduction traffic, on dS tiles double-buffered by step
-// parity; 3, as 2, but each consumer stages its dQ tile in shared memory and one thread adds it
-// with a bulk reduction, in the tile layout of bwd_dq_convert_tiles_kernel.
-template <typename T, int D, bool kCausal, bool kRope, int kDq = 0>
+// Q: a DqMode, how dQ is treated.
+template <typename T, int D, bool kCausal, bool kRope, class Q = DqKernel>
 __global__ void __launch_bounds__(384, 1)
     bwd_dkdv_sm90_kernel(const __grid_constant__ DkdvMaps maps, const BwdParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr bool kAtomicDq = kDq > 0, kSplitDq = kDq >= 2, kBulkDq = kDq == 3;
-  static_assert(!kSplitDq || D == 64 || D == 128, "the column split of dQ takes D = 64, 128");
+  constexpr bool kAtomicDq = Q::kAtomic, kSplitDq = Q::kSplit, kBulkDq = Q::kBulk;
+  static_assert(!(kSplitDq || kBulkDq) || D == 64 || D == 128,
+                "the column split and the bulk reductions of dQ take D = 64, 128");
   using B = BwdShape<D>;
   using L = FwdShape<D>;  // the shared-memory layout (column blocks, swizzle) of the forward
   constexpr int BN = B::kKeys, BM = B::kQTile, C = L::kChunk, kStages = B::kStages;
@@ -195,10 +213,10 @@ __global__ void __launch_bounds__(384, 1)
   T* sV = sK + BN * D;
   T* sQ = sV + BN * D;                 // kStages tiles
   T* sDO = sQ + kStages * BM * D;      // kStages tiles
-  T* sDS = sDO + kStages * BM * D;     // atomic mode: B::ds_tiles(kDq) dS tiles
-  float* sDQ = reinterpret_cast<float*>(sDS + B::ds_tiles(kDq) * BM * B::kDsKeys);  // kDq = 3
+  T* sDS = sDO + kStages * BM * D;     // atomic mode: Q::kDsTiles dS tiles
+  float* sDQ = reinterpret_cast<float*>(sDS + Q::kDsTiles * BM * B::kDsKeys);  // bulk: dQ tiles
   // per stage: lse2[BM] (lse in log2 units), delta[BM]
-  float* sStat = sDQ + (kBulkDq ? BM * D : 0);
+  float* sStat = sDQ + B::template kDqFloats<Q>;
   uint64_t* kv_full = reinterpret_cast<uint64_t*>(sStat + kStages * 2 * BM);
   uint64_t* qd_full = kv_full + 1;
   uint64_t* stat_full = qd_full + kStages;
@@ -339,20 +357,32 @@ __global__ void __launch_bounds__(384, 1)
     const int ds0 = kSplitDq ? 2 * (it & 1) : 0;
     if constexpr (kAtomicDq) {  // dS^T (keys x queries) goes in as dS (queries x keys)
       T* tDS = sDS + (ds0 + cw) * BM * B::kDsKeys;
+      if constexpr (Q::kStsm) {
+        // da[kk][m] holds the 8 x 8 block of keys 16 warp + 8 (m % 2) + [0, 8) and queries
+        // 16 kk + 8 (m / 2) + [0, 8) in the mma fragment layout; stored transposed, lane
+        // 8 m + c addresses query row c of block m.
+        const int m = lane / 8, q = 8 * (m / 2) + lane % 8, kr = 16 * warp + 8 * (m % 2);
 #pragma unroll
-      for (int t = 0; t < BM / 8; ++t) {
+        for (int kk = 0; kk < BM / 16; ++kk) {
+          stmatrix_x4_trans(tDS + ds_offset(16 * kk + q, kr), da[kk]);
+        }
+      } else {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int q = t * 8 + (lane % 4) * 2 + (e & 1), kr = 16 * warp + lane / 4 + (e >> 1) * 8;
-          store_shared<T>(tDS, ds_offset(q, kr), dpt[4 * t + e]);
+        for (int t = 0; t < BM / 8; ++t) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int q = t * 8 + (lane % 4) * 2 + (e & 1);
+            const int kr = 16 * warp + lane / 4 + (e >> 1) * 8;
+            store_shared<T>(tDS, ds_offset(q, kr), dpt[4 * t + e]);
+          }
         }
       }
       fence_proxy_async();
+      // Past the barrier below, the last step's bulk reduction has read this consumer's dQ tile.
+      if (kBulkDq && threadIdx.x % 128 == 0) bulk_wait_read<0>();
       if constexpr (kSplitDq) {
         // Both consumers' dS tiles of this step are whole. Passing also means the other
-        // consumer's dQ of step it - 1 is complete, so the tiles step it + 1 writes are free,
-        // and (kDq = 3) that step's bulk reduction has read this consumer's dQ tile.
-        if (kBulkDq && threadIdx.x % 128 == 0) bulk_wait_read<0>();
+        // consumer's dQ of step it - 1 is complete, so the tiles step it + 1 writes are free.
         bar_sync(3, 256);
       } else {
         bar_sync(1 + cw, 128);  // this consumer's dS tile is whole
@@ -369,7 +399,7 @@ __global__ void __launch_bounds__(384, 1)
       wgmma_wait<0>();
       if (lane == 0) mbar_arrive(&empty[s]);
     } else {
-      // kDq = 1: dQ[:, col0 + AC) += dS K over this consumer's 64 keys; kDq = 2:
+      // Own keys: dQ[:, col0 + AC) += dS K over this consumer's 64 keys; split:
       // dQ[:, QC cw + QC) += dS K over all 128 keys (columns [QC cw, QC cw + QC) of K), issued
       // behind dV and dK so that the tensor cores run them back to back.
       constexpr int QC = kSplitDq ? D / 2 : AC;       // dQ columns this consumer adds
@@ -406,7 +436,8 @@ __global__ void __launch_bounds__(384, 1)
         bar_sync(1 + cw, 128);  // this consumer's dQ tile is whole
         if (tid == 0) {
           const int64_t tile = (static_cast<int64_t>(b) * p.hq + h) * m_tiles + m0 / BM;
-          bulk_reduce_add_f32(p.dq_accum + (2 * tile + cw) * BM * QC, tDQ, BM * QC * 4);
+          const int64_t at = kSplitDq ? (2 * tile + cw) * BM * QC : tile * BM * D;
+          bulk_reduce_add_f32(p.dq_accum + at, tDQ, BM * QC * 4);
           bulk_commit();
         }
       } else {
@@ -462,21 +493,21 @@ __global__ void __launch_bounds__(256) bwd_dq_convert_kernel(const BwdParams p) 
   *reinterpret_cast<uint2*>(dq) = make_uint2(pack2<T>(x.x * m, x.y * m), pack2<T>(x.z * m, x.w * m));
 }
 
-// The last pass of the atomic mode with bulk reductions (kDq = 3): dq = scale * dq_accum, where
-// dq_accum holds, for each (batch, query head, 64-row query tile) and consumer c, the 64 x D / 2
-// fp32 block of dQ's columns [D / 2 c, D / 2 c + D / 2) in the consumer's accumulator order:
-// float4 t * 128 + thread is that thread's rows r, r + 8 (r = 16 warp + lane / 4) at columns
-// 8 t + 2 (lane % 4) + {0, 1}. One float4 a thread; RoPE and one-key rows as in
-// bwd_dq_convert_kernel.
-template <typename T, int D, bool kCausal>
+// The last pass of the atomic mode with bulk reductions (DqMode::kBulk): dq = scale * dq_accum,
+// where dq_accum holds, for each (batch, query head, 64-row query tile) and column block c of
+// kBlocks (2 when the consumers split the columns, else 1), the 64 x D / kBlocks fp32 block of
+// dQ's columns [QC c, QC c + QC) in a consumer's accumulator order: float4 t * 128 + thread is
+// that thread's rows r, r + 8 (r = 16 warp + lane / 4) at columns 8 t + 2 (lane % 4) + {0, 1}.
+// One float4 a thread; RoPE and one-key rows as in bwd_dq_convert_kernel.
+template <typename T, int D, bool kCausal, int kBlocks>
 __global__ void __launch_bounds__(256) bwd_dq_convert_tiles_kernel(const BwdParams p) {
-  constexpr int QC = D / 2, kHalf = 16 * QC;  // float4s in a 64 x QC block
+  constexpr int QC = D / kBlocks, kBlock = 16 * QC;  // float4s in a 64 x QC block
   const int m_tiles = (p.nq + 63) / 64;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * 256 + threadIdx.x;
-  if (idx >= static_cast<int64_t>(p.b) * p.hq * m_tiles * 2 * kHalf) return;
-  const int64_t half = idx / kHalf, tile = half / 2;
-  const int w4 = static_cast<int>(idx % kHalf), t = w4 / 128, tid = w4 % 128;
-  const int lane = tid % 32, warp = tid / 32, cw = static_cast<int>(half % 2);
+  if (idx >= static_cast<int64_t>(p.b) * p.hq * m_tiles * kBlocks * kBlock) return;
+  const int64_t block = idx / kBlock, tile = block / kBlocks;
+  const int w4 = static_cast<int>(idx % kBlock), t = w4 / 128, tid = w4 % 128;
+  const int lane = tid % 32, warp = tid / 32, cw = static_cast<int>(block % kBlocks);
   const int mt = static_cast<int>(tile % m_tiles);
   const int64_t bh = tile / m_tiles;
   const int b = static_cast<int>(bh / p.hq), h = static_cast<int>(bh % p.hq);
@@ -714,12 +745,22 @@ cudaError_t launch_bwd_sm90_deterministic(const BwdParams& p, bool causal, cudaS
   return cudaGetLastError();
 }
 
+// The atomic mode's last pass under DqMode Q: per row, or per tile after bulk reductions.
+template <typename T, int D, bool kCausal, class Q>
+constexpr auto dq_convert() {
+  if constexpr (Q::kBulk) {
+    return bwd_dq_convert_tiles_kernel<T, D, kCausal, Q::kBlocks>;
+  } else {
+    return bwd_dq_convert_kernel<T, D, kCausal>;
+  }
+}
+
 // The atomic mode on `stream`: delta, the dK/dV kernel adding dQ into p.dq_accum (zeroed here
-// first; kDq as in bwd_dkdv_sm90_kernel), and the pass that scales it into dq.
-template <typename T, int D, int kDq>
+// first; Q an atomic DqMode), and the pass that scales it into dq.
+template <typename T, int D, class Q>
 cudaError_t launch_bwd_sm90_atomic(const BwdParams& p, bool causal, cudaStream_t stream) {
-  static_assert(kDq >= 1 && kDq <= 3, "an atomic kDq");
-  constexpr int kSmem = BwdShape<D>::smem_dkdv(kDq);
+  static_assert(Q::kAtomic, "an atomic DqMode");
+  constexpr int kSmem = BwdShape<D>::template kSmemDkdvWith<Q>;
   static_assert(kSmem <= 227 * 1024, "tiles too large");
   using B = BwdShape<D>;
   DkdvMaps mk;
@@ -727,11 +768,10 @@ cudaError_t launch_bwd_sm90_atomic(const BwdParams& p, bool causal, cudaStream_t
   using Dkdv = void (*)(DkdvMaps, BwdParams);
   using Convert = void (*)(BwdParams);
   static const Dkdv dkdv_kernels[4] = {
-      bwd_dkdv_sm90_kernel<T, D, false, false, kDq>, bwd_dkdv_sm90_kernel<T, D, true, false, kDq>,
-      bwd_dkdv_sm90_kernel<T, D, false, true, kDq>, bwd_dkdv_sm90_kernel<T, D, true, true, kDq>};
-  static const Convert convert_kernels[2] = {
-      kDq == 3 ? bwd_dq_convert_tiles_kernel<T, D, false> : bwd_dq_convert_kernel<T, D, false>,
-      kDq == 3 ? bwd_dq_convert_tiles_kernel<T, D, true> : bwd_dq_convert_kernel<T, D, true>};
+      bwd_dkdv_sm90_kernel<T, D, false, false, Q>, bwd_dkdv_sm90_kernel<T, D, true, false, Q>,
+      bwd_dkdv_sm90_kernel<T, D, false, true, Q>, bwd_dkdv_sm90_kernel<T, D, true, true, Q>};
+  static const Convert convert_kernels[2] = {dq_convert<T, D, false, Q>(),
+                                             dq_convert<T, D, true, Q>()};
   static const bool configured = [] {
     for (Dkdv k : dkdv_kernels) {
       cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
@@ -741,7 +781,7 @@ cudaError_t launch_bwd_sm90_atomic(const BwdParams& p, bool causal, cudaStream_t
   (void)configured;
   const int64_t rows = static_cast<int64_t>(p.b) * p.hq * p.nq;
   const int64_t accum_rows =
-      static_cast<int64_t>(p.b) * p.hq * (kDq == 3 ? dq_accum_rows(p.nq) : p.nq);
+      static_cast<int64_t>(p.b) * p.hq * (Q::kBulk ? dq_accum_rows(p.nq) : p.nq);
   const cudaError_t err = cudaMemsetAsync(p.dq_accum, 0, accum_rows * D * sizeof(float), stream);
   if (err != cudaSuccess) return err;
   bwd_delta_kernel<T, D><<<static_cast<unsigned>((rows + 31) / 32), 128, 0, stream>>>(p);
@@ -756,13 +796,13 @@ cudaError_t launch_bwd_sm90_atomic(const BwdParams& p, bool causal, cudaStream_t
 
 // Launch the Hopper backward on `stream`: at D = 64 and 128 with p.dq_accum set (the scratch
 // that BwdParams describes), the atomic mode with dQ's columns split between the consumers and
-// bulk reductions (kDq = 3); otherwise deterministic. Requires an sm_90 device, nq, nk >= 1,
+// bulk reductions (DqSplitBulk); otherwise deterministic. Requires an sm_90 device, nq, nk >= 1,
 // hq % hkv == 0, and RoPE tables (when p.rope.cos is set) starting on 16-byte boundaries.
 // cudaErrorNotSupported, launching nothing, when an input cannot be mapped for TMA.
 template <typename T, int D>
 cudaError_t launch_flash_bwd_sm90(const BwdParams& p, bool causal, cudaStream_t stream) {
   if constexpr (D == 64 || D == 128) {
-    if (p.dq_accum != nullptr) return launch_bwd_sm90_atomic<T, D, 3>(p, causal, stream);
+    if (p.dq_accum != nullptr) return launch_bwd_sm90_atomic<T, D, DqSplitBulk>(p, causal, stream);
   }
   return launch_bwd_sm90_deterministic<T, D>(p, causal, stream);
 }

@@ -82,6 +82,16 @@ __device__ __forceinline__ void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 }
 
+// Store four 8 x 8 16-bit matrices held in the mma fragment layout (register i: matrix i's row
+// lane / 4, columns 2 (lane % 4) + {0, 1}) transposed: lane 8 i + c gives the 16-byte-aligned
+// address of row c of matrix i's transpose.
+__device__ __forceinline__ void stmatrix_x4_trans(const void* row, const uint32_t (&r)[4]) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(
+                   smem_u32(row)),
+               "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+}
+
 // ---- bulk reductions: shared -> global, through the async proxy ----
 
 // Add `bytes` (a multiple of 16) of fp32 at shared `src` elementwise into global `dst` (both
