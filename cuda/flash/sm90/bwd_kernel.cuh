@@ -46,10 +46,16 @@ namespace flashduo::sm90 {
 // memory and one thread adds it with a bulk reduction, in the tile layout of
 // bwd_dq_convert_tiles_kernel; otherwise every thread adds its part with vector atomics.
 // kStsm: dS goes to shared memory by stmatrix (four transposing 8 x 8 stores per 16 queries)
-// instead of one 16-bit store per element.
-template <bool kAtomic_, bool kSplit_ = false, bool kBulk_ = false, bool kStsm_ = false>
+// instead of one 16-bit store per element. kDefer (with kSplit and kBulk): a step's dQ product
+// runs one step later, behind the next step's dV and dK, and the consumers hand the dS tiles to
+// each other on mbarriers instead of meeting at a barrier every step, so that neither waits for
+// the other's softmax gradient of the same step.
+template <bool kAtomic_, bool kSplit_ = false, bool kBulk_ = false, bool kStsm_ = false,
+          bool kDefer_ = false>
 struct DqMode {
   static constexpr bool kAtomic = kAtomic_, kSplit = kSplit_, kBulk = kBulk_, kStsm = kStsm_;
+  static constexpr bool kDefer = kDefer_;
+  static_assert(!kDefer || (kSplit && kBulk), "the deferred dQ takes split columns and bulk");
   static constexpr int kDsTiles = !kAtomic ? 0 : kSplit ? 4 : 2;  // 64 x 64 dS tiles
   static constexpr int kBlocks = kSplit ? 2 : 1;  // dQ column blocks, one per consumer if split
 };
@@ -59,6 +65,7 @@ using DqSplit = DqMode<true, true>;                // atomic, columns split
 using DqSplitBulk = DqMode<true, true, true>;      // the product's atomic mode
 using DqOwnKeysBulk = DqMode<true, false, true>;   // own keys, bulk reductions
 using DqSplitBulkStsm = DqMode<true, true, true, true>;  // the product's, dS by stmatrix
+using DqSplitBulkDeferred = DqMode<true, true, true, false, true>;  // the product's, dQ deferred
 
 template <int D>
 struct BwdShape {
@@ -195,6 +202,47 @@ __device__ __forceinline__ void store_shared(const T* tile, int offset, float x)
   asm volatile("st.shared.b16 [%0], %1;" ::"r"(smem_u32(tile + offset)), "h"(bits) : "memory");
 }
 
+// The atomic mode's dq = dS K (a warpgroup's 64 queries x QC columns of dQ) over QK keys: the
+// dS tiles (64 queries x 64 keys each) from `tiles`, the one at `own` when QK = 64, and K's
+// columns at tK (an N-major B operand of `rows` keys).
+template <typename T, int D, int QC, int QK, int rows>
+__device__ __forceinline__ void dq_product(float (&dq)[QC / 2], const T* tiles, int own,
+                                           const T* tK) {
+  constexpr int kSteps = 64 / 16;  // k-steps per dS tile
+#pragma unroll
+  for (int kk = 0; kk < QK / 16; ++kk) {
+    const T* tDS = tiles + (QK > 64 ? kk / kSteps : own) * 64 * 64;
+    const uint64_t a = kmajor_desc<T, DsLayout>(tDS, 64, 0, kk % kSteps);
+    const uint64_t bk = nmajor_desc<T, D>(tK, rows, kk);
+    if (kk == 0) {
+      wgmma_ss_zero<T, 1>(dq, a, bk);
+    } else {
+      wgmma_ss<T, 1>(dq, a, bk, 1);
+    }
+  }
+  wgmma_commit();
+}
+
+// Stage warpgroup `cw`'s dq (64 x QC fp32) in its tile tDQ in accumulator order (float4
+// t * 128 + thread: the thread's dq[4 t .. 4 t + 3]), then let its first thread add the tile
+// into the workspace at offset at() of dq_accum with one bulk reduction.
+template <int QC, class At>
+__device__ __forceinline__ void reduce_dq_tile(const float (&dq)[QC / 2], float* tDQ, int cw,
+                                               float* dq_accum, At at) {
+  const int tid = threadIdx.x % 128;
+#pragma unroll
+  for (int t = 0; t < QC / 8; ++t) {
+    reinterpret_cast<float4*>(tDQ)[t * 128 + tid] =
+        make_float4(dq[4 * t], dq[4 * t + 1], dq[4 * t + 2], dq[4 * t + 3]);
+  }
+  fence_proxy_async();
+  bar_sync(1 + cw, 128);  // this consumer's dQ tile is whole
+  if (tid == 0) {
+    bulk_reduce_add_f32(dq_accum + at(), tDQ, 64 * QC * 4);
+    bulk_commit();
+  }
+}
+
 // Q: a DqMode, how dQ is treated.
 template <typename T, int D, bool kCausal, bool kRope, class Q = DqKernel>
 __global__ void __launch_bounds__(384, 1)
@@ -223,6 +271,10 @@ __global__ void __launch_bounds__(384, 1)
   uint64_t* empty = stat_full + kStages;
   uint64_t* k_ready = empty + kStages;  // RoPE: the rotated tiles
   uint64_t* q_ready = k_ready + 1;
+  // kDefer: both consumers' dS tiles of a parity written (ds_full) and read by both dQ products
+  // (ds_empty), every consumer thread arriving.
+  uint64_t* ds_full = q_ready + kStages;
+  uint64_t* ds_empty = ds_full + 2;
 
   const int num_n = (p.nk + BN - 1) / BN;
   const int bh = blockIdx.x / num_n;  // (batch, K/V head)
@@ -243,6 +295,12 @@ __global__ void __launch_bounds__(384, 1)
       mbar_init(&stat_full[s], 32);
       mbar_init(&empty[s], 8);
       mbar_init(&q_ready[s], 64);
+    }
+    if constexpr (Q::kDefer) {
+      for (int i = 0; i < 2; ++i) {
+        mbar_init(&ds_full[i], 256);
+        mbar_init(&ds_empty[i], 256);
+      }
     }
     mbar_fence_init();
   }
@@ -311,6 +369,30 @@ __global__ void __launch_bounds__(384, 1)
   float dk[AC / 2], dv[AC / 2];
 #pragma unroll
   for (int i = 0; i < AC / 2; ++i) dk[i] = dv[i] = 0.f;
+  // kDefer: step j's dQ[:, QC cw + QC) = dS_j K over all 128 keys, issued behind the current
+  // step's dV and dK (one commit group each; the current stage is freed when they are done),
+  // then added into the workspace.
+  auto deferred_dq = [&](int j) {
+    if constexpr (Q::kDefer) {
+      constexpr int QC = D / 2;
+      const int s = (j + 1) % kStages, h = hk * group + j / per_head;
+      const int mj = (m_first + j % per_head) * BM;
+      const T* tK = sK + (QC * cw / C) * BN * C + QC * cw % C;
+      float dq[QC / 2];
+      mbar_wait(&ds_full[j & 1], (j / 2) & 1);  // both consumers' dS tiles of step j
+      dq_product<T, D, QC, BN, BN>(dq, sDS + 2 * (j & 1) * BM * B::kDsKeys, 0, tK);
+      wgmma_wait<1>();  // this step's dV and dK have read its Q and dO
+      if (lane == 0 && j + 1 < items) mbar_arrive(&empty[s]);
+      wgmma_wait<0>();
+      mbar_arrive(&ds_empty[j & 1]);
+      if (threadIdx.x % 128 == 0) bulk_wait_read<0>();  // the last reduction has read sDQ
+      bar_sync(1 + cw, 128);
+      reduce_dq_tile<QC>(dq, sDQ + cw * BM * QC, cw, p.dq_accum, [&] {
+        const int64_t tile = (static_cast<int64_t>(b) * p.hq + h) * m_tiles + mj / BM;
+        return (2 * tile + cw) * BM * QC;
+      });
+    }
+  };
   mbar_wait(kRope ? k_ready : kv_full, 0);
   for (int it = 0; it < items; ++it) {
     const int s = it % kStages, ph = (it / kStages) & 1;
@@ -357,6 +439,9 @@ __global__ void __launch_bounds__(384, 1)
     const int ds0 = kSplitDq ? 2 * (it & 1) : 0;
     if constexpr (kAtomicDq) {  // dS^T (keys x queries) goes in as dS (queries x keys)
       T* tDS = sDS + (ds0 + cw) * BM * B::kDsKeys;
+      if constexpr (Q::kDefer) {  // both dQ products of step it - 2 have read these tiles
+        if (it >= 2) mbar_wait(&ds_empty[it & 1], ((it - 2) / 2) & 1);
+      }
       if constexpr (Q::kStsm) {
         // da[kk][m] holds the 8 x 8 block of keys 16 warp + 8 (m % 2) + [0, 8) and queries
         // 16 kk + 8 (m / 2) + [0, 8) in the mma fragment layout; stored transposed, lane
@@ -379,8 +464,10 @@ __global__ void __launch_bounds__(384, 1)
       }
       fence_proxy_async();
       // Past the barrier below, the last step's bulk reduction has read this consumer's dQ tile.
-      if (kBulkDq && threadIdx.x % 128 == 0) bulk_wait_read<0>();
-      if constexpr (kSplitDq) {
+      if (kBulkDq && !Q::kDefer && threadIdx.x % 128 == 0) bulk_wait_read<0>();
+      if constexpr (Q::kDefer) {
+        mbar_arrive(&ds_full[it & 1]);
+      } else if constexpr (kSplitDq) {
         // Both consumers' dS tiles of this step are whole. Passing also means the other
         // consumer's dQ of step it - 1 is complete, so the tiles step it + 1 writes are free.
         bar_sync(3, 256);
@@ -395,7 +482,14 @@ __global__ void __launch_bounds__(384, 1)
       wgmma_rs<T, 1>(dk, da[kk], nmajor_desc<T, D>(tQ + col0 * BM, BM, kk), 1);   // dK += dS^T Q
     }
     wgmma_commit();
-    if constexpr (!kAtomicDq) {
+    if constexpr (Q::kDefer) {
+      if (it > 0) {
+        deferred_dq(it - 1);
+      } else {
+        wgmma_wait<0>();
+        if (lane == 0) mbar_arrive(&empty[s]);
+      }
+    } else if constexpr (!kAtomicDq) {
       wgmma_wait<0>();
       if (lane == 0) mbar_arrive(&empty[s]);
     } else {
@@ -408,38 +502,15 @@ __global__ void __launch_bounds__(384, 1)
       const int h = hk * group + it / per_head;
       float dq[QC / 2];
       const T* tK = kSplitDq ? sK + (qc0 / C) * BN * C + qc0 % C : sK + col0 * BN + krow0 * C;
-#pragma unroll
-      for (int kk = 0; kk < QK / 16; ++kk) {
-        constexpr int kSteps = B::kDsKeys / 16;  // k-steps per dS tile
-        const T* tDS = sDS + (ds0 + (kSplitDq ? kk / kSteps : cw)) * BM * B::kDsKeys;
-        const uint64_t a = kmajor_desc<T, DsLayout>(tDS, BM, 0, kk % kSteps);
-        const uint64_t bk = nmajor_desc<T, D>(tK, BN, kk);
-        if (kk == 0) {
-          wgmma_ss_zero<T, 1>(dq, a, bk);
-        } else {
-          wgmma_ss<T, 1>(dq, a, bk, 1);
-        }
-      }
-      wgmma_commit();
+      dq_product<T, D, QC, QK, BN>(dq, sDS + ds0 * BM * B::kDsKeys, cw, tK);
       wgmma_wait<1>();  // dV and dK have read this stage's Q and dO
       if (lane == 0) mbar_arrive(&empty[s]);
       wgmma_wait<0>();
       if constexpr (kBulkDq) {
-        float* tDQ = sDQ + cw * BM * QC;
-        const int tid = threadIdx.x % 128;
-#pragma unroll
-        for (int t = 0; t < QC / 8; ++t) {
-          reinterpret_cast<float4*>(tDQ)[t * 128 + tid] =
-              make_float4(dq[4 * t], dq[4 * t + 1], dq[4 * t + 2], dq[4 * t + 3]);
-        }
-        fence_proxy_async();
-        bar_sync(1 + cw, 128);  // this consumer's dQ tile is whole
-        if (tid == 0) {
+        reduce_dq_tile<QC>(dq, sDQ + cw * BM * QC, cw, p.dq_accum, [&] {
           const int64_t tile = (static_cast<int64_t>(b) * p.hq + h) * m_tiles + m0 / BM;
-          const int64_t at = kSplitDq ? (2 * tile + cw) * BM * QC : tile * BM * D;
-          bulk_reduce_add_f32(p.dq_accum + at, tDQ, BM * QC * 4);
-          bulk_commit();
-        }
+          return kSplitDq ? (2 * tile + cw) * BM * QC : tile * BM * D;
+        });
       } else {
         float* acc = p.dq_accum + (static_cast<int64_t>(b) * p.hq + h) * p.nq * D + qc0;
 #pragma unroll
@@ -455,6 +526,9 @@ __global__ void __launch_bounds__(384, 1)
         }
       }
     }
+  }
+  if constexpr (Q::kDefer) {
+    if (items > 0) deferred_dq(items - 1);
   }
   if constexpr (kBulkDq) {
     if (threadIdx.x % 128 == 0) bulk_wait<0>();  // the last reductions are done with sDQ
