@@ -463,7 +463,8 @@ int check_sm90(const Shape* shapes, int count, bool with_bwd) {
 
 // The Hopper backward's atomic mode under DqMode Q (sm90/bwd_kernel.cuh), adding into
 // g_dq_accum: DqOwnKeys at every head dim; DqSplit, DqSplitBulk (the product's),
-// DqOwnKeysBulk, DqSplitBulkStsm and DqSplitBulkDeferred at D = 64 and 128.
+// DqOwnKeysBulk, DqSplitBulkStsm, DqSplitBulkDeferred and DqSplitBulkPingPong at D = 64 and
+// 128.
 template <typename T, int D, class Q = flashduo::sm90::DqOwnKeys>
 cudaError_t atomic_bwd(const BwdParams& p, bool causal, cudaStream_t stream) {
   BwdParams pa = p;
@@ -488,7 +489,9 @@ int check_split_cases(const Shape& s, const char* tname) {
          check_case<T, D>(s, tname, fwd, "sm90 split bulk stmatrix",
                           atomic_bwd<T, D, sm90::DqSplitBulkStsm>) +
          check_case<T, D>(s, tname, fwd, "sm90 split bulk deferred",
-                          atomic_bwd<T, D, sm90::DqSplitBulkDeferred>);
+                          atomic_bwd<T, D, sm90::DqSplitBulkDeferred>) +
+         check_case<T, D>(s, tname, fwd, "sm90 split bulk ping-pong",
+                          atomic_bwd<T, D, sm90::DqSplitBulkPingPong>);
 }
 
 // The atomic mode on the first `count` shapes, every head dim, from the Hopper forward's output.
@@ -540,9 +543,11 @@ void time_atomic(int n) {
           time_ms([&] { return atomic_bwd<T, D, sm90::DqSplitBulkStsm>(pb, causal, 0); });
       const float defer =
           time_ms([&] { return atomic_bwd<T, D, sm90::DqSplitBulkDeferred>(pb, causal, 0); });
+      const float pp =
+          time_ms([&] { return atomic_bwd<T, D, sm90::DqSplitBulkPingPong>(pb, causal, 0); });
       std::printf(" | split atomic %.0f | split bulk %.0f | own-keys bulk %.0f | split bulk "
-                  "stmatrix %.0f | split bulk deferred %.0f", tf(split), tf(bulk), tf(own),
-                  tf(stsm), tf(defer));
+                  "stmatrix %.0f | split bulk deferred %.0f | ping-pong %.0f", tf(split),
+                  tf(bulk), tf(own), tf(stsm), tf(defer), tf(pp));
     }
     std::printf("\n");
   }

@@ -49,13 +49,17 @@ namespace flashduo::sm90 {
 // instead of one 16-bit store per element. kDefer (with kSplit and kBulk): a step's dQ product
 // runs one step later, behind the next step's dV and dK, and the consumers hand the dS tiles to
 // each other on mbarriers instead of meeting at a barrier every step, so that neither waits for
-// the other's softmax gradient of the same step.
+// the other's softmax gradient of the same step. kPingPong (with kDefer): the consumers take
+// turns issuing their products (S and dP; then dV, dK and the deferred dQ), handing over on
+// named barriers as the forward's consumers do, so that one's softmax gradient runs under the
+// other's products.
 template <bool kAtomic_, bool kSplit_ = false, bool kBulk_ = false, bool kStsm_ = false,
-          bool kDefer_ = false>
+          bool kDefer_ = false, bool kPingPong_ = false>
 struct DqMode {
   static constexpr bool kAtomic = kAtomic_, kSplit = kSplit_, kBulk = kBulk_, kStsm = kStsm_;
-  static constexpr bool kDefer = kDefer_;
+  static constexpr bool kDefer = kDefer_, kPingPong = kPingPong_;
   static_assert(!kDefer || (kSplit && kBulk), "the deferred dQ takes split columns and bulk");
+  static_assert(!kPingPong || kDefer, "the ping-pong takes the deferred dQ");
   static constexpr int kDsTiles = !kAtomic ? 0 : kSplit ? 4 : 2;  // 64 x 64 dS tiles
   static constexpr int kBlocks = kSplit ? 2 : 1;  // dQ column blocks, one per consumer if split
 };
@@ -66,6 +70,7 @@ using DqSplitBulk = DqMode<true, true, true>;      // the product's atomic mode
 using DqOwnKeysBulk = DqMode<true, false, true>;   // own keys, bulk reductions
 using DqSplitBulkStsm = DqMode<true, true, true, true>;  // the product's, dS by stmatrix
 using DqSplitBulkDeferred = DqMode<true, true, true, false, true>;  // the product's, dQ deferred
+using DqSplitBulkPingPong = DqMode<true, true, true, false, true, true>;  // and turns
 
 template <int D>
 struct BwdShape {
@@ -372,6 +377,13 @@ __global__ void __launch_bounds__(384, 1)
   // kDefer: step j's dQ[:, QC cw + QC) = dS_j K over all 128 keys, issued behind the current
   // step's dV and dK (one commit group each; the current stage is freed when they are done),
   // then added into the workspace.
+  // kPingPong: named barrier 4 + c is consumer c's turn on the tensor cores.
+  auto take_turn = [&] {
+    if constexpr (Q::kPingPong) bar_sync(4 + cw, 256);
+  };
+  auto pass_turn = [&] {
+    if constexpr (Q::kPingPong) bar_arrive(5 - cw, 256);
+  };
   auto deferred_dq = [&](int j) {
     if constexpr (Q::kDefer) {
       constexpr int QC = D / 2;
@@ -381,6 +393,7 @@ __global__ void __launch_bounds__(384, 1)
       float dq[QC / 2];
       mbar_wait(&ds_full[j & 1], (j / 2) & 1);  // both consumers' dS tiles of step j
       dq_product<T, D, QC, BN, BN>(dq, sDS + 2 * (j & 1) * BM * B::kDsKeys, 0, tK);
+      pass_turn();
       wgmma_wait<1>();  // this step's dV and dK have read its Q and dO
       if (lane == 0 && j + 1 < items) mbar_arrive(&empty[s]);
       wgmma_wait<0>();
@@ -394,6 +407,9 @@ __global__ void __launch_bounds__(384, 1)
     }
   };
   mbar_wait(kRope ? k_ready : kv_full, 0);
+  // The opening hand-over (consumer 0 goes first) and, after the loop, the closing take keep
+  // every turn barrier's arrivals and waits paired.
+  if (Q::kPingPong && cw == 1) bar_arrive(4, 256);
   for (int it = 0; it < items; ++it) {
     const int s = it % kStages, ph = (it / kStages) & 1;
     const int m0 = (m_first + it % per_head) * BM;
@@ -402,6 +418,7 @@ __global__ void __launch_bounds__(384, 1)
     float st[BM / 2], dpt[BM / 2];
     mbar_wait(&qd_full[s], ph);
     if constexpr (kRope) mbar_wait(&q_ready[s], ph);
+    take_turn();
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {  // S^T = K Q^T
@@ -413,6 +430,7 @@ __global__ void __launch_bounds__(384, 1)
                   kmajor_desc<T, L>(tDO, BM, 0, kk), kk);
     }
     wgmma_commit();
+    pass_turn();
     mbar_wait(&stat_full[s], ph);
     wgmma_wait<0>();
     const float* lse2 = sStat + s * 2 * BM;
@@ -475,6 +493,7 @@ __global__ void __launch_bounds__(384, 1)
         bar_sync(1 + cw, 128);  // this consumer's dS tile is whole
       }
     }
+    take_turn();
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < BM / 16; ++kk) {
@@ -486,6 +505,7 @@ __global__ void __launch_bounds__(384, 1)
       if (it > 0) {
         deferred_dq(it - 1);
       } else {
+        pass_turn();
         wgmma_wait<0>();
         if (lane == 0) mbar_arrive(&empty[s]);
       }
@@ -528,8 +548,12 @@ __global__ void __launch_bounds__(384, 1)
     }
   }
   if constexpr (Q::kDefer) {
-    if (items > 0) deferred_dq(items - 1);
+    if (items > 0) {
+      take_turn();
+      deferred_dq(items - 1);
+    }
   }
+  if (Q::kPingPong && cw == 0) bar_sync(4, 256);
   if constexpr (kBulkDq) {
     if (threadIdx.x % 128 == 0) bulk_wait<0>();  // the last reductions are done with sDQ
   }
