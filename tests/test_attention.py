@@ -78,7 +78,17 @@ def test_backward_deterministic(backend: str) -> None:
         assert torch.equal(x, y), f"{backend} {name} differs between two runs"
 
 
+# Beyond a GQA and a causal case, on a GPU: the atomic backward's partial query tiles (Nq = 130,
+# 1025), GQA and multi-tile shapes at both of its head dims.
 NONDETERMINISTIC_CASES = [next(c for c in CASES if c.hq != c.hkv), next(c for c in CASES if c.causal)]
+if ON_GPU:
+    NONDETERMINISTIC_CASES += [
+        case
+        for d, c in itertools.product((64, 128), (False, True))
+        for case in (Case(2, 8, 2, 1025, 1023, d, torch.bfloat16, c),
+                     Case(2, 2, 2, 130, 4096, d, torch.float16, c),
+                     Case(1, 2, 2, 2048, 2048, d, torch.bfloat16, c))
+    ]
 
 
 @pytest.mark.parametrize("case", NONDETERMINISTIC_CASES, ids=lambda c: c.id)

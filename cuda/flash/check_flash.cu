@@ -462,9 +462,9 @@ int check_sm90(const Shape* shapes, int count, bool with_bwd) {
 }
 
 // The Hopper backward's atomic mode under DqMode Q (sm90/bwd_kernel.cuh), adding into
-// g_dq_accum: DqOwnKeys at every head dim; DqSplit, DqSplitBulk (the product's),
-// DqOwnKeysBulk, DqSplitBulkStsm, DqSplitBulkDeferred and DqSplitBulkPingPong at D = 64 and
-// 128.
+// g_dq_accum: DqOwnKeys at every head dim; the product's (AtomicMode), DqSplitBulk,
+// DqSplitBulkStsm, DqSplitBulkPingPong, DqStsmDeferred and DqStsmPingPong at D = 64 and 128;
+// the 128-row query tiles (DqTall, DqTallDeferred) at D = 64.
 template <typename T, int D, class Q = flashduo::sm90::DqOwnKeys>
 cudaError_t atomic_bwd(const BwdParams& p, bool causal, cudaStream_t stream) {
   BwdParams pa = p;
@@ -482,16 +482,24 @@ template <typename T, int D>
 int check_split_cases(const Shape& s, const char* tname) {
   const auto fwd = flashduo::sm90::launch_flash_fwd_sm90<T, D>;
   namespace sm90 = flashduo::sm90;
-  return check_case<T, D>(s, tname, fwd, "sm90 split atomic", atomic_bwd<T, D, sm90::DqSplit>) +
-         check_case<T, D>(s, tname, fwd, "sm90 split bulk", atomic_bwd<T, D, sm90::DqSplitBulk>) +
-         check_case<T, D>(s, tname, fwd, "sm90 own-keys bulk",
-                          atomic_bwd<T, D, sm90::DqOwnKeysBulk>) +
-         check_case<T, D>(s, tname, fwd, "sm90 split bulk stmatrix",
-                          atomic_bwd<T, D, sm90::DqSplitBulkStsm>) +
-         check_case<T, D>(s, tname, fwd, "sm90 split bulk deferred",
-                          atomic_bwd<T, D, sm90::DqSplitBulkDeferred>) +
-         check_case<T, D>(s, tname, fwd, "sm90 split bulk ping-pong",
-                          atomic_bwd<T, D, sm90::DqSplitBulkPingPong>);
+  int bad =
+      check_case<T, D>(s, tname, fwd, "sm90 split bulk", atomic_bwd<T, D, sm90::DqSplitBulk>) +
+      check_case<T, D>(s, tname, fwd, "sm90 split bulk stmatrix",
+                       atomic_bwd<T, D, sm90::DqSplitBulkStsm>) +
+      check_case<T, D>(s, tname, fwd, "sm90 split bulk ping-pong",
+                       atomic_bwd<T, D, sm90::DqSplitBulkPingPong>) +
+      check_case<T, D>(s, tname, fwd, "sm90 stmatrix deferred",
+                       atomic_bwd<T, D, sm90::DqStsmDeferred>) +
+      check_case<T, D>(s, tname, fwd, "sm90 stmatrix ping-pong",
+                       atomic_bwd<T, D, sm90::DqStsmPingPong>);
+  if constexpr (D == 64) {
+    bad += check_case<T, D>(s, tname, fwd, "sm90 tall", atomic_bwd<T, D, sm90::DqTall>) +
+           check_case<T, D>(s, tname, fwd, "sm90 tall deferred",
+                            atomic_bwd<T, D, sm90::DqTallDeferred>) +
+           check_case<T, D>(s, tname, fwd, "sm90 tall deterministic",
+                            sm90::launch_bwd_sm90_deterministic<T, D, sm90::DqTallKernel>);
+  }
+  return bad;
 }
 
 // The atomic mode on the first `count` shapes, every head dim, from the Hopper forward's output.
@@ -530,27 +538,70 @@ void time_atomic(int n) {
         [&] { return flashduo::sm90::launch_flash_bwd_sm90<T, D>(pb, causal, 0); });
     const float atom = time_ms([&] { return atomic_bwd<T, D>(pb, causal, 0); });
     auto tf = [&](float ms) { return flops / (ms * 1e-3) / 1e12; };
-    std::printf("time  sm90 bwd D=%-3d N=%-5d causal=%d  TFLOPS: deterministic %.0f | atomic %.0f",
+    std::printf("time  sm90 bwd D=%-3d N=%-5d causal=%d  TFLOPS: deterministic %.0f | own keys %.0f",
                 D, n, causal, tf(det), tf(atom));
     if constexpr (D == 64 || D == 128) {
       namespace sm90 = flashduo::sm90;
-      const float split = time_ms([&] { return atomic_bwd<T, D, sm90::DqSplit>(pb, causal, 0); });
+      const float prod =
+          time_ms([&] { return atomic_bwd<T, D, sm90::AtomicMode<D>>(pb, causal, 0); });
       const float bulk =
           time_ms([&] { return atomic_bwd<T, D, sm90::DqSplitBulk>(pb, causal, 0); });
-      const float own =
-          time_ms([&] { return atomic_bwd<T, D, sm90::DqOwnKeysBulk>(pb, causal, 0); });
+      std::printf(" | product %.0f | split bulk %.0f", tf(prod), tf(bulk));
       const float stsm =
           time_ms([&] { return atomic_bwd<T, D, sm90::DqSplitBulkStsm>(pb, causal, 0); });
-      const float defer =
-          time_ms([&] { return atomic_bwd<T, D, sm90::DqSplitBulkDeferred>(pb, causal, 0); });
       const float pp =
           time_ms([&] { return atomic_bwd<T, D, sm90::DqSplitBulkPingPong>(pb, causal, 0); });
-      std::printf(" | split atomic %.0f | split bulk %.0f | own-keys bulk %.0f | split bulk "
-                  "stmatrix %.0f | split bulk deferred %.0f | ping-pong %.0f", tf(split),
-                  tf(bulk), tf(own), tf(stsm), tf(defer), tf(pp));
+      const float sdef =
+          time_ms([&] { return atomic_bwd<T, D, sm90::DqStsmDeferred>(pb, causal, 0); });
+      const float spp =
+          time_ms([&] { return atomic_bwd<T, D, sm90::DqStsmPingPong>(pb, causal, 0); });
+      std::printf(" | stmatrix %.0f | ping-pong %.0f | stmatrix deferred %.0f | stmatrix "
+                  "ping-pong %.0f", tf(stsm), tf(pp), tf(sdef), tf(spp));
+    }
+    if constexpr (D == 64) {
+      namespace sm90 = flashduo::sm90;
+      const float tall = time_ms([&] { return atomic_bwd<T, D, sm90::DqTall>(pb, causal, 0); });
+      const float tdef =
+          time_ms([&] { return atomic_bwd<T, D, sm90::DqTallDeferred>(pb, causal, 0); });
+      const float tdet = time_ms([&] {
+        return sm90::launch_bwd_sm90_deterministic<T, D, sm90::DqTallKernel>(pb, causal, 0);
+      });
+      std::printf(" | tall %.0f | tall deferred %.0f | tall deterministic %.0f", tf(tall),
+                  tf(tdef), tf(tdet));
     }
     std::printf("\n");
   }
+}
+
+// One Hopper backward variant at B*N = 16384, H*D = 2048, bf16, launched three times, for a
+// profiler: 0 deterministic, 1 the product's atomic mode (AtomicMode), 2 stmatrix, 3 stmatrix deferred,
+// 4 stmatrix ping-pong, 5 tall (D = 64), 6 tall deferred (D = 64).
+template <int D>
+void profile_bwd(int n, bool causal, int variant) {
+  namespace sm90 = flashduo::sm90;
+  using T = __nv_bfloat16;
+  const int b = std::max(1, 16384 / n), h = std::max(1, 2048 / D);
+  const DeviceInputs<T, D> in(b, h, n, 37, kLog2eF / std::sqrt(float(D)));
+  const DeviceGrads<T, D> grads(in, b, h, n);
+  const cudaError_t fwd = sm90::launch_flash_fwd_sm90<T, D>(in.p, causal, 0);
+  CUDA_CHECK(fwd);
+  const BwdParams& pb = grads.p;
+  auto launch = [&]() -> cudaError_t {
+    if constexpr (D == 64) {
+      if (variant == 5) return atomic_bwd<T, D, sm90::DqTall>(pb, causal, 0);
+      if (variant == 6) return atomic_bwd<T, D, sm90::DqTallDeferred>(pb, causal, 0);
+    }
+    return variant == 0   ? sm90::launch_flash_bwd_sm90<T, D>(pb, causal, 0)
+           : variant == 1 ? atomic_bwd<T, D, sm90::AtomicMode<D>>(pb, causal, 0)
+           : variant == 2 ? atomic_bwd<T, D, sm90::DqSplitBulkStsm>(pb, causal, 0)
+           : variant == 3 ? atomic_bwd<T, D, sm90::DqStsmDeferred>(pb, causal, 0)
+                          : atomic_bwd<T, D, sm90::DqStsmPingPong>(pb, causal, 0);
+  };
+  for (int i = 0; i < 3; ++i) {
+    const cudaError_t e = launch();
+    CUDA_CHECK(e);
+  }
+  CUDA_CHECK(cudaDeviceSynchronize());
 }
 
 // Tile-shape variants of the Hopper forward, beside the shipped FwdShape, to choose from by
@@ -702,6 +753,14 @@ int main(int argc, char** argv) {
     if (d == 96) time_one<96>(n, causal, sched);
     if (d == 128) time_one<128>(n, causal, sched);
     if (d == 256) time_one<256>(n, causal, sched);
+    return 0;
+  }
+  if (mode == "profile-bwd" && argc == 6 && sm90) {  // D N causal variant, for a profiler
+    const int d = std::atoi(argv[2]), n = std::atoi(argv[3]);
+    const bool causal = std::atoi(argv[4]) != 0;
+    const int variant = std::atoi(argv[5]);
+    if (d == 64) profile_bwd<64>(n, causal, variant);
+    if (d == 128) profile_bwd<128>(n, causal, variant);
     return 0;
   }
   const bool only_sm90 = mode == "sm90";

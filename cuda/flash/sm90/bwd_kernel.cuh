@@ -13,10 +13,13 @@
 // The atomic mode (launch_bwd_sm90_atomic) drops kernel 3: the dK/dV kernel also writes each
 // tile's dS to shared memory, computes a share of dQ = dS K there (wgmma) and adds it to an fp32
 // workspace, which a last pass scales into dq. Five N^2 D products instead of seven; the order of
-// the additions, and so dq's last bits, vary from run to run. The product's atomic mode (D = 64,
-// 128) gives each consumer half of dQ's columns over all 128 keys, staged in shared memory and
-// added by one bulk reduction (cp.reduce.async.bulk) per tile; check_flash also times per-thread
-// vector atomics, with the columns split or with each consumer adding its own 64 keys.
+// the additions, and so dq's last bits, vary from run to run. The product's atomic mode
+// (AtomicMode, D = 64 and 128) gives each consumer a 64-row share of dQ over all 128 keys, staged
+// in shared memory and added by one bulk reduction (cp.reduce.async.bulk) per tile, with dS stored
+// by stmatrix and each step's dQ product issued behind the next step's dV and dK. At D = 128 the
+// share is half the columns of a 64-row query tile and the consumers take turns on the tensor
+// cores; at D = 64 the Q / dO tiles have 128 rows and the share is half of them. check_flash
+// times the other DqModes beside it.
 // The producer warpgroup keeps 24 registers (setmaxnreg), the two consumers 240. With RoPE the
 // producer's idle warps rotate Q and K in shared memory as they land (rope.cuh) and release them
 // on their own mbarriers (producer 40 registers, consumers 232); dQ and dK are turned back by the
@@ -28,6 +31,7 @@
 #include <cuda.h>
 
 #include <cmath>
+#include <type_traits>
 
 #include "../bwd_kernel.cuh"
 #include "../params.h"
@@ -52,16 +56,21 @@ namespace flashduo::sm90 {
 // the other's softmax gradient of the same step. kPingPong (with kDefer): the consumers take
 // turns issuing their products (S and dP; then dV, dK and the deferred dQ), handing over on
 // named barriers as the forward's consumers do, so that one's softmax gradient runs under the
-// other's products.
+// other's products. kQTile: query rows per streamed Q / dO tile, 64 or 128 (D = 64); at 128 the
+// split gives each consumer half of dQ's rows (all columns) instead of half its columns.
 template <bool kAtomic_, bool kSplit_ = false, bool kBulk_ = false, bool kStsm_ = false,
-          bool kDefer_ = false, bool kPingPong_ = false>
+          bool kDefer_ = false, bool kPingPong_ = false, int kQTile_ = 64>
 struct DqMode {
   static constexpr bool kAtomic = kAtomic_, kSplit = kSplit_, kBulk = kBulk_, kStsm = kStsm_;
   static constexpr bool kDefer = kDefer_, kPingPong = kPingPong_;
+  static constexpr int kQTile = kQTile_;
   static_assert(!kDefer || (kSplit && kBulk), "the deferred dQ takes split columns and bulk");
   static_assert(!kPingPong || kDefer, "the ping-pong takes the deferred dQ");
-  static constexpr int kDsTiles = !kAtomic ? 0 : kSplit ? 4 : 2;  // 64 x 64 dS tiles
-  static constexpr int kBlocks = kSplit ? 2 : 1;  // dQ column blocks, one per consumer if split
+  static_assert(kQTile == 64 || (kQTile == 128 && (!kAtomic || kSplit)),
+                "128-row query tiles take the split dQ");
+  static constexpr int kDsTiles = !kAtomic ? 0 : kSplit ? 4 : 2;  // kQTile x 64 dS tiles
+  // dQ column blocks: one per consumer if the split is by columns.
+  static constexpr int kBlocks = kSplit && kQTile == 64 ? 2 : 1;
 };
 using DqKernel = DqMode<false>;                    // deterministic: the separate dQ kernel
 using DqOwnKeys = DqMode<true>;                    // atomic, each consumer its own keys
@@ -71,13 +80,17 @@ using DqOwnKeysBulk = DqMode<true, false, true>;   // own keys, bulk reductions
 using DqSplitBulkStsm = DqMode<true, true, true, true>;  // the product's, dS by stmatrix
 using DqSplitBulkDeferred = DqMode<true, true, true, false, true>;  // the product's, dQ deferred
 using DqSplitBulkPingPong = DqMode<true, true, true, false, true, true>;  // and turns
+using DqStsmDeferred = DqMode<true, true, true, true, true>;  // stmatrix dS, dQ deferred
+using DqStsmPingPong = DqMode<true, true, true, true, true, true>;  // and turns
+using DqTall = DqMode<true, true, true, true, false, false, 128>;   // 128-row Q tiles, stmatrix
+using DqTallDeferred = DqMode<true, true, true, true, true, false, 128>;  // and dQ deferred
+using DqTallKernel = DqMode<false, false, false, false, false, false, 128>;  // deterministic
 
 template <int D>
 struct BwdShape {
   static constexpr bool kSplitD = D > 128;  // dK/dV: the consumers share keys, split columns
   static constexpr int kKeys = kSplitD ? 64 : 128;     // dK/dV: keys per block
   static constexpr int kAccCols = kSplitD ? D / 2 : D;  // dK/dV: columns per consumer
-  static constexpr int kQTile = 64;                    // dK/dV: query rows per streamed tile
   static constexpr int kRows = 128;                    // dQ: query rows per block
   static constexpr int kKeyTile = D > 128 ? 32 : D == 128 ? 64 : 128;  // dQ: keys per tile
   static constexpr int kStages = 2;
@@ -85,21 +98,19 @@ struct BwdShape {
   static constexpr int kProducerRegs = kRope ? 40 : 24;
   template <bool kRope>
   static constexpr int kConsumerRegs = kRope ? 232 : 240;
-  static constexpr int kSmemDkdv =
-      (2 * kKeys + 2 * kStages * kQTile) * D * 2 + 2 * kStages * kQTile * 4 + 1024 + 16 * 8;
   static constexpr int kSmemDq = (2 * kRows + 2 * kStages * kKeyTile) * D * 2 + 1024 + 16 * 8;
   static constexpr int kDsKeys = 64;  // atomic mode: each consumer's dS tile, kQTile x 64 keys
-  // The dK/dV kernel's fp32 dQ tiles under DqMode Q (a kQTile x D / kBlocks tile per consumer),
-  // and its shared memory with them and its dS tiles.
+  // The dK/dV kernel's fp32 dQ tiles under DqMode Q (a 64 x D / kBlocks tile per consumer),
+  // and its shared memory: K, V, the Q / dO stages, their lse and delta, the dS and dQ tiles.
   template <class Q>
-  static constexpr int kDqFloats = Q::kBulk ? 2 * kQTile * D / Q::kBlocks : 0;
+  static constexpr int kDqFloats = Q::kBulk ? 2 * 64 * D / Q::kBlocks : 0;
   template <class Q>
-  static constexpr int kSmemDkdvWith =
-      kSmemDkdv + Q::kDsTiles * kQTile * kDsKeys * 2 + kDqFloats<Q> * 4;
+  static constexpr int kSmemDkdv = (2 * kKeys + 2 * kStages * Q::kQTile) * D * 2 +
+                                   2 * kStages * Q::kQTile * 4 + 1024 + 16 * 8 +
+                                   Q::kDsTiles * Q::kQTile * kDsKeys * 2 + kDqFloats<Q> * 4;
   static_assert(D == 64 || D == 96 || D == 128 || D == 256,
                 "the Hopper backward takes D = 64, 96, 128, 256");
-  static_assert(kSmemDkdvWith<DqOwnKeys> <= 227 * 1024 && kSmemDq <= 227 * 1024,
-                "tiles too large");
+  static_assert(kSmemDkdv<DqOwnKeys> <= 227 * 1024 && kSmemDq <= 227 * 1024, "tiles too large");
   static_assert(kProducerRegs<true> * 128 + kConsumerRegs<true> * 256 <= 65536, "registers");
 };
 
@@ -207,17 +218,17 @@ __device__ __forceinline__ void store_shared(const T* tile, int offset, float x)
   asm volatile("st.shared.b16 [%0], %1;" ::"r"(smem_u32(tile + offset)), "h"(bits) : "memory");
 }
 
-// The atomic mode's dq = dS K (a warpgroup's 64 queries x QC columns of dQ) over QK keys: the
-// dS tiles (64 queries x 64 keys each) from `tiles`, the one at `own` when QK = 64, and K's
-// columns at tK (an N-major B operand of `rows` keys).
-template <typename T, int D, int QC, int QK, int rows>
-__device__ __forceinline__ void dq_product(float (&dq)[QC / 2], const T* tiles, int own,
+// The atomic mode's dq = dS K (a warpgroup's 64 queries x QC columns of dQ) over QK keys: query
+// rows [r0, r0 + 64) of the dS tiles (BM queries x 64 keys each) from `tiles`, the one at `own`
+// when QK = 64, and K's columns at tK (an N-major B operand of `rows` keys).
+template <typename T, int D, int QC, int QK, int rows, int BM>
+__device__ __forceinline__ void dq_product(float (&dq)[QC / 2], const T* tiles, int own, int r0,
                                            const T* tK) {
   constexpr int kSteps = 64 / 16;  // k-steps per dS tile
 #pragma unroll
   for (int kk = 0; kk < QK / 16; ++kk) {
-    const T* tDS = tiles + (QK > 64 ? kk / kSteps : own) * 64 * 64;
-    const uint64_t a = kmajor_desc<T, DsLayout>(tDS, 64, 0, kk % kSteps);
+    const T* tDS = tiles + (QK > 64 ? kk / kSteps : own) * BM * 64;
+    const uint64_t a = kmajor_desc<T, DsLayout>(tDS, BM, r0, kk % kSteps);
     const uint64_t bk = nmajor_desc<T, D>(tK, rows, kk);
     if (kk == 0) {
       wgmma_ss_zero<T, 1>(dq, a, bk);
@@ -256,9 +267,10 @@ __global__ void __launch_bounds__(384, 1)
   constexpr bool kAtomicDq = Q::kAtomic, kSplitDq = Q::kSplit, kBulkDq = Q::kBulk;
   static_assert(!(kSplitDq || kBulkDq) || D == 64 || D == 128,
                 "the column split and the bulk reductions of dQ take D = 64, 128");
+  static_assert(Q::kQTile == 64 || D == 64, "128-row query tiles take D = 64");
   using B = BwdShape<D>;
   using L = FwdShape<D>;  // the shared-memory layout (column blocks, swizzle) of the forward
-  constexpr int BN = B::kKeys, BM = B::kQTile, C = L::kChunk, kStages = B::kStages;
+  constexpr int BN = B::kKeys, BM = Q::kQTile, C = L::kChunk, kStages = B::kStages;
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = reinterpret_cast<unsigned char*>(
       (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
@@ -371,6 +383,17 @@ __global__ void __launch_bounds__(384, 1)
   const int col0 = B::kSplitD ? AC * cw : 0;   // dK / dV columns [col0, col0 + AC)
   const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
   const int key = n0 + krow0 + 16 * warp + lane / 4;  // this thread's first key
+  // Atomic mode: this consumer adds dQ rows r0 + [0, 64) and columns qc0 + [0, QC) of a step's
+  // query tile, over its own 64 keys or, split, over all BN (the rows split when BM = 128, the
+  // columns when BM = 64); dq_at(h, m0) is that share's offset in the bulk workspace.
+  constexpr int QC = kSplitDq ? D / Q::kBlocks : AC;
+  const int qc0 = kSplitDq ? (Q::kBlocks == 2 ? QC * cw : 0) : col0;
+  const int r0 = BM == 128 ? 64 * cw : 0;
+  const int m64 = (p.nq + 63) / 64;  // 64-row tiles of the workspace per head
+  auto dq_at = [&](int h, int m0) {
+    const int64_t tile = (static_cast<int64_t>(b) * p.hq + h) * m64 + (m0 + r0) / 64;
+    return Q::kBlocks == 2 ? (2 * tile + cw) * 64 * QC : tile * 64 * D;
+  };
   float dk[AC / 2], dv[AC / 2];
 #pragma unroll
   for (int i = 0; i < AC / 2; ++i) dk[i] = dv[i] = 0.f;
@@ -386,13 +409,12 @@ __global__ void __launch_bounds__(384, 1)
   };
   auto deferred_dq = [&](int j) {
     if constexpr (Q::kDefer) {
-      constexpr int QC = D / 2;
       const int s = (j + 1) % kStages, h = hk * group + j / per_head;
       const int mj = (m_first + j % per_head) * BM;
-      const T* tK = sK + (QC * cw / C) * BN * C + QC * cw % C;
+      const T* tK = sK + (qc0 / C) * BN * C + qc0 % C;
       float dq[QC / 2];
       mbar_wait(&ds_full[j & 1], (j / 2) & 1);  // both consumers' dS tiles of step j
-      dq_product<T, D, QC, BN, BN>(dq, sDS + 2 * (j & 1) * BM * B::kDsKeys, 0, tK);
+      dq_product<T, D, QC, BN, BN, BM>(dq, sDS + 2 * (j & 1) * BM * B::kDsKeys, 0, r0, tK);
       pass_turn();
       wgmma_wait<1>();  // this step's dV and dK have read its Q and dO
       if (lane == 0 && j + 1 < items) mbar_arrive(&empty[s]);
@@ -400,10 +422,9 @@ __global__ void __launch_bounds__(384, 1)
       mbar_arrive(&ds_empty[j & 1]);
       if (threadIdx.x % 128 == 0) bulk_wait_read<0>();  // the last reduction has read sDQ
       bar_sync(1 + cw, 128);
-      reduce_dq_tile<QC>(dq, sDQ + cw * BM * QC, cw, p.dq_accum, [&] {
-        const int64_t tile = (static_cast<int64_t>(b) * p.hq + h) * m_tiles + mj / BM;
-        return (2 * tile + cw) * BM * QC;
-      });
+      if (BM == 64 || mj + r0 < p.nq) {  // a 128-row tile's second half may be past Nq
+        reduce_dq_tile<QC>(dq, sDQ + cw * 64 * QC, cw, p.dq_accum, [&] { return dq_at(h, mj); });
+      }
     }
   };
   mbar_wait(kRope ? k_ready : kv_full, 0);
@@ -516,26 +537,23 @@ __global__ void __launch_bounds__(384, 1)
       // Own keys: dQ[:, col0 + AC) += dS K over this consumer's 64 keys; split:
       // dQ[:, QC cw + QC) += dS K over all 128 keys (columns [QC cw, QC cw + QC) of K), issued
       // behind dV and dK so that the tensor cores run them back to back.
-      constexpr int QC = kSplitDq ? D / 2 : AC;       // dQ columns this consumer adds
       constexpr int QK = kSplitDq ? BN : B::kDsKeys;  // keys it sums over
-      const int qc0 = kSplitDq ? QC * cw : col0;
       const int h = hk * group + it / per_head;
       float dq[QC / 2];
       const T* tK = kSplitDq ? sK + (qc0 / C) * BN * C + qc0 % C : sK + col0 * BN + krow0 * C;
-      dq_product<T, D, QC, QK, BN>(dq, sDS + ds0 * BM * B::kDsKeys, cw, tK);
+      dq_product<T, D, QC, QK, BN, BM>(dq, sDS + ds0 * BM * B::kDsKeys, cw, r0, tK);
       wgmma_wait<1>();  // dV and dK have read this stage's Q and dO
       if (lane == 0) mbar_arrive(&empty[s]);
       wgmma_wait<0>();
       if constexpr (kBulkDq) {
-        reduce_dq_tile<QC>(dq, sDQ + cw * BM * QC, cw, p.dq_accum, [&] {
-          const int64_t tile = (static_cast<int64_t>(b) * p.hq + h) * m_tiles + m0 / BM;
-          return kSplitDq ? (2 * tile + cw) * BM * QC : tile * BM * D;
-        });
+        if (BM == 64 || m0 + r0 < p.nq) {
+          reduce_dq_tile<QC>(dq, sDQ + cw * 64 * QC, cw, p.dq_accum, [&] { return dq_at(h, m0); });
+        }
       } else {
         float* acc = p.dq_accum + (static_cast<int64_t>(b) * p.hq + h) * p.nq * D + qc0;
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
-          const int r = m0 + 16 * warp + lane / 4 + 8 * i;
+          const int r = m0 + r0 + 16 * warp + lane / 4 + 8 * i;
           if (r >= p.nq) continue;
 #pragma unroll
           for (int t = 0; t < QC / 8; ++t) {
@@ -793,23 +811,25 @@ bool bwd_map(CUtensorMap* m, const BwdParams& p, const void* base, int h, int n,
 }
 
 // The dK/dV kernel's tensor maps of p's q, dO, k, v; false when one cannot be mapped for TMA.
-template <typename T, int D>
+template <typename T, int D, class Q>
 bool dkdv_maps(const BwdParams& p, DkdvMaps* mk) {
   using B = BwdShape<D>;
-  return bwd_map<T, D>(&mk->q, p, p.q, p.hq, p.nq, p.q_sb, p.q_sh, p.q_sn, B::kQTile) &&
-         bwd_map<T, D>(&mk->dout, p, p.dout, p.hq, p.nq, p.do_sb, p.do_sh, p.do_sn, B::kQTile) &&
+  return bwd_map<T, D>(&mk->q, p, p.q, p.hq, p.nq, p.q_sb, p.q_sh, p.q_sn, Q::kQTile) &&
+         bwd_map<T, D>(&mk->dout, p, p.dout, p.hq, p.nq, p.do_sb, p.do_sh, p.do_sn, Q::kQTile) &&
          bwd_map<T, D>(&mk->k, p, p.k, p.hkv, p.nk, p.k_sb, p.k_sh, p.k_sn, B::kKeys) &&
          bwd_map<T, D>(&mk->v, p, p.v, p.hkv, p.nk, p.v_sb, p.v_sh, p.v_sn, B::kKeys);
 }
 
 // The deterministic mode on `stream`: the delta pass, then the dK/dV and dQ kernels.
-template <typename T, int D>
+template <typename T, int D, class Q = DqKernel>
 cudaError_t launch_bwd_sm90_deterministic(const BwdParams& p, bool causal, cudaStream_t stream) {
+  static_assert(!Q::kAtomic, "a deterministic DqMode");
   using B = BwdShape<D>;
+  constexpr int kSmem = B::template kSmemDkdv<Q>;
   DkdvMaps mk;
   DqMaps mq;
   const bool ok =
-      dkdv_maps<T, D>(p, &mk) &&
+      dkdv_maps<T, D, Q>(p, &mk) &&
       bwd_map<T, D>(&mq.q, p, p.q, p.hq, p.nq, p.q_sb, p.q_sh, p.q_sn, B::kRows) &&
       bwd_map<T, D>(&mq.dout, p, p.dout, p.hq, p.nq, p.do_sb, p.do_sh, p.do_sn, B::kRows) &&
       bwd_map<T, D>(&mq.k, p, p.k, p.hkv, p.nk, p.k_sb, p.k_sh, p.k_sn, B::kKeyTile) &&
@@ -818,15 +838,14 @@ cudaError_t launch_bwd_sm90_deterministic(const BwdParams& p, bool causal, cudaS
   using Dkdv = void (*)(DkdvMaps, BwdParams);
   using Dq = void (*)(DqMaps, BwdParams);
   static const Dkdv dkdv_kernels[4] = {
-      bwd_dkdv_sm90_kernel<T, D, false, false>, bwd_dkdv_sm90_kernel<T, D, true, false>,
-      bwd_dkdv_sm90_kernel<T, D, false, true>, bwd_dkdv_sm90_kernel<T, D, true, true>};
+      bwd_dkdv_sm90_kernel<T, D, false, false, Q>, bwd_dkdv_sm90_kernel<T, D, true, false, Q>,
+      bwd_dkdv_sm90_kernel<T, D, false, true, Q>, bwd_dkdv_sm90_kernel<T, D, true, true, Q>};
   static const Dq dq_kernels[4] = {
       bwd_dq_sm90_kernel<T, D, false, false>, bwd_dq_sm90_kernel<T, D, true, false>,
       bwd_dq_sm90_kernel<T, D, false, true>, bwd_dq_sm90_kernel<T, D, true, true>};
   static const bool configured = [] {
     for (int i = 0; i < 4; ++i) {
-      cudaFuncSetAttribute(dkdv_kernels[i], cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           B::kSmemDkdv);
+      cudaFuncSetAttribute(dkdv_kernels[i], cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
       cudaFuncSetAttribute(dq_kernels[i], cudaFuncAttributeMaxDynamicSharedMemorySize,
                            B::kSmemDq);
     }
@@ -837,7 +856,7 @@ cudaError_t launch_bwd_sm90_deterministic(const BwdParams& p, bool causal, cudaS
   const int64_t rows = static_cast<int64_t>(p.b) * p.hq * p.nq;
   bwd_delta_kernel<T, D><<<static_cast<unsigned>((rows + 31) / 32), 128, 0, stream>>>(p);
   const unsigned grid_kv = static_cast<unsigned>((p.nk + B::kKeys - 1) / B::kKeys) * p.b * p.hkv;
-  dkdv_kernels[variant]<<<grid_kv, 384, B::kSmemDkdv, stream>>>(mk, p);
+  dkdv_kernels[variant]<<<grid_kv, 384, kSmem, stream>>>(mk, p);
   const unsigned grid_q = static_cast<unsigned>((p.nq + B::kRows - 1) / B::kRows) * p.b * p.hq;
   dq_kernels[variant]<<<grid_q, 384, B::kSmemDq, stream>>>(mq, p);
   return cudaGetLastError();
@@ -858,11 +877,11 @@ constexpr auto dq_convert() {
 template <typename T, int D, class Q>
 cudaError_t launch_bwd_sm90_atomic(const BwdParams& p, bool causal, cudaStream_t stream) {
   static_assert(Q::kAtomic, "an atomic DqMode");
-  constexpr int kSmem = BwdShape<D>::template kSmemDkdvWith<Q>;
+  constexpr int kSmem = BwdShape<D>::template kSmemDkdv<Q>;
   static_assert(kSmem <= 227 * 1024, "tiles too large");
   using B = BwdShape<D>;
   DkdvMaps mk;
-  if (!dkdv_maps<T, D>(p, &mk)) return cudaErrorNotSupported;
+  if (!dkdv_maps<T, D, Q>(p, &mk)) return cudaErrorNotSupported;
   using Dkdv = void (*)(DkdvMaps, BwdParams);
   using Convert = void (*)(BwdParams);
   static const Dkdv dkdv_kernels[4] = {
@@ -897,10 +916,17 @@ cudaError_t launch_bwd_sm90_atomic(const BwdParams& p, bool causal, cudaStream_t
 // bulk reductions (DqSplitBulk); otherwise deterministic. Requires an sm_90 device, nq, nk >= 1,
 // hq % hkv == 0, and RoPE tables (when p.rope.cos is set) starting on 16-byte boundaries.
 // cudaErrorNotSupported, launching nothing, when an input cannot be mapped for TMA.
+// The product's atomic mode: 128-row query tiles with the deferred dQ at D = 64; at D = 128 the
+// deferred dQ with consumer turns, dS stored by stmatrix (docs/perf-notes.md, CUDA v2.5).
+template <int D>
+using AtomicMode = std::conditional_t<D == 64, DqTallDeferred, DqStsmPingPong>;
+
 template <typename T, int D>
 cudaError_t launch_flash_bwd_sm90(const BwdParams& p, bool causal, cudaStream_t stream) {
   if constexpr (D == 64 || D == 128) {
-    if (p.dq_accum != nullptr) return launch_bwd_sm90_atomic<T, D, DqSplitBulk>(p, causal, stream);
+    if (p.dq_accum != nullptr) {
+      return launch_bwd_sm90_atomic<T, D, AtomicMode<D>>(p, causal, stream);
+    }
   }
   return launch_bwd_sm90_deterministic<T, D>(p, causal, stream);
 }
