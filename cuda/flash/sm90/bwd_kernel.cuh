@@ -74,12 +74,9 @@ struct DqMode {
 };
 using DqKernel = DqMode<false>;                    // deterministic: the separate dQ kernel
 using DqOwnKeys = DqMode<true>;                    // atomic, each consumer its own keys
-using DqSplit = DqMode<true, true>;                // atomic, columns split
-using DqSplitBulk = DqMode<true, true, true>;      // the product's atomic mode
-using DqOwnKeysBulk = DqMode<true, false, true>;   // own keys, bulk reductions
-using DqSplitBulkStsm = DqMode<true, true, true, true>;  // the product's, dS by stmatrix
-using DqSplitBulkDeferred = DqMode<true, true, true, false, true>;  // the product's, dQ deferred
-using DqSplitBulkPingPong = DqMode<true, true, true, false, true, true>;  // and turns
+using DqSplitBulk = DqMode<true, true, true>;      // columns split, bulk reductions (v2.4's)
+using DqSplitBulkStsm = DqMode<true, true, true, true>;  // and dS by stmatrix
+using DqSplitBulkPingPong = DqMode<true, true, true, false, true, true>;  // dQ deferred, turns
 using DqStsmDeferred = DqMode<true, true, true, true, true>;  // stmatrix dS, dQ deferred
 using DqStsmPingPong = DqMode<true, true, true, true, true, true>;  // and turns
 using DqTall = DqMode<true, true, true, true, false, false, 128>;   // 128-row Q tiles, stmatrix
