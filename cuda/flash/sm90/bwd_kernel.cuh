@@ -64,7 +64,7 @@ struct DqMode {
   static constexpr bool kAtomic = kAtomic_, kSplit = kSplit_, kBulk = kBulk_, kStsm = kStsm_;
   static constexpr bool kDefer = kDefer_, kPingPong = kPingPong_;
   static constexpr int kQTile = kQTile_;
-  static_assert(!kDefer || (kSplit && kBulk), "the deferred dQ takes split columns and bulk");
+  static_assert(!kDefer || (kSplit && kBulk), "the deferred dQ takes the split and bulk");
   static_assert(!kPingPong || kDefer, "the ping-pong takes the deferred dQ");
   static_assert(kQTile == 64 || (kQTile == 128 && (!kAtomic || kSplit)),
                 "128-row query tiles take the split dQ");
@@ -391,6 +391,13 @@ __global__ void __launch_bounds__(384, 1)
     const int64_t tile = (static_cast<int64_t>(b) * p.hq + h) * m64 + (m0 + r0) / 64;
     return Q::kBlocks == 2 ? (2 * tile + cw) * 64 * QC : tile * 64 * D;
   };
+  // Bulk: add this consumer's share of the query tile at m0 of head h (a 128-row tile's second
+  // half may lie wholly past Nq, and is not added).
+  auto add_dq_share = [&](const float (&dq)[QC / 2], int h, int m0) {
+    if (BM == 64 || m0 + r0 < p.nq) {
+      reduce_dq_tile<QC>(dq, sDQ + cw * 64 * QC, cw, p.dq_accum, [&] { return dq_at(h, m0); });
+    }
+  };
   float dk[AC / 2], dv[AC / 2];
 #pragma unroll
   for (int i = 0; i < AC / 2; ++i) dk[i] = dv[i] = 0.f;
@@ -419,9 +426,7 @@ __global__ void __launch_bounds__(384, 1)
       mbar_arrive(&ds_empty[j & 1]);
       if (threadIdx.x % 128 == 0) bulk_wait_read<0>();  // the last reduction has read sDQ
       bar_sync(1 + cw, 128);
-      if (BM == 64 || mj + r0 < p.nq) {  // a 128-row tile's second half may be past Nq
-        reduce_dq_tile<QC>(dq, sDQ + cw * 64 * QC, cw, p.dq_accum, [&] { return dq_at(h, mj); });
-      }
+      add_dq_share(dq, h, mj);
     }
   };
   mbar_wait(kRope ? k_ready : kv_full, 0);
@@ -531,9 +536,9 @@ __global__ void __launch_bounds__(384, 1)
       wgmma_wait<0>();
       if (lane == 0) mbar_arrive(&empty[s]);
     } else {
-      // Own keys: dQ[:, col0 + AC) += dS K over this consumer's 64 keys; split:
-      // dQ[:, QC cw + QC) += dS K over all 128 keys (columns [QC cw, QC cw + QC) of K), issued
-      // behind dV and dK so that the tensor cores run them back to back.
+      // This consumer's share of dQ (rows r0 + [0, 64), columns qc0 + [0, QC)) += dS K over its
+      // own 64 keys or, split, over all 128, issued behind dV and dK so that the tensor cores run
+      // them back to back.
       constexpr int QK = kSplitDq ? BN : B::kDsKeys;  // keys it sums over
       const int h = hk * group + it / per_head;
       float dq[QC / 2];
@@ -543,9 +548,7 @@ __global__ void __launch_bounds__(384, 1)
       if (lane == 0) mbar_arrive(&empty[s]);
       wgmma_wait<0>();
       if constexpr (kBulkDq) {
-        if (BM == 64 || m0 + r0 < p.nq) {
-          reduce_dq_tile<QC>(dq, sDQ + cw * 64 * QC, cw, p.dq_accum, [&] { return dq_at(h, m0); });
-        }
+        add_dq_share(dq, h, m0);
       } else {
         float* acc = p.dq_accum + (static_cast<int64_t>(b) * p.hq + h) * p.nq * D + qc0;
 #pragma unroll
