@@ -496,8 +496,8 @@ int check_split_cases(const Shape& s, const char* tname) {
     bad += check_case<T, D>(s, tname, fwd, "sm90 tall", atomic_bwd<T, D, sm90::DqTall>) +
            check_case<T, D>(s, tname, fwd, "sm90 tall deferred",
                             atomic_bwd<T, D, sm90::DqTallDeferred>) +
-           check_case<T, D>(s, tname, fwd, "sm90 tall deterministic",
-                            sm90::launch_bwd_sm90_deterministic<T, D, sm90::DqTallKernel>);
+           check_case<T, D>(s, tname, fwd, "sm90 64-row deterministic",
+                            sm90::launch_bwd_sm90_deterministic<T, D, sm90::DqKernel>);
   }
   return bad;
 }
@@ -563,11 +563,11 @@ void time_atomic(int n) {
       const float tall = time_ms([&] { return atomic_bwd<T, D, sm90::DqTall>(pb, causal, 0); });
       const float tdef =
           time_ms([&] { return atomic_bwd<T, D, sm90::DqTallDeferred>(pb, causal, 0); });
-      const float tdet = time_ms([&] {
-        return sm90::launch_bwd_sm90_deterministic<T, D, sm90::DqTallKernel>(pb, causal, 0);
+      const float det64 = time_ms([&] {
+        return sm90::launch_bwd_sm90_deterministic<T, D, sm90::DqKernel>(pb, causal, 0);
       });
-      std::printf(" | tall %.0f | tall deferred %.0f | tall deterministic %.0f", tf(tall),
-                  tf(tdef), tf(tdet));
+      std::printf(" | tall %.0f | tall deferred %.0f | 64-row deterministic %.0f", tf(tall),
+                  tf(tdef), tf(det64));
     }
     std::printf("\n");
   }

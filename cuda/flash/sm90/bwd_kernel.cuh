@@ -238,10 +238,12 @@ __device__ __forceinline__ void dq_product(float (&dq)[QC / 2], const T* tiles, 
 
 // Stage warpgroup `cw`'s dq (64 x QC fp32) in its tile tDQ in accumulator order (float4
 // t * 128 + thread: the thread's dq[4 t .. 4 t + 3]), then let its first thread add the tile
-// into the workspace at offset at() of dq_accum with one bulk reduction.
+// into the workspace at offset at() of dq_accum with one bulk reduction, unless `add` is false
+// (the tile is staged either way, so that no register read of dq depends on a branch, which
+// would make ptxas serialize the warpgroup's wgmmas).
 template <int QC, class At>
 __device__ __forceinline__ void reduce_dq_tile(const float (&dq)[QC / 2], float* tDQ, int cw,
-                                               float* dq_accum, At at) {
+                                               float* dq_accum, At at, bool add = true) {
   const int tid = threadIdx.x % 128;
 #pragma unroll
   for (int t = 0; t < QC / 8; ++t) {
@@ -250,7 +252,7 @@ __device__ __forceinline__ void reduce_dq_tile(const float (&dq)[QC / 2], float*
   }
   fence_proxy_async();
   bar_sync(1 + cw, 128);  // this consumer's dQ tile is whole
-  if (tid == 0) {
+  if (tid == 0 && add) {
     bulk_reduce_add_f32(dq_accum + at(), tDQ, 64 * QC * 4);
     bulk_commit();
   }
@@ -394,9 +396,8 @@ __global__ void __launch_bounds__(384, 1)
   // Bulk: add this consumer's share of the query tile at m0 of head h (a 128-row tile's second
   // half may lie wholly past Nq, and is not added).
   auto add_dq_share = [&](const float (&dq)[QC / 2], int h, int m0) {
-    if (BM == 64 || m0 + r0 < p.nq) {
-      reduce_dq_tile<QC>(dq, sDQ + cw * 64 * QC, cw, p.dq_accum, [&] { return dq_at(h, m0); });
-    }
+    reduce_dq_tile<QC>(dq, sDQ + cw * 64 * QC, cw, p.dq_accum, [&] { return dq_at(h, m0); },
+                       BM == 64 || m0 + r0 < p.nq);
   };
   float dk[AC / 2], dv[AC / 2];
 #pragma unroll
@@ -418,6 +419,7 @@ __global__ void __launch_bounds__(384, 1)
       const T* tK = sK + (qc0 / C) * BN * C + qc0 % C;
       float dq[QC / 2];
       mbar_wait(&ds_full[j & 1], (j / 2) & 1);  // both consumers' dS tiles of step j
+      wgmma_fence();  // dq's registers were last read by step j - 1's staging
       dq_product<T, D, QC, BN, BN, BM>(dq, sDS + 2 * (j & 1) * BM * B::kDsKeys, 0, r0, tK);
       pass_turn();
       wgmma_wait<1>();  // this step's dV and dK have read its Q and dO
@@ -911,16 +913,19 @@ cudaError_t launch_bwd_sm90_atomic(const BwdParams& p, bool causal, cudaStream_t
   return cudaGetLastError();
 }
 
-// Launch the Hopper backward on `stream`: at D = 64 and 128 with p.dq_accum set (the scratch
-// that BwdParams describes), the atomic mode with dQ's columns split between the consumers and
-// bulk reductions (DqSplitBulk); otherwise deterministic. Requires an sm_90 device, nq, nk >= 1,
-// hq % hkv == 0, and RoPE tables (when p.rope.cos is set) starting on 16-byte boundaries.
-// cudaErrorNotSupported, launching nothing, when an input cannot be mapped for TMA.
 // The product's atomic mode: 128-row query tiles with the deferred dQ at D = 64; at D = 128 the
 // deferred dQ with consumer turns, dS stored by stmatrix (docs/perf-notes.md, CUDA v2.5).
 template <int D>
 using AtomicMode = std::conditional_t<D == 64, DqTallDeferred, DqStsmPingPong>;
+// The product's deterministic dK/dV kernel: 128-row query tiles at D = 64 (CUDA v2.6).
+template <int D>
+using DeterministicMode = std::conditional_t<D == 64, DqTallKernel, DqKernel>;
 
+// Launch the Hopper backward on `stream`: at D = 64 and 128 with p.dq_accum set (the scratch
+// that BwdParams describes), the atomic mode (AtomicMode); otherwise the deterministic dK/dV
+// and dQ kernels (DeterministicMode). Requires an sm_90 device, nq, nk >= 1, hq % hkv == 0, and
+// RoPE tables (when p.rope.cos is set) starting on 16-byte boundaries.
+// cudaErrorNotSupported, launching nothing, when an input cannot be mapped for TMA.
 template <typename T, int D>
 cudaError_t launch_flash_bwd_sm90(const BwdParams& p, bool causal, cudaStream_t stream) {
   if constexpr (D == 64 || D == 128) {
@@ -928,7 +933,7 @@ cudaError_t launch_flash_bwd_sm90(const BwdParams& p, bool causal, cudaStream_t 
       return launch_bwd_sm90_atomic<T, D, AtomicMode<D>>(p, causal, stream);
     }
   }
-  return launch_bwd_sm90_deterministic<T, D>(p, causal, stream);
+  return launch_bwd_sm90_deterministic<T, D, DeterministicMode<D>>(p, causal, stream);
 }
 
 }  // namespace flashduo::sm90
