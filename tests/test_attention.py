@@ -66,10 +66,17 @@ def test_backends_agree(pair: tuple[str, str], case) -> None:
         assert_close(f"{a} vs {b} {name}", xa, xb, base, kind, case.dtype)
 
 
+# A GQA causal case and, on a GPU, several query and key tiles per head at D = 64 and 128 (the
+# Hopper dK/dV kernel's two query-tile heights).
+DETERMINISM_CASES = [next(c for c in CASES if c.hq != c.hkv and c.causal)]
+if ON_GPU:
+    DETERMINISM_CASES += [Case(2, 8, 2, 1025, 1023, d, torch.bfloat16, True) for d in (64, 128)]
+
+
+@pytest.mark.parametrize("case", DETERMINISM_CASES, ids=lambda c: c.id)
 @pytest.mark.parametrize("backend", CHECKED_BACKENDS)
-def test_backward_deterministic(backend: str) -> None:
+def test_backward_deterministic(backend: str, case) -> None:
     """deterministic=True: two backward runs on the same inputs give bit-identical gradients."""
-    case = next(c for c in CASES if c.hq != c.hkv and c.causal)
     skip_if_unrunnable(backend, case)
     q, k, v, dout = case_inputs(case, seed=3)
     first = run_backend(backend, q, k, v, True, dout, deterministic=True)
