@@ -49,10 +49,16 @@ def _triton_limits(q, k, v, causal) -> list[str]:
     return reasons
 
 
-def _triton_fwd(q, k, v, causal, scale, rope=None):
+def _triton_fwd(q, k, v, causal, scale):
     from triton_impl import attention_fwd
 
-    return attention_fwd(q, k, v, causal, scale, rope=rope)
+    return attention_fwd(q, k, v, causal, scale)
+
+
+def _triton_rotate(q, k, rope):
+    from triton_impl import rotate_qk
+
+    return rotate_qk(q, k, rope)
 
 
 def _triton_bwd(dout, q, k, v, out, lse, causal, scale, rope=None):
@@ -198,7 +204,9 @@ register_backend(
         min_capability=(8, 0),
         unavailable=_triton_unavailable,
         extra_reasons=_triton_limits,
-        fused_rope=True,
+        rotate=_triton_rotate,
+        unrotates_grads=True,
+        bnhd_out=True,
     )
 )
 

@@ -12,6 +12,8 @@ the registration (one backward, without torch.library's per-call autograd wrappe
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 import reference
@@ -20,16 +22,19 @@ from flashduo import registry
 _LIB = torch.library.Library("flashduo", "DEF")  # noqa: TOR901 (kept alive for the process)
 # rope_cos / rope_sin: float32 (N_pos, D / 2) tables of the 2D RoPE (reference.rope), or None;
 # num_prefix: leading tokens left unrotated; deterministic: the backward's mode (fwd carries it to
-# its autograd context).
+# its autograd context). fwd returns (out, lse, q_rot, k_rot): q_rot, k_rot are the rotated q, k
+# the kernels attended with when the op layer rotated them (rope tables given, a backend without
+# fused_rope), saved for the backward in place of q, k; empty otherwise. bwd's rotated: q and k
+# are such rotated tensors (dq, dk still come back for the unrotated ones).
 _LIB.define(
     "fwd(Tensor q, Tensor k, Tensor v, bool causal, float scale, str backend, "
     "Tensor? rope_cos=None, Tensor? rope_sin=None, int num_prefix=0, bool deterministic=True) "
-    "-> (Tensor, Tensor)"
+    "-> (Tensor, Tensor, Tensor, Tensor)"
 )
 _LIB.define(
     "bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, bool causal, "
     "float scale, str backend, Tensor? rope_cos=None, Tensor? rope_sin=None, int num_prefix=0, "
-    "bool deterministic=True) -> (Tensor, Tensor, Tensor)"
+    "bool deterministic=True, bool rotated=False) -> (Tensor, Tensor, Tensor)"
 )
 
 
@@ -41,35 +46,67 @@ def _rope(cos, sin, num_prefix):
     return None if cos is None else (cos, sin, num_prefix)
 
 
-def _rotate(x: torch.Tensor, rope, inverse: bool = False) -> torch.Tensor:
-    return reference.rotate_pairs(x, *rope, inverse=inverse)
+def _rotates(impl: registry.Backend, rope_cos: torch.Tensor | None) -> bool:
+    """Whether the op layer rotates q, k for this backend (and the backward gets them rotated)."""
+    return rope_cos is not None and not impl.fused_rope
+
+
+def _rotate_qk(impl: registry.Backend, q: torch.Tensor, k: torch.Tensor, rope):
+    if impl.rotate is not None:
+        return impl.rotate(q, k, rope)
+    return (reference.rotate_pairs(q, *rope).contiguous(),
+            reference.rotate_pairs(k, *rope).contiguous())
+
+
+def _new_out(q: torch.Tensor, impl: registry.Backend) -> torch.Tensor:
+    """An uninitialized out in the layout ``impl`` returns: contiguous (B, H, N, D), or with
+    ``bnhd_out`` the memory of (B, N, H, D), SDPA's."""
+    if impl.bnhd_out:
+        b, h, n, d = q.shape
+        return q.new_empty((b, n, h, d)).transpose(1, 2)
+    return q.new_empty(q.shape)
+
+
+def _in_layout(out: torch.Tensor, impl: registry.Backend) -> torch.Tensor:
+    like = _new_out(out, impl)
+    return out if out.stride() == like.stride() else like.copy_(out)
 
 
 def _fwd_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float, backend: str,
     rope_cos: torch.Tensor | None = None, rope_sin: torch.Tensor | None = None,
     num_prefix: int = 0, deterministic: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """out (B, Hq, Nq, D) like q, lse float32 (B, Hq, Nq); q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """out (B, Hq, Nq, D) like q, lse float32 (B, Hq, Nq), q_rot, k_rot (see the schema's note);
+    q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D).
 
     The forward is deterministic in every backend; ``deterministic`` is the backward's mode. With
-    rope tables, backends with ``fused_rope`` get them; others get q, k rotated here. The
-    backend's refusals are raised here, once per call (see ``flashduo._validate``).
+    rope tables, backends with ``fused_rope`` get them; others get q, k rotated here (by the
+    backend's ``rotate`` where it has one). out is contiguous, or in (B, N, H, D) memory for
+    backends with ``bnhd_out``. The backend's refusals are raised here, once per call (see
+    ``flashduo._validate``).
     """
     impl = registry.get_backend(backend)
     impl.check(q, k, v, causal)
-    if _empty_case(q, k):
-        out = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
-        lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
-        return out, lse
     rope = _rope(rope_cos, rope_sin, num_prefix)
+    rotates = _rotates(impl, rope_cos)
+    if _empty_case(q, k):
+        out = _new_out(q, impl).zero_()
+        lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
+        qr, kr = (q.new_zeros(q.shape), k.new_zeros(k.shape)) if rotates else _no_rotation(q)
+        return out, lse, qr, kr
     if rope is None:
-        out, lse = impl.fwd(q, k, v, causal, scale)
+        (out, lse), (qr, kr) = impl.fwd(q, k, v, causal, scale), _no_rotation(q)
     elif impl.fused_rope:
-        out, lse = impl.fwd(q, k, v, causal, scale, rope=rope)
+        (out, lse), (qr, kr) = impl.fwd(q, k, v, causal, scale, rope=rope), _no_rotation(q)
     else:
-        out, lse = impl.fwd(_rotate(q, rope), _rotate(k, rope), v, causal, scale)
-    return out.contiguous(), lse.contiguous()
+        qr, kr = _rotate_qk(impl, q, k, rope)
+        out, lse = impl.fwd(qr, kr, v, causal, scale)
+    return _in_layout(out, impl), lse.contiguous(), qr, kr
+
+
+def _no_rotation(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return q.new_empty(0), q.new_empty(0)
 
 
 def _bwd_impl(
@@ -86,11 +123,13 @@ def _bwd_impl(
     rope_sin: torch.Tensor | None = None,
     num_prefix: int = 0,
     deterministic: bool = True,
+    rotated: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq (B, Hq, Nq, D), dk and dv (B, Hkv, Nk, D) from dout (B, Hq, Nq, D) and saved tensors.
 
-    With rope, q and k are the unrotated inputs and dq, dk are returned unrotated.
-    ``deterministic`` reaches backends with ``deterministic_modes`` only.
+    With rope, q and k are the unrotated inputs, or with ``rotated`` the rotated ones; dq, dk are
+    returned for the unrotated inputs either way (turned back by the backend when it
+    ``unrotates_grads``). ``deterministic`` reaches backends with ``deterministic_modes`` only.
     """
     if _empty_case(q, k):
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
@@ -101,12 +140,17 @@ def _bwd_impl(
     rope = _rope(rope_cos, rope_sin, num_prefix)
     if rope is None:
         dq, dk, dv = impl.bwd(dout, q, k, v, out, lse, causal, scale, **mode)
-    elif impl.fused_rope:
+    elif impl.fused_rope and not rotated:
         dq, dk, dv = impl.bwd(dout, q, k, v, out, lse, causal, scale, rope=rope, **mode)
     else:
-        qr, kr = _rotate(q, rope), _rotate(k, rope)
-        dq, dk, dv = impl.bwd(dout, qr, kr, v, out, lse, causal, scale, **mode)
-        dq, dk = _rotate(dq, rope, inverse=True), _rotate(dk, rope, inverse=True)
+        if not rotated:
+            q, k = _rotate_qk(impl, q, k, rope)
+        if impl.unrotates_grads:
+            dq, dk, dv = impl.bwd(dout, q, k, v, out, lse, causal, scale, rope=rope, **mode)
+        else:
+            dq, dk, dv = impl.bwd(dout, q, k, v, out, lse, causal, scale, **mode)
+            dq = reference.rotate_pairs(dq, *rope, inverse=True)
+            dk = reference.rotate_pairs(dk, *rope, inverse=True)
     return dq.contiguous(), dk.contiguous(), dv.contiguous()
 
 
@@ -118,28 +162,47 @@ for _key in ("CPU", "CUDA"):
 @torch.library.register_fake("flashduo::fwd")
 def _fwd_fake(q, k, v, causal, scale, backend, rope_cos=None, rope_sin=None, num_prefix=0,
               deterministic=True):
-    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
+    impl = registry.get_backend(backend)
+    if _rotates(impl, rope_cos):
+        qr, kr = q.new_empty(q.shape), k.new_empty(k.shape)
+    else:
+        qr, kr = _no_rotation(q)
+    return _new_out(q, impl), q.new_empty(q.shape[:3], dtype=torch.float32), qr, kr
 
 
 @torch.library.register_fake("flashduo::bwd")
 def _bwd_fake(dout, q, k, v, out, lse, causal, scale, backend, rope_cos=None, rope_sin=None,
-              num_prefix=0, deterministic=True):
+              num_prefix=0, deterministic=True, rotated=False):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
-def _setup_context(ctx, inputs, output):
+def _save(ctx, inputs, output, traced: bool = False) -> None:
+    """Keep what the backward needs: q, k, or the rotated q, k the op layer made. ``traced``: the
+    forward ran ``flashduo::triton_fwd``, so the backward runs ``flashduo::triton_bwd``."""
     q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix, deterministic = inputs
-    out, lse = output
+    out, lse, qr, kr = output
+    ctx.rotated = _rotates(registry.get_backend(backend), rope_cos)
+    if ctx.rotated:
+        q, k = qr, kr
     ctx.save_for_backward(q, k, v, out, lse, rope_cos, rope_sin)
     ctx.causal, ctx.scale, ctx.backend, ctx.num_prefix = causal, scale, backend, num_prefix
-    ctx.deterministic = deterministic
+    ctx.deterministic, ctx.traced = deterministic, traced
 
 
-def _backward(ctx, dout, dlse):
+def _setup_context(ctx, inputs, output) -> None:
+    _save(ctx, inputs, output)
+    ctx.mark_non_differentiable(*output[1:])
+
+
+def _backward(ctx, dout, *_):
     q, k, v, out, lse, rope_cos, rope_sin = ctx.saved_tensors
-    dq, dk, dv = attention_bwd(dout, q, k, v, out, lse, ctx.causal, ctx.scale, ctx.backend,
-                               rope_cos, rope_sin, ctx.num_prefix, ctx.deterministic)
-    return dq, dk, dv, None, None, None, None, None, None, None
+    args = (ctx.causal, ctx.scale, rope_cos, rope_sin, ctx.num_prefix, ctx.deterministic,
+            ctx.rotated)
+    if ctx.traced:
+        dq, dk, dv = torch.ops.flashduo.triton_bwd(dout, q, k, v, out, lse, *args)
+    else:
+        dq, dk, dv = attention_bwd(dout, q, k, v, out, lse, *args[:2], ctx.backend, *args[2:])
+    return (dq, dk, dv) + (None,) * (len(ctx.needs_input_grad) - 3)
 
 
 torch.library.register_autograd("flashduo::fwd", _backward, setup_context=_setup_context)
@@ -148,19 +211,72 @@ attention_fwd = torch.ops.flashduo.fwd
 attention_bwd = torch.ops.flashduo.bwd
 
 
+_TRITON_OPS = set()  # {"triton"} where triton_fwd / triton_bwd are registered
+
+
+def _register_triton_ops() -> None:
+    """``flashduo::triton_fwd`` and ``flashduo::triton_bwd``: the ``triton`` backend's fwd and bwd
+    as ``torch.library.triton_op``s, whose Triton launches ``torch.compile`` records
+    (``triton_impl._traced``) so that Inductor launches the kernels from its own generated code.
+    Same arguments as ``flashduo::fwd`` / ``bwd`` without ``backend``; used inside
+    ``torch.compile`` only (eager calls take the plain ops and their direct launches)."""
+    from triton_impl import _traced
+
+    @torch.library.triton_op("flashduo::triton_fwd", mutates_args=())
+    def triton_fwd(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
+        rope_cos: torch.Tensor | None = None, rope_sin: torch.Tensor | None = None,
+        num_prefix: int = 0, deterministic: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        with _traced.recording():
+            return _fwd_impl(q, k, v, causal, scale, "triton", rope_cos, rope_sin, num_prefix,
+                             deterministic)
+
+    @torch.library.triton_op("flashduo::triton_bwd", mutates_args=())
+    def triton_bwd(
+        dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+        out: torch.Tensor, lse: torch.Tensor, causal: bool, scale: float,
+        rope_cos: torch.Tensor | None = None, rope_sin: torch.Tensor | None = None,
+        num_prefix: int = 0, deterministic: bool = True, rotated: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with _traced.recording():
+            return _bwd_impl(dout, q, k, v, out, lse, causal, scale, "triton", rope_cos, rope_sin,
+                             num_prefix, deterministic, rotated)
+
+    def setup_context(ctx, inputs, output) -> None:
+        _save(ctx, (*inputs[:5], "triton", *inputs[5:]), output, traced=True)
+        ctx.mark_non_differentiable(*output[1:])
+
+    triton_fwd.register_autograd(_backward, setup_context=setup_context)
+    _TRITON_OPS.add("triton")
+
+
+# Registering imports triton, so only where the ops can run: a CUDA GPU, not the interpreter
+# (which must be switched on before triton is first imported).
+if (importlib.util.find_spec("triton") is not None and not registry.triton_interpreting()
+        and torch.cuda.is_available()):
+    _register_triton_ops()
+
+
 class _Attention(torch.autograd.Function):
     """The front door's autograd node: the same two ops, without torch.library's per-call Python
-    wrapper and its schema-driven argument handling (measured in docs/perf-notes.md).
+    wrapper and its schema-driven argument handling (measured in docs/perf-notes.md); inside
+    ``torch.compile``, the ``triton`` backend's triton ops instead.
     The ops keep their own autograd registration for callers that use them directly."""
 
     @staticmethod
     def forward(ctx, q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix,
                 deterministic):
         args = (q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix, deterministic)
-        out, lse = attention_fwd(*args)
-        _setup_context(ctx, args, (out, lse))
-        ctx.mark_non_differentiable(lse)
-        return out, lse
+        traced = backend in _TRITON_OPS and torch.compiler.is_compiling()
+        if traced:
+            output = torch.ops.flashduo.triton_fwd(q, k, v, causal, scale, rope_cos, rope_sin,
+                                                   num_prefix, deterministic)
+        else:
+            output = attention_fwd(*args)
+        _save(ctx, args, output, traced)
+        ctx.mark_non_differentiable(output[1])
+        return output[:2]
 
     @staticmethod
     def backward(ctx, dout, dlse):
@@ -173,6 +289,7 @@ def attention(
     num_prefix: int = 0, deterministic: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """out (B, Hq, Nq, D), lse (B, Hq, Nq) float32 through ``flashduo::fwd``, differentiable in
-    q, k, v with ``flashduo::bwd`` as the backward (see ``_fwd_impl`` for the shapes)."""
+    q, k, v with ``flashduo::bwd`` as the backward (see ``_fwd_impl`` for the shapes and out's
+    memory layout)."""
     return _Attention.apply(q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix,
                             deterministic)

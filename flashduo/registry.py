@@ -36,7 +36,12 @@ class Backend:
     other backend's backward is deterministic and is never handed the argument.
     With ``fused_rope``, both also take ``rope=(cos, sin, num_prefix_tokens)`` (float32
     (N_pos, D / 2) tables) and apply the 2D RoPE themselves, taking and returning unrotated q, k
-    and dq, dk; other backends are handed rotated q, k by the op layer.
+    and dq, dk. Other backends are handed q, k rotated by the op layer, which saves them for the
+    backward: with ``rotate(q, k, rope) -> (q_rot, k_rot)`` (contiguous) when the backend has one,
+    else with PyTorch ops. With ``unrotates_grads``, ``bwd`` takes those rotated q, k with
+    ``rope=`` and returns dq, dk for the unrotated inputs; otherwise the op layer turns them back.
+    With ``bnhd_out``, ``fwd``'s out (B, H, N, D) has the memory layout of (B, N, H, D), as SDPA's
+    does; otherwise it is contiguous.
     """
 
     name: str
@@ -53,6 +58,9 @@ class Backend:
     )
     fused_rope: bool = False
     deterministic_modes: bool = False
+    rotate: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
+    unrotates_grads: bool = False
+    bnhd_out: bool = False
 
     def not_supported_reasons(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool

@@ -201,7 +201,7 @@ def test_rope_opcheck(backend) -> None:
     table = reference.CosSinTable(100.0, 7, 64, device=DEVICE)
     rope_args = (table.COSP, table.SINP, 1)
     torch.library.opcheck(torch.ops.flashduo.fwd.default, (q, k, v, True, 0.2, backend, *rope_args))
-    out, lse = torch.ops.flashduo.fwd(q, k, v, True, 0.2, backend, *rope_args)
+    out, lse, *_ = torch.ops.flashduo.fwd(q, k, v, True, 0.2, backend, *rope_args)
     saved = [t.detach() for t in (q, k, v, out, lse)]
     torch.library.opcheck(torch.ops.flashduo.bwd.default,
                           (dout, *saved, True, 0.2, backend, *rope_args))

@@ -10,8 +10,10 @@ import torch
 from tests.cases import ON_GPU, Case, assert_close, poison_allocator
 from tests.helpers import case_inputs, run_reference, skip_if_unrunnable
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages): small tiles in the interpreter, the heatmap's on a GPU
-CONFIGS = ([(32, 16, 4, 3), (64, 32, 4, 3), (128, 64, 8, 3), (64, 128, 4, 3), (128, 128, 8, 2)]
+# (BLOCK_M, BLOCK_N, num_warps, num_stages[, TMA]): small tiles in the interpreter, the heatmap's
+# on a GPU, and TMA descriptor loads there (on Hopper; the pointer path on older GPUs)
+CONFIGS = ([(32, 16, 4, 3), (64, 32, 4, 3), (128, 64, 8, 3), (64, 128, 4, 3), (128, 128, 8, 2),
+            (128, 64, 8, 3, True), (64, 128, 4, 3, True)]
            if ON_GPU else [(16, 16, 4, 1), (32, 16, 4, 1), (16, 32, 4, 1)])
 CASES = ([Case(2, 4, 2, 203, 203, d, torch.float16, c) for d in (64, 128) for c in (False, True)]
          + [Case(1, 2, 2, 113, 300, 64, torch.bfloat16, True)]
@@ -20,19 +22,23 @@ CASES = ([Case(2, 4, 2, 203, 203, d, torch.float16, c) for d in (64, 128) for c 
          + [Case(1, 2, 2, 21, 50, 16, torch.float16, True)])
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "bm{}-bn{}-w{}-s{}".format(*c))
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_forced_config_matches_reference(case: Case, cfg: tuple[int, int, int, int]) -> None:
-    skip_if_unrunnable("triton", case)
-    import triton
+def _config_id(cfg: tuple) -> str:
+    return "bm{}-bn{}-w{}-s{}".format(*cfg) + ("-tma" if cfg[4:] else "")
 
-    from triton_impl import _config
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=_config_id)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_forced_config_matches_reference(case: Case, cfg: tuple) -> None:
+    skip_if_unrunnable("triton", case)
+    from triton_impl import _config, _tma
     from triton_impl.fwd import attention_fwd
 
     q, k, v, dout = case_inputs(case)
     q, k, v = (t.detach() for t in (q, k, v))
-    bm, bn, warps, stages = cfg
-    config = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
+    bm, bn, warps, stages, *tma = cfg
+    if tma and not _tma.tma_usable(q, k, v):
+        tma = []  # a GPU before Hopper: the same tiles through pointer loads
+    config = _config._cfg(bm, bn, warps, stages, *tma)
     chosen = dict(_config._CHOSEN)
     poison_allocator((q.shape, q.dtype), (q.shape[:3], torch.float32))
     out, lse = attention_fwd(q, k, v, case.causal, case.d ** -0.5, config=config)

@@ -30,6 +30,33 @@ def load_tile(
 
 
 @triton.jit
+def row_tiles(base, n_rows, stride, HEAD_DIM: tl.constexpr, ROWS: tl.constexpr,
+              BLOCK_D: tl.constexpr, TMA: tl.constexpr):
+    """What loads (ROWS, BLOCK_D) tiles of one head's (n_rows, HEAD_DIM) matrix at ``base`` (row
+    stride ``stride``, unit column stride): with TMA a tensor descriptor, whose loads zero-fill rows
+    >= n_rows and columns >= HEAD_DIM; without, the base pointer itself (see :func:`rows_tile`)."""
+    tiles = base
+    if TMA:
+        tiles = tl.make_tensor_descriptor(base, shape=[n_rows, HEAD_DIM], strides=[stride, 1],
+                                          block_shape=[ROWS, BLOCK_D])
+    return tiles
+
+
+@triton.jit
+def rows_tile(tiles, start, n_rows, stride, offs_d, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr,
+              BLOCK_D: tl.constexpr, CHECK_ROWS: tl.constexpr, TMA: tl.constexpr):
+    """The (ROWS, BLOCK_D) tile of rows [start, start + ROWS) from :func:`row_tiles`' ``tiles``,
+    zero outside the matrix (CHECK_ROWS says whether rows can fall outside it without TMA)."""
+    if TMA:
+        x = tiles.load([start, 0])
+    else:
+        rows = start + tl.arange(0, ROWS)
+        x = load_tile(tiles + rows[:, None] * stride + offs_d[None, :], rows, n_rows, offs_d,
+                      HEAD_DIM, BLOCK_D, CHECK_ROWS)
+    return x
+
+
+@triton.jit
 def dot(a, b):
     """``a @ b`` in float32; float32 operands use 3xTF32 (near-float32 accuracy)."""
     if a.dtype == tl.float32:

@@ -21,6 +21,7 @@ import triton
 import triton.testing
 from triton.runtime import driver
 
+from triton_impl import _traced
 from triton_impl._env import interpreting
 
 try:
@@ -39,7 +40,7 @@ TRITON_RELEASE = tuple(int(x) for x in triton.__version__.split(".")[:2])
 
 SMEM_BUDGET = 200 * 1024
 TUNE_WARMUP_MS, TUNE_REP_MS = 10, 25
-TUNE_KEY = ["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "CAUSAL", "ROPE"]
+TUNE_KEY = ["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "CAUSAL", "ROPE", "TMA_OK"]
 COMPILE_THREADS = min(16, os.cpu_count() or 1)
 
 
@@ -58,16 +59,22 @@ def block_d(head_dim: int) -> int:
     return max(triton.next_power_of_2(head_dim), 16)
 
 
-def _cfg(bm: int, bn: int, warps: int, stages: int) -> triton.Config:
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
+def _cfg(bm: int, bn: int, warps: int, stages: int, tma: bool = False) -> triton.Config:
+    tiles = {"BLOCK_M": bm, "BLOCK_N": bn}
+    if tma:
+        tiles["TMA"] = True
+    return triton.Config(tiles, num_warps=warps, num_stages=stages)
 
 
 _INTERPRETER = [_cfg(32, 16, 4, 1)]
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M tiles queries, BLOCK_N keys.
+# (BLOCK_M, BLOCK_N, num_warps, num_stages[, TMA]); BLOCK_M tiles queries, BLOCK_N keys. TMA rows
+# load through tensor descriptors and are candidates only where a descriptor can describe the
+# tensors (kernel argument TMA_OK).
 FWD = [
     (128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2),
-    (128, 64, 8, 4), (64, 64, 4, 3), (64, 128, 4, 3), (64, 32, 4, 2), (32, 32, 4, 1),
+    (128, 64, 8, 4), (64, 64, 4, 3), (64, 128, 4, 3), (64, 32, 4, 2), (128, 32, 4, 3),
+    (128, 64, 8, 3, True), (64, 64, 4, 3, True), (64, 128, 4, 3, True), (32, 32, 4, 1),
 ]
 BWD_DKDV = [
     (64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 4, 3), (64, 64, 4, 3),
@@ -79,7 +86,7 @@ BWD_DQ = [
 ]
 
 
-def configs(table: list[tuple[int, int, int, int]]) -> list[triton.Config]:
+def configs(table: list[tuple]) -> list[triton.Config]:
     """The autotune candidates for one kernel (a single small config under the interpreter)."""
     return list(_INTERPRETER) if interpreting() else [_cfg(*row) for row in table]
 
@@ -103,7 +110,9 @@ def make_prune(resident: str):
     def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
         bd = named_args.get("BLOCK_D", kwargs.get("BLOCK_D"))
         elt = named_args["Q"].element_size()
-        fits = [c for c in configs if _smem_bytes(c, bd, elt, resident) <= SMEM_BUDGET]
+        tma_ok = named_args.get("TMA_OK", kwargs.get("TMA_OK", False))
+        fits = [c for c in configs if _smem_bytes(c, bd, elt, resident) <= SMEM_BUDGET
+                and (tma_ok or not c.kwargs.get("TMA", False))]
         if bd >= 256:
             fits = [c for c in fits if c.kwargs["BLOCK_M"] <= 64 and c.kwargs["BLOCK_N"] <= 64]
         fits = fits or configs[-1:]
@@ -121,7 +130,7 @@ def _time_candidate(kernel_call, quantiles):
                                    quantiles=quantiles)
 
 
-def autotuned(table: list[tuple[int, int, int, int]], resident: str):
+def autotuned(table: list[tuple], resident: str):
     """``triton.autotune`` over ``table`` keyed on the shape class (``TUNE_KEY``), pruned by
     ``make_prune(resident)`` and timed with the short tuning budget."""
     return triton.autotune(configs=configs(table), key=TUNE_KEY,
@@ -141,8 +150,9 @@ def _compile_candidates(kernel, grid, args: tuple, kwargs: dict) -> None:
 
 _CHOSEN: dict[tuple, triton.Config] = {}
 # (kernel and shape class, device, argument signature, constexprs and options)
-#   -> (compiled kernel, names of the constexpr parameters after the positional arguments)
-_COMPILED: dict[tuple, tuple[object, tuple[str, ...]]] = {}
+#   -> (compiled kernel, values of the parameters after the positional arguments: constexprs and
+#       config options from meta, defaults for the rest)
+_COMPILED: dict[tuple, tuple[object, tuple]] = {}
 
 
 def _signature(args: tuple) -> tuple:
@@ -194,21 +204,26 @@ def _launch_compiled(fn, grid, key: tuple, args: tuple, meta: dict) -> None:
     if hit is None or _hooked():
         compiled = fn[size[:3]](*args, **meta)
         if hit is None and hasattr(compiled, "packed_metadata"):
-            _COMPILED[sig] = (compiled, tuple(fn.arg_names[len(args):]))
+            tail = tuple(meta[p.name] if p.name in meta else p.default
+                         for p in fn.params[len(args):])
+            _COMPILED[sig] = (compiled, tail)
         return
-    compiled, names = hit
+    compiled, tail = hit
     stream = driver.active.get_current_stream(device)
     try:
         compiled.run(size[0], size[1], size[2], stream, compiled.function,
-                     compiled.packed_metadata, None, None, None, *args, *(meta[n] for n in names))
+                     compiled.packed_metadata, None, None, None, *args, *tail)
     except TypeError:  # a launcher that takes other arguments (another Triton): its own path
         fn[size[:3]](*args, **meta)
 
 
 def launch_jit(fn, grid, *args, **meta) -> None:
     """Launch a kernel that is not autotuned (``fn[grid](*args, **meta)``) through
-    ``_launch_compiled``; under the interpreter, as usual."""
-    if interpreting():
+    ``_launch_compiled``; under the interpreter, as usual; while ``_traced.recording()``, recorded
+    for torch.compile. ``grid``: a tuple."""
+    if _traced.active():
+        _traced.launch_jit(fn, grid, args, meta)
+    elif interpreting():
         fn[grid](*args, **meta)
     else:
         _launch_compiled(fn, grid, (fn,), args, meta)
@@ -222,12 +237,17 @@ def launch(kernel, grid, shape_class: tuple, *args, config: triton.Config | None
     launch the remembered config's compiled kernel directly (``_launch_compiled``), skipping the
     autotuner's and the JIT's per-call argument handling, which shows at small sizes.
     ``shape_class`` must determine the autotune key: (Nq bucket, Nk bucket, D, causal, dtype).
-    ``config``: launch this one instead, without tuning and without remembering it.
+    ``config``: launch this one instead, without tuning and without remembering it. While
+    ``_traced.recording()``, the launch is recorded for torch.compile with the chosen config.
     """
     if config is not None:
         kernel.fn[grid](*args, **kwargs, **config.all_kwargs())
         return
     key = (kernel, *shape_class)
+    if _traced.active():
+        _traced.launch(kernel, grid, key, args, kwargs, _CHOSEN,
+                       lambda g, *a, **kw: launch(kernel, g, shape_class, *a, **kw))
+        return
     config = _CHOSEN.get(key)
     if config is None:
         if autotuning():

@@ -24,7 +24,7 @@ import triton.language as tl
 from reference import RopeTables
 from triton_impl._common import dot, dot_acc, key_ranges, load_tile, query_tile, rope_tile
 from triton_impl._config import BWD_DKDV, BWD_DQ, autotuned, block_d, bucket, launch, launch_jit
-from triton_impl.fwd import LOG2E, rope_args
+from triton_impl.fwd import LOG2E
 
 PREPROCESS_BLOCK = 64
 _LOG2E = tl.constexpr(LOG2E)  # the kernels' lse (natural log) to base 2
@@ -74,18 +74,15 @@ def _one_key_rows(rows, NK, CAUSAL: tl.constexpr):
 @triton.jit
 def _dkdv_inner(
     dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dm,
-    offs_n, offs_d, lo, hi, NQ, qk_scale, Cos, Sin, N_POS, PREFIX,
+    offs_n, offs_d, lo, hi, NQ, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-    CAUSAL_MASK: tl.constexpr, ROPE: tl.constexpr,
+    CAUSAL_MASK: tl.constexpr,
 ):
     """Accumulate dK, dV of one key tile over query tiles [lo, hi) of one query head."""
     for start_m in range(lo, hi, BLOCK_M):
         rows = start_m + tl.arange(0, BLOCK_M)
         q = load_tile(q_base + rows[:, None] * stride_qm + offs_d[None, :],
                       rows, NQ, offs_d, HEAD_DIM, BLOCK_D, True)
-        if ROPE:
-            q = rope_tile(q.to(tl.float32), rows, Cos, Sin, N_POS, PREFIX,
-                          BLOCK_M, HEAD_DIM // 2, BLOCK_D, False).to(k.dtype)
         do = load_tile(do_base + rows[:, None] * stride_dm + offs_d[None, :],
                        rows, NQ, offs_d, HEAD_DIM, BLOCK_D, True)
         # Rows past NQ get lse = +inf, so their probabilities are exactly 0.
@@ -126,9 +123,6 @@ def _dkdv_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     k = load_tile(K + b * stride_kb + hk * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
                   offs_n, NK, offs_d, HEAD_DIM, BLOCK_D, True)
-    if ROPE:
-        k = rope_tile(k.to(tl.float32), offs_n, Cos, Sin, N_POS, PREFIX,
-                      BLOCK_N, HEAD_DIM // 2, BLOCK_D, False).to(K.dtype.element_ty)
     v = load_tile(V + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :],
                   offs_n, NK, offs_d, HEAD_DIM, BLOCK_D, True)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -149,13 +143,11 @@ def _dkdv_kernel(
         row_base = (b * H + h) * NQ
         dk, dv = _dkdv_inner(
             dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base, stride_qm, stride_dm,
-            offs_n, offs_d, lo, mid, NQ, qk_scale, Cos, Sin, N_POS, PREFIX,
-            HEAD_DIM, BLOCK_D, BLOCK_M, True, ROPE,
+            offs_n, offs_d, lo, mid, NQ, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, True,
         )
         dk, dv = _dkdv_inner(
             dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base, stride_qm, stride_dm,
-            offs_n, offs_d, mid, q_end, NQ, qk_scale, Cos, Sin, N_POS, PREFIX,
-            HEAD_DIM, BLOCK_D, BLOCK_M, False, ROPE,
+            offs_n, offs_d, mid, q_end, NQ, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, False,
         )
 
     # The last query row sees the most keys: when it is a one-key row, so is every row, and dK, a
@@ -166,7 +158,7 @@ def _dkdv_kernel(
     dk = tl.where(_one_key_rows(NQ - 1, NK, CAUSAL), 0.0, dk)
     out_off = b * stride_gb + hk * stride_gh + offs_n[:, None] * stride_gn + offs_d[None, :]
     ok = (offs_n[:, None] < NK) & (offs_d[None, :] < HEAD_DIM)
-    if ROPE:  # dK was taken against the rotated keys: turn it back
+    if ROPE:  # dK was taken against the rotated keys: turn it back to the unrotated ones
         dk = rope_tile(dk, offs_n, Cos, Sin, N_POS, PREFIX, BLOCK_N, HEAD_DIM // 2, BLOCK_D, True)
     tl.store(DK + out_off, (dk * scale).to(DK.dtype.element_ty), mask=ok)
     tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=ok)
@@ -175,18 +167,15 @@ def _dkdv_kernel(
 @triton.jit
 def _dq_inner(
     dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn,
-    offs_m, offs_d, lo, hi, NK, qk_scale, Cos, Sin, N_POS, PREFIX,
+    offs_m, offs_d, lo, hi, NK, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, MASKED: tl.constexpr, ROPE: tl.constexpr,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr,
 ):
     """Accumulate dQ of one query tile over key tiles [lo, hi)."""
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + tl.arange(0, BLOCK_N)
         k = load_tile(k_base + cols[:, None] * stride_kn + offs_d[None, :],
                       cols, NK, offs_d, HEAD_DIM, BLOCK_D, MASKED)
-        if ROPE:
-            k = rope_tile(k.to(tl.float32), cols, Cos, Sin, N_POS, PREFIX,
-                          BLOCK_N, HEAD_DIM // 2, BLOCK_D, False).to(q.dtype)
         v = load_tile(v_base + cols[:, None] * stride_vn + offs_d[None, :],
                       cols, NK, offs_d, HEAD_DIM, BLOCK_D, MASKED)
         p = tl.exp2(dot(q, tl.trans(k)) * qk_scale - lse2[:, None])
@@ -220,9 +209,6 @@ def _dq_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     q = load_tile(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
                   offs_m, NQ, offs_d, HEAD_DIM, BLOCK_D, True)
-    if ROPE:
-        q = rope_tile(q.to(tl.float32), offs_m, Cos, Sin, N_POS, PREFIX,
-                      BLOCK_M, HEAD_DIM // 2, BLOCK_D, False).to(Q.dtype.element_ty)
     do = load_tile(DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dm + offs_d[None, :],
                    offs_m, NQ, offs_d, HEAD_DIM, BLOCK_D, True)
     row_ok = offs_m < NQ
@@ -234,18 +220,24 @@ def _dq_kernel(
 
     full_hi, hi = key_ranges(start_m, NK, BLOCK_M, BLOCK_N, CAUSAL)
     dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-                   0, full_hi, NK, qk_scale, Cos, Sin, N_POS, PREFIX,
-                   HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, False, ROPE)
+                   0, full_hi, NK, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, False)
     dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-                   full_hi, hi, NK, qk_scale, Cos, Sin, N_POS, PREFIX,
-                   HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, True, ROPE)
+                   full_hi, hi, NK, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, True)
     dq = tl.where(_one_key_rows(offs_m, NK, CAUSAL)[:, None], 0.0, dq)
 
-    if ROPE:  # dQ was taken against the rotated queries: turn it back
+    if ROPE:  # dQ was taken against the rotated queries: turn it back to the unrotated ones
         dq = rope_tile(dq, offs_m, Cos, Sin, N_POS, PREFIX, BLOCK_M, HEAD_DIM // 2, BLOCK_D, True)
     out_off = b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gm + offs_d[None, :]
     tl.store(DQ + out_off, (dq * scale).to(DQ.dtype.element_ty),
              mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
+
+
+def _rope_args(rope: RopeTables | None, like: torch.Tensor) -> tuple:
+    """(Cos, Sin, N_POS, PREFIX) kernel arguments; placeholders when ``rope`` is None."""
+    if rope is None:
+        return like, like, 0, 0
+    cos, sin, prefix = rope
+    return cos, sin, cos.shape[0], prefix
 
 
 def attention_bwd(
@@ -263,8 +255,10 @@ def attention_bwd(
 
     Args:
         dout, q, out: (B, Hq, Nq, D); k, v: (B, Hkv, Nk, D); last-dim stride 1.
-        lse: (B, Hq, Nq) float32 from the forward. causal, scale, rope: as in the forward; with
-            rope, q and k are the unrotated inputs and dq, dk come back unrotated too.
+        lse: (B, Hq, Nq) float32 from the forward. causal, scale: as in the forward.
+        rope: optional (cos, sin, num_prefix_tokens) tables (``triton_impl.rope.rotate_qk``): q
+            and k are then the rotated tensors the forward attended with, and dq, dk come back
+            turned to the unrotated inputs.
 
     Returns:
         dq (B, Hq, Nq, D), dk and dv (B, Hkv, Nk, D), contiguous, in the inputs' dtype.
@@ -285,7 +279,7 @@ def attention_bwd(
     common = dict(HEAD_DIM=d, BLOCK_D=bd, CAUSAL=causal, ROPE=rope is not None)
     qb, kb = bucket(nq), bucket(nk)
     shape_class = (qb, kb, d, causal, q.dtype, rope is not None)
-    cos, sin, n_pos, prefix = rope_args(rope, q)
+    cos, sin, n_pos, prefix = _rope_args(rope, q)
     launch(
         _dkdv_kernel, lambda meta: (triton.cdiv(nk, meta["BLOCK_N"]) * b * hkv,), shape_class,
         q, k, v, dout, lse, delta, dk, dv, cos, sin,

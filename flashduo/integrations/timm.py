@@ -13,6 +13,7 @@ embeddings, rotate-half rope, or separate q/k/v projections.
 from __future__ import annotations
 
 import types
+import weakref
 
 import torch
 
@@ -20,6 +21,24 @@ import flashduo
 from reference.rope import CosSinTable
 
 PATCHED_CLASSES = ("AttentionRope", "EvaAttention")
+
+
+_TABLES: dict[int, tuple[weakref.ref, int, CosSinTable]] = {}
+
+
+def _table(emb: torch.Tensor) -> CosSinTable:
+    """The ``CosSinTable`` of a timm rope embedding (N_pos, 2 D). timm hands every block the same
+    cached embedding tensor, so eager calls build its table once and reuse it while the tensor
+    lives unchanged (same object, same version); traced calls build it in the graph."""
+    if torch.compiler.is_compiling():
+        return CosSinTable.from_embed(emb)
+    hit = _TABLES.get(id(emb))
+    if hit is not None and hit[0]() is emb and hit[1] == emb._version:
+        return hit[2]
+    table = CosSinTable.from_embed(emb)
+    _TABLES.clear()  # one embedding in use at a time: keep the newest only
+    _TABLES[id(emb)] = (weakref.ref(emb), emb._version, table)
+    return table
 
 
 def _flash_forward(self, x: torch.Tensor, rope: torch.Tensor | None = None,
@@ -42,7 +61,7 @@ def _flash_forward(self, x: torch.Tensor, rope: torch.Tensor | None = None,
     k = self.k_norm(k) if getattr(self, "k_norm", None) is not None else k
     out = flashduo.attention(
         q, k, v, causal=is_causal, scale=self.scale, backend=self._flashduo_backend,
-        rope=CosSinTable.from_embed(rope), num_prefix_tokens=self.num_prefix_tokens,
+        rope=_table(rope), num_prefix_tokens=self.num_prefix_tokens,
     )
     out = out.transpose(1, 2).reshape(b, n, -1)
     for name in ("norm", "proj", "proj_drop"):
