@@ -243,11 +243,13 @@ def launch(kernel, grid, shape_class: tuple, *args, config: triton.Config | None
     if config is not None:
         kernel.fn[grid](*args, **kwargs, **config.all_kwargs())
         return
-    key = (kernel, *shape_class)
     if _traced.active():
+        shape_class = _traced.concrete(shape_class)
+        key = (kernel, *shape_class)
         _traced.launch(kernel, grid, key, args, kwargs, _CHOSEN,
                        lambda g, *a, **kw: launch(kernel, g, shape_class, *a, **kw))
         return
+    key = (kernel, *shape_class)
     config = _CHOSEN.get(key)
     if config is None:
         if autotuning():

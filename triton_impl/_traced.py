@@ -56,15 +56,29 @@ def _concrete(x):
     return t.normal_() if t.is_floating_point() else t.zero_()
 
 
+def concrete(values: tuple) -> tuple:
+    """``values`` with symbolic ints made concrete (a shape class, a key)."""
+    return tuple(int(x) if isinstance(x, torch.SymInt) else x for x in values)
+
+
+def _with_defaults(fn, args: tuple, meta: dict) -> dict:
+    """``meta`` plus the defaults of the parameters neither ``args`` nor ``meta`` give: Inductor
+    compiles a recorded kernel with every parameter named."""
+    return {**{p.name: p.default for p in fn.params[len(args):]
+               if p.name not in meta and p.has_default}, **meta}
+
+
 def launch_jit(fn, grid, args: tuple, meta: dict) -> None:
     """Record ``fn[grid](*args, **meta)``."""
-    torch.library.wrap_triton(fn)[tuple(grid)](*args, **meta)
+    meta = dict(zip(meta, concrete(tuple(meta.values()))))  # constexprs must be concrete
+    torch.library.wrap_triton(fn)[tuple(grid)](*args, **_with_defaults(fn, args, meta))
 
 
 def launch(kernel, grid, key: tuple, args: tuple, kwargs: dict, chosen: dict,
            tune: Callable[..., None]) -> None:
     """Record an autotuned ``kernel`` with the config chosen for ``key`` in ``chosen``; when there
     is none yet, ``tune(grid, *args, **kwargs)`` picks it on concrete copies of the arguments."""
+    kwargs = dict(zip(kwargs, concrete(tuple(kwargs.values()))))  # constexprs must be concrete
     if key not in chosen:
         with _disable_current_modes(), _switched(False):
             def concrete_grid(meta: dict) -> tuple[int, ...]:
@@ -74,4 +88,5 @@ def launch(kernel, grid, key: tuple, args: tuple, kwargs: dict, chosen: dict,
     config = chosen[key]
     meta = {**kwargs, **config.kwargs,
             **{name: getattr(config, name) for name in OPTIONS if getattr(config, name) is not None}}
-    torch.library.wrap_triton(kernel.fn)[tuple(grid(meta))](*args, **meta)
+    torch.library.wrap_triton(kernel.fn)[tuple(grid(meta))](
+        *args, **_with_defaults(kernel.fn, args, meta))
