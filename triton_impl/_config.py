@@ -21,7 +21,6 @@ import triton
 import triton.testing
 from triton.runtime import driver
 
-from triton_impl import _traced
 from triton_impl._env import interpreting
 
 try:
@@ -219,11 +218,8 @@ def _launch_compiled(fn, grid, key: tuple, args: tuple, meta: dict) -> None:
 
 def launch_jit(fn, grid, *args, **meta) -> None:
     """Launch a kernel that is not autotuned (``fn[grid](*args, **meta)``) through
-    ``_launch_compiled``; under the interpreter, as usual; while ``_traced.recording()``, recorded
-    for torch.compile. ``grid``: a tuple."""
-    if _traced.active():
-        _traced.launch_jit(fn, grid, args, meta)
-    elif interpreting():
+    ``_launch_compiled``; under the interpreter, as usual."""
+    if interpreting():
         fn[grid](*args, **meta)
     else:
         _launch_compiled(fn, grid, (fn,), args, meta)
@@ -237,17 +233,10 @@ def launch(kernel, grid, shape_class: tuple, *args, config: triton.Config | None
     launch the remembered config's compiled kernel directly (``_launch_compiled``), skipping the
     autotuner's and the JIT's per-call argument handling, which shows at small sizes.
     ``shape_class`` must determine the autotune key: (Nq bucket, Nk bucket, D, causal, dtype).
-    ``config``: launch this one instead, without tuning and without remembering it. While
-    ``_traced.recording()``, the launch is recorded for torch.compile with the chosen config.
+    ``config``: launch this one instead, without tuning and without remembering it.
     """
     if config is not None:
         kernel.fn[grid](*args, **kwargs, **config.all_kwargs())
-        return
-    if _traced.active():
-        shape_class = _traced.concrete(shape_class)
-        key = (kernel, *shape_class)
-        _traced.launch(kernel, grid, key, args, kwargs, _CHOSEN,
-                       lambda g, *a, **kw: launch(kernel, g, shape_class, *a, **kw))
         return
     key = (kernel, *shape_class)
     config = _CHOSEN.get(key)

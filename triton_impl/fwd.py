@@ -14,7 +14,6 @@ import torch
 import triton
 import triton.language as tl
 
-from triton_impl import _traced
 from triton_impl._common import dot, dot_acc, key_ranges, query_tile, row_tiles, rows_tile
 from triton_impl._config import FWD, autotuned, block_d, bucket, launch
 from triton_impl._tma import ensure_allocator, tma_usable
@@ -138,9 +137,7 @@ def attention_fwd(
         return (triton.cdiv(nq, meta["BLOCK_M"]) * b * h,)
 
     qb, kb = bucket(nq), bucket(nk)
-    # Recorded for torch.compile, the kernel keeps to pointer loads: descriptor scratch memory
-    # would have to come from Inductor's allocator.
-    tma = not _traced.active() and tma_usable(q, k, v, out)
+    tma = tma_usable(q, k, v, out)
     if tma:  # the tuner may pick a TMA config, whose descriptors need scratch memory
         ensure_allocator()
     launch(
