@@ -131,7 +131,7 @@ HOPPER_ONLY_HEAD_DIMS = frozenset({96, 256})
 
 
 def _cuda_limits(q, k, v, causal) -> list[str]:
-    d = q.shape[-1]
+    d = int(q.shape[-1])
     if d not in HOPPER_ONLY_HEAD_DIMS or q.device.type != "cuda":
         return []
     if torch.cuda.get_device_capability(q.device) != (9, 0):

@@ -12,6 +12,8 @@ the registration (one backward, without torch.library's per-call autograd wrappe
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 import reference
@@ -176,8 +178,9 @@ def _bwd_fake(dout, q, k, v, out, lse, causal, scale, backend, rope_cos=None, ro
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
-def _save(ctx, inputs, output) -> None:
-    """Keep what the backward needs: q, k, or the rotated q, k the op layer made."""
+def _save(ctx, inputs, output, traced: bool = False) -> None:
+    """Keep what the backward needs: q, k, or the rotated q, k the op layer made. ``traced``: the
+    forward ran ``flashduo::triton_fwd``, so the backward runs ``flashduo::triton_bwd``."""
     q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix, deterministic = inputs
     out, lse, qr, kr = output
     ctx.rotated = _rotates(registry.get_backend(backend), rope_cos)
@@ -185,7 +188,7 @@ def _save(ctx, inputs, output) -> None:
         q, k = qr, kr
     ctx.save_for_backward(q, k, v, out, lse, rope_cos, rope_sin)
     ctx.causal, ctx.scale, ctx.backend, ctx.num_prefix = causal, scale, backend, num_prefix
-    ctx.deterministic = deterministic
+    ctx.deterministic, ctx.traced = deterministic, traced
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -195,9 +198,13 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, dout, *_):
     q, k, v, out, lse, rope_cos, rope_sin = ctx.saved_tensors
-    dq, dk, dv = attention_bwd(dout, q, k, v, out, lse, ctx.causal, ctx.scale, ctx.backend,
-                               rope_cos, rope_sin, ctx.num_prefix, ctx.deterministic, ctx.rotated)
-    return dq, dk, dv, None, None, None, None, None, None, None
+    args = (ctx.causal, ctx.scale, rope_cos, rope_sin, ctx.num_prefix, ctx.deterministic,
+            ctx.rotated)
+    if ctx.traced:
+        dq, dk, dv = torch.ops.flashduo.triton_bwd(dout, q, k, v, out, lse, *args)
+    else:
+        dq, dk, dv = attention_bwd(dout, q, k, v, out, lse, *args[:2], ctx.backend, *args[2:])
+    return (dq, dk, dv) + (None,) * (len(ctx.needs_input_grad) - 3)
 
 
 torch.library.register_autograd("flashduo::fwd", _backward, setup_context=_setup_context)
@@ -206,17 +213,70 @@ attention_fwd = torch.ops.flashduo.fwd
 attention_bwd = torch.ops.flashduo.bwd
 
 
+_TRITON_OPS = set()  # {"triton"} where triton_fwd / triton_bwd are registered
+
+
+def _register_triton_ops() -> None:
+    """``flashduo::triton_fwd`` and ``flashduo::triton_bwd``: the ``triton`` backend's fwd and bwd
+    as ``torch.library.triton_op``s, whose Triton launches ``torch.compile`` records
+    (``triton_impl._traced``) so that Inductor launches the kernels from its own generated code.
+    Same arguments as ``flashduo::fwd`` / ``bwd`` without ``backend``; used inside
+    ``torch.compile`` only (eager calls take the plain ops and their direct launches)."""
+    from triton_impl import _traced
+
+    @torch.library.triton_op("flashduo::triton_fwd", mutates_args=())
+    def triton_fwd(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
+        rope_cos: torch.Tensor | None = None, rope_sin: torch.Tensor | None = None,
+        num_prefix: int = 0, deterministic: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        with _traced.recording():
+            return _fwd_impl(q, k, v, causal, scale, "triton", rope_cos, rope_sin, num_prefix,
+                             deterministic)
+
+    @torch.library.triton_op("flashduo::triton_bwd", mutates_args=())
+    def triton_bwd(
+        dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+        out: torch.Tensor, lse: torch.Tensor, causal: bool, scale: float,
+        rope_cos: torch.Tensor | None = None, rope_sin: torch.Tensor | None = None,
+        num_prefix: int = 0, deterministic: bool = True, rotated: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with _traced.recording():
+            return _bwd_impl(dout, q, k, v, out, lse, causal, scale, "triton", rope_cos, rope_sin,
+                             num_prefix, deterministic, rotated)
+
+    def setup_context(ctx, inputs, output) -> None:
+        _save(ctx, (*inputs[:5], "triton", *inputs[5:]), output, traced=True)
+        ctx.mark_non_differentiable(*output[1:])
+
+    triton_fwd.register_autograd(_backward, setup_context=setup_context)
+    _TRITON_OPS.add("triton")
+
+
+# Registering imports triton, so only where the ops can run: a CUDA GPU, not the interpreter
+# (which must be switched on before triton is first imported).
+if (importlib.util.find_spec("triton") is not None and not registry.triton_interpreting()
+        and torch.cuda.is_available()):
+    _register_triton_ops()
+
+
 class _Attention(torch.autograd.Function):
     """The front door's autograd node: the same two ops, without torch.library's per-call Python
-    wrapper and its schema-driven argument handling (measured in docs/perf-notes.md).
+    wrapper and its schema-driven argument handling (measured in docs/perf-notes.md); inside
+    ``torch.compile``, the ``triton`` backend's triton ops instead.
     The ops keep their own autograd registration for callers that use them directly."""
 
     @staticmethod
     def forward(ctx, q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix,
                 deterministic):
         args = (q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix, deterministic)
-        output = attention_fwd(*args)
-        _save(ctx, args, output)
+        traced = backend in _TRITON_OPS and torch.compiler.is_compiling()
+        if traced:
+            output = torch.ops.flashduo.triton_fwd(q, k, v, causal, scale, rope_cos, rope_sin,
+                                                   num_prefix, deterministic)
+        else:
+            output = attention_fwd(*args)
+        _save(ctx, args, output, traced)
         ctx.mark_non_differentiable(output[1])
         return output[:2]
 

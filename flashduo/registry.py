@@ -76,7 +76,7 @@ class Backend:
         devices = self.devices()
         if q.device.type not in devices:
             reasons.append(f"device={q.device.type} not in {{{', '.join(sorted(devices))}}}")
-        d = q.shape[-1]
+        d = int(q.shape[-1])  # a symbolic int under tracing, which sets cannot hash
         if self.head_dims is not None and d not in self.head_dims:
             dims = ", ".join(str(x) for x in sorted(self.head_dims))
             reasons.append(f"head_dim={d} not in {{{dims}}}")

@@ -1,6 +1,6 @@
-"""The triton backend inside torch.compile with CUDA graphs: ``mode="reduce-overhead"`` captures a
-forward and backward of timm's attention layout (with and without 2D RoPE) and every replay gives
-eager's bits."""
+"""The triton backend inside torch.compile: Inductor launches flashduo's Triton kernels from its own
+code (``flashduo::triton_fwd`` / ``triton_bwd``, torch.library triton ops), CUDA-graph replay
+(``mode="reduce-overhead"``) gives eager's bits, and the triton ops pass opcheck."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import flashduo
 import reference
 from tests.cases import ON_GPU
 
-pytestmark = pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a CUDA GPU")
+pytestmark = pytest.mark.skipif(not ON_GPU, reason="the triton ops run on a CUDA GPU")
 
 
 def _inputs(n: int = 197, d: int = 64, dtype=torch.bfloat16):
@@ -29,6 +29,30 @@ def _attend(qkv: torch.Tensor, table, causal: bool) -> torch.Tensor:
 def _table(n: int):
     side = int((n - 1) ** 0.5)
     return reference.CosSinTable(100.0, side, 64, device="cuda")
+
+
+def test_inductor_launches_the_triton_kernels() -> None:
+    """The compiled code calls the forward and backward kernels itself, not the flashduo ops."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    qkv, dout = _inputs()
+    table = _table(197)
+
+    compiled = torch.compile(lambda x: _attend(x, table, False), fullgraph=True)
+
+    def step(x):
+        return torch.autograd.grad(compiled(x), x, dout)
+
+    _, codes = run_and_get_code(step, qkv)
+    code = "\n".join(codes)
+    from triton_impl.bwd import one_launch_bwd
+
+    bwd_kernels = (("_bwd_kernel",) if one_launch_bwd(64, False)
+                   else ("_dkdv_kernel", "_dq_kernel"))
+    for kernel in ("_rotate_kernel", "_fwd_kernel", "_preprocess_kernel", *bwd_kernels):
+        assert kernel in code, f"{kernel} is not launched by the compiled code"
+    assert "torch.ops.flashduo" not in code, "the compiled code calls a flashduo op"
 
 
 @pytest.mark.parametrize("rope", [False, True], ids=["plain", "rope"])
@@ -52,3 +76,19 @@ def test_cuda_graph_replay_is_eager_bit_for_bit(rope: bool, causal: bool) -> Non
         got = step(compiled)
         for name, g, w in zip(("out", "grad"), got, want):
             assert torch.equal(g, w), f"{name} differs from eager"
+
+
+@pytest.mark.parametrize("rope", [False, True], ids=["plain", "rope"])
+def test_triton_ops_opcheck(rope: bool) -> None:
+    """The triton ops' schema, fake implementation and autograd registration hold."""
+    qkv, dout = _inputs(n=50, dtype=torch.float16)
+    q, k, v = (t.detach().requires_grad_() for t in qkv.permute(2, 0, 3, 1, 4).unbind(0))
+    table = _table(50)
+    tables = (table.COSP, table.SINP, 1) if rope else ()
+    torch.library.opcheck(torch.ops.flashduo.triton_fwd.default, (q, k, v, True, 0.2, *tables))
+    with torch.no_grad():  # the backward op has no backward of its own
+        out, lse, qr, kr = torch.ops.flashduo.triton_fwd(q, k, v, True, 0.2, *tables)
+    saved = (qr, kr) if rope else (q.detach(), k.detach())
+    torch.library.opcheck(torch.ops.flashduo.triton_bwd.default,
+                          (dout, *saved, v.detach(), out, lse, True, 0.2, *tables),
+                          {"rotated": rope})

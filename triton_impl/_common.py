@@ -77,14 +77,13 @@ def dot_acc(a, b, acc):
 
 
 @triton.jit
-def query_tile(NQ, H, GROUP, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
-    """Map this program to (bh, b, h, hk, start_m) for kernels with a query tile resident.
+def query_tile(pid, NQ, H, GROUP, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
+    """Map program ``pid`` to (bh, b, h, hk, start_m) for kernels with a query tile resident.
 
     1-D grid with query tiles fastest, so programs running together share one head's K/V in L2;
     with CAUSAL the heaviest (last) query tiles of a head start first. b, h, hk are int64.
     """
     num_m = tl.cdiv(NQ, BLOCK_M)
-    pid = tl.program_id(0)
     bh = pid // num_m
     start_m = pid % num_m
     if CAUSAL:

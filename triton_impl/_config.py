@@ -21,6 +21,7 @@ import triton
 import triton.testing
 from triton.runtime import driver
 
+from triton_impl import _traced
 from triton_impl._env import interpreting
 
 try:
@@ -76,8 +77,14 @@ FWD = [
     (128, 64, 8, 3, True), (64, 64, 4, 3, True), (64, 128, 4, 3, True), (32, 32, 4, 1),
 ]
 BWD_DKDV = [
-    (64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 4, 3), (64, 64, 4, 3),
+    (64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3),
     (128, 128, 8, 2), (32, 64, 4, 2), (16, 64, 4, 2), (16, 32, 4, 1),
+]
+# One launch for both backward passes (``triton_impl.bwd._bwd_kernel``): BLOCK_M rows of queries
+# per step and BLOCK_N keys resident for dK/dV; the dQ programs swap the two.
+BWD_ONE_LAUNCH = [
+    (64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3),
+    (32, 64, 4, 3), (64, 128, 4, 2), (32, 64, 4, 2), (16, 64, 4, 2), (16, 32, 4, 1),
 ]
 BWD_DQ = [
     (128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (128, 128, 8, 2),
@@ -218,8 +225,11 @@ def _launch_compiled(fn, grid, key: tuple, args: tuple, meta: dict) -> None:
 
 def launch_jit(fn, grid, *args, **meta) -> None:
     """Launch a kernel that is not autotuned (``fn[grid](*args, **meta)``) through
-    ``_launch_compiled``; under the interpreter, as usual."""
-    if interpreting():
+    ``_launch_compiled``; under the interpreter, as usual; while ``_traced.recording()``, recorded
+    for torch.compile. ``grid``: a tuple."""
+    if _traced.active():
+        _traced.launch_jit(fn, grid, args, meta)
+    elif interpreting():
         fn[grid](*args, **meta)
     else:
         _launch_compiled(fn, grid, (fn,), args, meta)
@@ -233,10 +243,17 @@ def launch(kernel, grid, shape_class: tuple, *args, config: triton.Config | None
     launch the remembered config's compiled kernel directly (``_launch_compiled``), skipping the
     autotuner's and the JIT's per-call argument handling, which shows at small sizes.
     ``shape_class`` must determine the autotune key: (Nq bucket, Nk bucket, D, causal, dtype).
-    ``config``: launch this one instead, without tuning and without remembering it.
+    ``config``: launch this one instead, without tuning and without remembering it. While
+    ``_traced.recording()``, the launch is recorded for torch.compile with the chosen config.
     """
     if config is not None:
         kernel.fn[grid](*args, **kwargs, **config.all_kwargs())
+        return
+    if _traced.active():
+        shape_class = _traced.concrete(shape_class)
+        key = (kernel, *shape_class)
+        _traced.launch(kernel, grid, key, args, kwargs, _CHOSEN,
+                       lambda g, *a, **kw: launch(kernel, g, shape_class, *a, **kw))
         return
     key = (kernel, *shape_class)
     config = _CHOSEN.get(key)

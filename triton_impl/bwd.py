@@ -10,6 +10,9 @@ Two passes and no atomics, so two runs give bit-identical gradients:
   of its GQA group and over their query tiles, summing the group's gradients in registers;
 * dQ: a program keeps one BLOCK_M tile of Q, dO resident and loops over key tiles.
 
+They run as two kernels (``_dkdv_kernel``, ``_dq_kernel``) or as one (``_bwd_kernel``), whose grid
+holds the programs of both passes, so that one pass's last wave overlaps the other's.
+
 A query row that sees a single key (every row when Nk = 1; row 0 under the causal mask) has
 ``dS = 0``: its dQ, and the dK of a key that only such rows see, come out exactly 0 (see
 :func:`_one_key_rows`).
@@ -23,7 +26,16 @@ import triton.language as tl
 
 from reference import RopeTables
 from triton_impl._common import dot, dot_acc, key_ranges, load_tile, query_tile, rope_tile
-from triton_impl._config import BWD_DKDV, BWD_DQ, autotuned, block_d, bucket, launch, launch_jit
+from triton_impl._config import (
+    BWD_DKDV,
+    BWD_DQ,
+    BWD_ONE_LAUNCH,
+    autotuned,
+    block_d,
+    bucket,
+    launch,
+    launch_jit,
+)
 from triton_impl.fwd import LOG2E
 
 PREPROCESS_BLOCK = 64
@@ -98,22 +110,23 @@ def _dkdv_inner(
     return dk, dv
 
 
-@autotuned(BWD_DKDV, "n")
-@triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET", "N_POS", "PREFIX"])
-def _dkdv_kernel(
-    Q, K, V, DO, Lse, Delta, DK, DV, Cos, Sin,
+@triton.jit
+def _dkdv_program(
+    pid, Q, K, V, DO, Lse, Delta, DK, DV, Cos, Sin,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_db, stride_dh, stride_dm,
     stride_gb, stride_gh, stride_gn,
-    H, HKV, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET, N_POS, PREFIX,
+    H, HKV, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    # Key tiles fastest in the 1-D grid; with causal the first key tiles carry the most work.
+    """dK, dV of key tile ``pid`` (key tiles fastest; with causal the first carry the most work):
+    BLOCK_N keys resident, BLOCK_M query rows per step."""
+    qk_scale = tl.cast(qk_scale, tl.float32)  # float arguments Inductor would pass as float64
+    scale = tl.cast(scale, tl.float32)
     num_n = tl.cdiv(NK, BLOCK_N)
-    pid = tl.program_id(0)
     bh = pid // num_n
     start_n = (pid % num_n) * BLOCK_N
     b = (bh // HKV).to(tl.int64)
@@ -164,6 +177,29 @@ def _dkdv_kernel(
     tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=ok)
 
 
+@autotuned(BWD_DKDV, "n")
+@triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET", "N_POS", "PREFIX"])
+def _dkdv_kernel(
+    Q, K, V, DO, Lse, Delta, DK, DV, Cos, Sin,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_db, stride_dh, stride_dm,
+    stride_gb, stride_gh, stride_gn,
+    H, HKV, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET, N_POS, PREFIX,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    _dkdv_program(
+        tl.program_id(0), Q, K, V, DO, Lse, Delta, DK, DV, Cos, Sin,
+        stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+        stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
+        stride_gb, stride_gh, stride_gn,
+        H, HKV, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX,
+        HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_M, BLOCK_N,
+    )
+
+
 @triton.jit
 def _dq_inner(
     dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn,
@@ -190,20 +226,23 @@ def _dq_inner(
     return dq
 
 
-@autotuned(BWD_DQ, "m")
-@triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET", "N_POS", "PREFIX"])
-def _dq_kernel(
-    Q, K, V, DO, Lse, Delta, DQ, Cos, Sin,
+@triton.jit
+def _dq_program(
+    pid, Q, K, V, DO, Lse, Delta, DQ, Cos, Sin,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_db, stride_dh, stride_dm,
     stride_gb, stride_gh, stride_gm,
-    H, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET, N_POS, PREFIX,
+    H, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    bh, b, h, hk, start_m = query_tile(NQ, H, GROUP, BLOCK_M, CAUSAL)
+    """dQ of query tile ``pid`` (see ``query_tile``): BLOCK_M query rows resident, BLOCK_N keys
+    per step."""
+    qk_scale = tl.cast(qk_scale, tl.float32)  # float arguments Inductor would pass as float64
+    scale = tl.cast(scale, tl.float32)
+    bh, b, h, hk, start_m = query_tile(pid, NQ, H, GROUP, BLOCK_M, CAUSAL)
 
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -232,6 +271,79 @@ def _dq_kernel(
              mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
 
 
+@autotuned(BWD_DQ, "m")
+@triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET", "N_POS", "PREFIX"])
+def _dq_kernel(
+    Q, K, V, DO, Lse, Delta, DQ, Cos, Sin,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_db, stride_dh, stride_dm,
+    stride_gb, stride_gh, stride_gm,
+    H, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET, N_POS, PREFIX,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    _dq_program(
+        tl.program_id(0), Q, K, V, DO, Lse, Delta, DQ, Cos, Sin,
+        stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+        stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
+        stride_gb, stride_gh, stride_gm,
+        H, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX,
+        HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_M, BLOCK_N,
+    )
+
+
+@autotuned(BWD_ONE_LAUNCH, "n")
+@triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET", "N_POS", "PREFIX"])
+def _bwd_kernel(
+    Q, K, V, DO, Lse, Delta, DQ, DK, DV, Cos, Sin,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_db, stride_dh, stride_dm,
+    stride_gqb, stride_gqh, stride_gqm,
+    stride_gkb, stride_gkh, stride_gkn,
+    H, HKV, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET, N_POS, PREFIX,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # Both passes in one grid, in turns per K/V head: its dK/dV programs (the heavier ones) and
+    # then the dQ programs of its query heads, with the tile roles swapped (BLOCK_N query rows
+    # resident, BLOCK_M keys per step). Programs that run together read the same heads from L2,
+    # and one pass's last wave overlaps the other instead of waiting at a kernel boundary.
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(NK, BLOCK_N)
+    per_head = num_n + GROUP * tl.cdiv(NQ, BLOCK_N)
+    head = pid // per_head
+    local = pid % per_head
+    if local < num_n:
+        _dkdv_program(
+            head * num_n + local, Q, K, V, DO, Lse, Delta, DK, DV, Cos, Sin,
+            stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+            stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
+            stride_gkb, stride_gkh, stride_gkn,
+            H, HKV, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX,
+            HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_M, BLOCK_N,
+        )
+    else:
+        _dq_program(
+            head * (per_head - num_n) + local - num_n, Q, K, V, DO, Lse, Delta, DQ, Cos, Sin,
+            stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+            stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
+            stride_gqb, stride_gqh, stride_gqm,
+            H, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX,
+            HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_N, BLOCK_M,
+        )
+
+
+def one_launch_bwd(head_dim: int, causal: bool) -> bool:
+    """Whether the backward runs as one kernel (``_bwd_kernel``) by default: without the causal
+    mask. Causal backwards run two kernels, whose separately tuned tiles suit the two passes'
+    triangular loops better than one shared config (measured in docs/perf-notes.md)."""
+    return not causal
+
+
 def _rope_args(rope: RopeTables | None, like: torch.Tensor) -> tuple:
     """(Cos, Sin, N_POS, PREFIX) kernel arguments; placeholders when ``rope`` is None."""
     if rope is None:
@@ -250,8 +362,9 @@ def attention_bwd(
     causal: bool,
     scale: float,
     rope: RopeTables | None = None,
+    one_launch: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Launch preprocess, dK/dV and dQ.
+    """Launch preprocess, then dK/dV and dQ (one kernel or two).
 
     Args:
         dout, q, out: (B, Hq, Nq, D); k, v: (B, Hkv, Nk, D); last-dim stride 1.
@@ -259,6 +372,8 @@ def attention_bwd(
         rope: optional (cos, sin, num_prefix_tokens) tables (``triton_impl.rope.rotate_qk``): q
             and k are then the rotated tensors the forward attended with, and dq, dk come back
             turned to the unrotated inputs.
+        one_launch: run both passes as one kernel (``_bwd_kernel``) or as two; None: the
+            default (``one_launch_bwd``).
 
     Returns:
         dq (B, Hq, Nq, D), dk and dv (B, Hkv, Nk, D), contiguous, in the inputs' dtype.
@@ -280,16 +395,23 @@ def attention_bwd(
     qb, kb = bucket(nq), bucket(nk)
     shape_class = (qb, kb, d, causal, q.dtype, rope is not None)
     cos, sin, n_pos, prefix = _rope_args(rope, q)
+    ins = (q, k, v, dout, lse, delta)
+    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3])
+    tail = (nq, nk, scale * LOG2E, scale, qb, kb, n_pos, prefix)
+    if one_launch_bwd(d, causal) if one_launch is None else one_launch:
+        def grid(meta: dict) -> tuple[int]:
+            return ((triton.cdiv(nk, meta["BLOCK_N"]) * hkv
+                     + triton.cdiv(nq, meta["BLOCK_N"]) * h) * b,)  # per K/V head, see the kernel
+
+        launch(_bwd_kernel, grid, shape_class, *ins, dq, dk, dv, cos, sin, *strides,
+               *dq.stride()[:3], *dk.stride()[:3], h, hkv, h // hkv, *tail, **common)
+        return dq, dk, dv
     launch(
         _dkdv_kernel, lambda meta: (triton.cdiv(nk, meta["BLOCK_N"]) * b * hkv,), shape_class,
-        q, k, v, dout, lse, delta, dk, dv, cos, sin,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3], *dk.stride()[:3],
-        h, hkv, h // hkv, nq, nk, scale * LOG2E, scale, qb, kb, n_pos, prefix, **common,
+        *ins, dk, dv, cos, sin, *strides, *dk.stride()[:3], h, hkv, h // hkv, *tail, **common,
     )
     launch(
         _dq_kernel, lambda meta: (triton.cdiv(nq, meta["BLOCK_M"]) * b * h,), shape_class,
-        q, k, v, dout, lse, delta, dq, cos, sin,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3], *dq.stride()[:3],
-        h, h // hkv, nq, nk, scale * LOG2E, scale, qb, kb, n_pos, prefix, **common,
+        *ins, dq, cos, sin, *strides, *dq.stride()[:3], h, h // hkv, *tail, **common,
     )
     return dq, dk, dv

@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from triton_impl import _traced
 from triton_impl._common import dot, dot_acc, key_ranges, query_tile, row_tiles, rows_tile
 from triton_impl._config import FWD, autotuned, block_d, bucket, launch
 from triton_impl._tma import ensure_allocator, tma_usable
@@ -68,7 +69,8 @@ def _fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr = False,
 ):
     tl.static_assert(TMA_OK or not TMA, "a TMA config for tensors a descriptor cannot describe")
-    bh, b, h, hk, start_m = query_tile(NQ, H, GROUP, BLOCK_M, CAUSAL)
+    qk_scale = tl.cast(qk_scale, tl.float32)  # a float argument Inductor would pass as float64
+    bh, b, h, hk, start_m = query_tile(tl.program_id(0), NQ, H, GROUP, BLOCK_M, CAUSAL)
 
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -137,7 +139,9 @@ def attention_fwd(
         return (triton.cdiv(nq, meta["BLOCK_M"]) * b * h,)
 
     qb, kb = bucket(nq), bucket(nk)
-    tma = tma_usable(q, k, v, out)
+    # Recorded for torch.compile, the kernel keeps to pointer loads: descriptor scratch memory
+    # would have to come from Inductor's allocator.
+    tma = not _traced.active() and tma_usable(q, k, v, out)
     if tma:  # the tuner may pick a TMA config, whose descriptors need scratch memory
         ensure_allocator()
     launch(
