@@ -87,3 +87,24 @@ def test_unaligned_inputs_get_their_own_kernel() -> None:
         for name, kind, g, t, b in zip(("out", "lse", "dq", "dk", "dv"),
                                        ("out", "lse", "grad", "grad", "grad"), got, truth, baseline):
             assert_close(f"unaligned {name}", g, t, b, kind, CASE.dtype)
+
+
+def test_launched_configs_name_the_tiles_each_kernel_ran() -> None:
+    """``triton_impl.launched_configs`` names the config of every autotuned kernel a forward and
+    backward launched (the interpreter's single config included), and ``reset`` forgets them."""
+    case = Case(2, 4, 2, 203, 203, 64, torch.float16, True)  # float16 runs in the interpreter too
+    skip_if_unrunnable("triton", case)
+    import triton_impl
+    from triton_impl import bwd
+
+    q, k, v, dout = case_inputs(case)
+    triton_impl.launched_configs(reset=True)
+    out = flashduo.attention(q, k, v, causal=case.causal, backend="triton")
+    torch.autograd.grad(out, (q, k, v), dout)
+    seen = triton_impl.launched_configs(reset=True)
+    passes = {"bwd"} if bwd.one_launch_bwd(case.d, case.causal) else {"dkdv", "dq"}
+    assert set(seen) == {"fwd"} | passes, seen
+    for text in seen.values():
+        tiles, warps, stages = text.split()[:3]
+        assert "x" in tiles and warps.startswith("w") and stages.startswith("s"), text
+    assert triton_impl.launched_configs() == {}

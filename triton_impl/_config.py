@@ -155,6 +155,8 @@ def _compile_candidates(kernel, grid, args: tuple, kwargs: dict) -> None:
 
 
 _CHOSEN: dict[tuple, triton.Config] = {}
+# kernel name ("fwd", "dkdv", ...) -> the config its latest ``launch`` used, e.g. "128x64 w8 s3"
+_LAUNCHED: dict[str, str] = {}
 # (kernel and shape class, device, argument signature, constexprs and options)
 #   -> (compiled kernel, values of the parameters after the positional arguments: constexprs and
 #       config options from meta, defaults for the rest)
@@ -235,6 +237,29 @@ def launch_jit(fn, grid, *args, **meta) -> None:
         _launch_compiled(fn, grid, (fn,), args, meta)
 
 
+def describe(config: triton.Config) -> str:
+    """A config in short: "BLOCK_MxBLOCK_N wWARPS sSTAGES", plus " tma" for descriptor loads and
+    " rN" for a register cap of N a thread."""
+    kw = config.kwargs
+    tma = " tma" if kw.get("TMA") else ""
+    cap = f" r{config.maxnreg}" if config.maxnreg else ""
+    return f"{kw['BLOCK_M']}x{kw['BLOCK_N']} w{config.num_warps} s{config.num_stages}{tma}{cap}"
+
+
+def launched_configs(reset: bool = False) -> dict[str, str]:
+    """The config each autotuned kernel's latest launch in this process used, by kernel name
+    ("fwd", "bwd", "dkdv", "dq"), as ``describe`` writes it; ``reset`` forgets them afterwards
+    (the benchmark reads them after timing a cell)."""
+    seen = dict(_LAUNCHED)
+    if reset:
+        _LAUNCHED.clear()
+    return seen
+
+
+def _kernel_name(kernel) -> str:
+    return kernel.fn.__name__.strip("_").removesuffix("_kernel")
+
+
 def launch(kernel, grid, shape_class: tuple, *args, config: triton.Config | None = None,
            **kwargs) -> None:
     """Launch an autotuned kernel, going through the autotuner only once per shape class.
@@ -248,6 +273,7 @@ def launch(kernel, grid, shape_class: tuple, *args, config: triton.Config | None
     """
     if config is not None:
         kernel.fn[grid](*args, **kwargs, **config.all_kwargs())
+        _LAUNCHED[_kernel_name(kernel)] = describe(config)
         return
     if _traced.active():
         shape_class = _traced.concrete(shape_class)
@@ -261,8 +287,9 @@ def launch(kernel, grid, shape_class: tuple, *args, config: triton.Config | None
         if autotuning():
             _compile_candidates(kernel, grid, args, kwargs)
         kernel[grid](*args, **kwargs)
-        _CHOSEN[key] = kernel.best_config
+        config = _CHOSEN[key] = kernel.best_config
     elif interpreting():
         kernel.fn[grid](*args, **kwargs, **config.all_kwargs())
     else:
         _launch_compiled(kernel.fn, grid, key, args, {**kwargs, **config.all_kwargs()})
+    _LAUNCHED[_kernel_name(kernel)] = describe(config)
