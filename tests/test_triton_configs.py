@@ -10,10 +10,12 @@ import torch
 from tests.cases import ON_GPU, Case, assert_close, poison_allocator
 from tests.helpers import case_inputs, run_reference, skip_if_unrunnable
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages[, TMA]): small tiles in the interpreter, the heatmap's
-# on a GPU, and TMA descriptor loads there (on Hopper; the pointer path on older GPUs)
+# (BLOCK_M, BLOCK_N, num_warps, num_stages[, TMA[, maxnreg]]): small tiles in the interpreter, the
+# heatmap's on a GPU, TMA descriptor loads there (on Hopper; the pointer path on older GPUs) and
+# register caps
 CONFIGS = ([(32, 16, 4, 3), (64, 32, 4, 3), (128, 64, 8, 3), (64, 128, 4, 3), (128, 128, 8, 2),
-            (128, 64, 8, 3, True), (64, 128, 4, 3, True)]
+            (128, 64, 8, 3, True), (64, 128, 4, 3, True), (128, 64, 8, 2, False, 128),
+            (128, 64, 8, 2, True, 128)]
            if ON_GPU else [(16, 16, 4, 1), (32, 16, 4, 1), (16, 32, 4, 1)])
 CASES = ([Case(2, 4, 2, 203, 203, d, torch.float16, c) for d in (64, 128) for c in (False, True)]
          + [Case(1, 2, 2, 113, 300, 64, torch.bfloat16, True)]
@@ -23,7 +25,8 @@ CASES = ([Case(2, 4, 2, 203, 203, d, torch.float16, c) for d in (64, 128) for c 
 
 
 def _config_id(cfg: tuple) -> str:
-    return "bm{}-bn{}-w{}-s{}".format(*cfg) + ("-tma" if cfg[4:] else "")
+    tma, cap = (*cfg[4:], False, None)[:2]
+    return "bm{}-bn{}-w{}-s{}".format(*cfg) + ("-tma" if tma else "") + (f"-r{cap}" if cap else "")
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=_config_id)
@@ -35,10 +38,11 @@ def test_forced_config_matches_reference(case: Case, cfg: tuple) -> None:
 
     q, k, v, dout = case_inputs(case)
     q, k, v = (t.detach() for t in (q, k, v))
-    bm, bn, warps, stages, *tma = cfg
+    bm, bn, warps, stages, *extra = cfg
+    tma, cap = (*extra, False, None)[:2]
     if tma and not _tma.tma_usable(q, k, v):
-        tma = []  # a GPU before Hopper: the same tiles through pointer loads
-    config = _config._cfg(bm, bn, warps, stages, *tma)
+        tma = False  # a GPU before Hopper: the same tiles through pointer loads
+    config = _config._cfg(bm, bn, warps, stages, tma, cap)
     chosen = dict(_config._CHOSEN)
     poison_allocator((q.shape, q.dtype), (q.shape[:3], torch.float32))
     out, lse = attention_fwd(q, k, v, case.causal, case.d ** -0.5, config=config)
@@ -46,6 +50,26 @@ def test_forced_config_matches_reference(case: Case, cfg: tuple) -> None:
     truth, baseline = run_reference(q, k, v, case.causal, dout)
     assert_close(f"bm={bm} bn={bn} out", out, truth[0], baseline[0], "out", case.dtype)
     assert_close(f"bm={bm} bn={bn} lse", lse, truth[1], baseline[1], "lse", case.dtype)
+
+
+def test_descriptor_and_register_cap_configs_only_where_tma_ok(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forward's tuning space holds descriptor and register-cap configs only for launches that
+    can pass them (``TMA_OK``: eager, on Hopper, tensors a descriptor can describe); the others
+    tune over the rest."""
+    pytest.importorskip("triton")
+    from triton_impl import _config
+
+    monkeypatch.setattr(_config, "autotuning", lambda: True)
+    table = [_config._cfg(*row) for row in _config.FWD]
+    special = [c for c in table if c.kwargs.get("TMA") or c.maxnreg]
+    assert any(c.maxnreg for c in special) and any(c.kwargs.get("TMA") for c in special)
+    prune = _config.make_prune("m")
+    q = torch.empty(1, 1, 64, 64, dtype=torch.float16)
+    for tma_ok in (False, True):
+        kept = prune(table, {"Q": q, "BLOCK_D": 64, "TMA_OK": tma_ok})
+        assert kept and all(c in table for c in kept)
+        assert any(c in special for c in kept) is tma_ok, [_config.describe(c) for c in kept]
 
 
 def test_forced_config_is_the_one_launched() -> None:

@@ -59,22 +59,26 @@ def block_d(head_dim: int) -> int:
     return max(triton.next_power_of_2(head_dim), 16)
 
 
-def _cfg(bm: int, bn: int, warps: int, stages: int, tma: bool = False) -> triton.Config:
+def _cfg(bm: int, bn: int, warps: int, stages: int, tma: bool = False,
+         maxnreg: int | None = None) -> triton.Config:
     tiles = {"BLOCK_M": bm, "BLOCK_N": bn}
     if tma:
         tiles["TMA"] = True
-    return triton.Config(tiles, num_warps=warps, num_stages=stages)
+    return triton.Config(tiles, num_warps=warps, num_stages=stages, maxnreg=maxnreg)
 
 
 _INTERPRETER = [_cfg(32, 16, 4, 1)]
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages[, TMA]); BLOCK_M tiles queries, BLOCK_N keys. TMA rows
-# load through tensor descriptors and are candidates only where a descriptor can describe the
-# tensors (kernel argument TMA_OK).
+# (BLOCK_M, BLOCK_N, num_warps, num_stages[, TMA[, maxnreg]]); BLOCK_M tiles queries, BLOCK_N
+# keys. TMA rows load through tensor descriptors; a maxnreg caps the registers of a thread (at 128,
+# two 8-warp programs share an SM). Both are candidates only where the kernel argument TMA_OK
+# says so: where a descriptor can describe the tensors, in eager launches (a launch recorded for
+# torch.compile can pass neither).
 FWD = [
     (128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2),
     (128, 64, 8, 4), (64, 64, 4, 3), (64, 128, 4, 3), (64, 32, 4, 2), (128, 32, 4, 3),
     (128, 64, 8, 3, True), (64, 64, 4, 3, True), (64, 128, 4, 3, True), (32, 32, 4, 1),
+    (128, 64, 8, 2, False, 128), (128, 64, 8, 2, True, 128),
 ]
 BWD_DKDV = [
     (64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3),
@@ -118,7 +122,7 @@ def make_prune(resident: str):
         elt = named_args["Q"].element_size()
         tma_ok = named_args.get("TMA_OK", kwargs.get("TMA_OK", False))
         fits = [c for c in configs if _smem_bytes(c, bd, elt, resident) <= SMEM_BUDGET
-                and (tma_ok or not c.kwargs.get("TMA", False))]
+                and (tma_ok or not (c.kwargs.get("TMA", False) or c.maxnreg))]
         if bd >= 256:
             fits = [c for c in fits if c.kwargs["BLOCK_M"] <= 64 and c.kwargs["BLOCK_N"] <= 64]
         fits = fits or configs[-1:]
