@@ -24,8 +24,13 @@ CASES = ([Case(2, 4, 2, 203, 203, d, torch.float16, c) for d in (64, 128) for c 
          + [Case(1, 2, 2, 21, 50, 16, torch.float16, True)])
 
 
+def _extras(cfg: tuple) -> tuple[bool, int | None]:
+    """(TMA, maxnreg) of a CONFIGS row: False and None where the row leaves them out."""
+    return (cfg[4] if len(cfg) > 4 else False), (cfg[5] if len(cfg) > 5 else None)
+
+
 def _config_id(cfg: tuple) -> str:
-    tma, cap = (*cfg[4:], False, None)[:2]
+    tma, cap = _extras(cfg)
     return "bm{}-bn{}-w{}-s{}".format(*cfg) + ("-tma" if tma else "") + (f"-r{cap}" if cap else "")
 
 
@@ -38,8 +43,8 @@ def test_forced_config_matches_reference(case: Case, cfg: tuple) -> None:
 
     q, k, v, dout = case_inputs(case)
     q, k, v = (t.detach() for t in (q, k, v))
-    bm, bn, warps, stages, *extra = cfg
-    tma, cap = (*extra, False, None)[:2]
+    bm, bn, warps, stages = cfg[:4]
+    tma, cap = _extras(cfg)
     if tma and not _tma.tma_usable(q, k, v):
         tma = False  # a GPU before Hopper: the same tiles through pointer loads
     config = _config._cfg(bm, bn, warps, stages, tma, cap)
