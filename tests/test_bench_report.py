@@ -19,6 +19,7 @@ from flashduo.bench.report import (
     format_scaling_table,
     format_sweep_table,
     format_tiles_table,
+    format_tuned_tiles_table,
     format_vit_rope_table,
     format_vit_table,
     md_table,
@@ -161,6 +162,21 @@ def test_scaling_and_tiles_tables() -> None:
     skipped = [Row("tiles", "triton", 128, False, "fwd", 4096, 4, 16, math.nan, math.nan,
                    status=SKIP, note="needs a CUDA GPU")]
     assert format_tiles_table(skipped) == "Tiles: not run (needs a CUDA GPU)"
+
+
+def test_tuned_tiles_table() -> None:
+    """The tiles triton's tuned kernels ran with, per measured cell; not the tiles suite's forced
+    configs, not cells that did not run."""
+    ran = _row("sweep", "triton", 1024, 0.5, mode="fwdbwd")
+    ran.config = "fwd 128x64 w8 s2 r128, bwd 64x128 w8 s3"
+    failed = _row("sweep", "triton", 4096, 0.5)
+    failed.config, failed.status = "fwd 64x64 w4 s3", "ERR"
+    forced = Row("tiles", "triton", 128, False, "fwd", 4096, 4, 16, 1.0, 400.0, block_m=64,
+                 block_n=64, config="BLOCK_M=64 BLOCK_N=64")
+    table = format_tuned_tiles_table([ran, failed, forced, _row("sweep", "torch-cudnn", 1024, 0.4)])
+    assert "| sweep | 64 | 0 | fwdbwd | 1024 | triton | fwd 128x64 w8 s2 r128, bwd 64x128 w8 s3 |" in table
+    assert "64x64 w4 s3" not in table and "BLOCK_M=64" not in table and "torch-cudnn" not in table
+    assert format_tuned_tiles_table([forced]) == "(no tuned tiles recorded)"
 
 
 def test_sweep_in_ms_where_tflops_read_zero_and_checks() -> None:

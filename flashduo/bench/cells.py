@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from flashduo.bench.progress import Progress
-from flashduo.bench.providers import Impl, shape_reasons
+from flashduo.bench.providers import Impl, backend_of, shape_reasons
 from flashduo.bench.records import (
     CHECK_RTOL,
     ERR,
@@ -110,11 +110,23 @@ def _check(shape: Shape, name: str, fn: Impl, inputs: tuple, dout: torch.Tensor,
         ctx.progress.write(f"WARN {name} {where}: rel err vs SDPA {err:.3g} > {CHECK_RTOL}")
 
 
+def _tiles_used(name: str) -> str:
+    """The tiles ``triton``'s tuned kernels ran with since the last call, e.g. "fwd 128x64 w8 s3,
+    bwd 64x128 w8 s3" (``triton_impl.launched_configs``); "" for other impls."""
+    if backend_of(name) != "triton":
+        return ""
+    from triton_impl import launched_configs
+
+    return ", ".join(f"{kernel} {tiles}" for kernel, tiles in launched_configs(reset=True).items())
+
+
 def _measure(shape: Shape, name: str, fn: Impl, mode: str, sets: list, dout: torch.Tensor,
              memory: bool, ctx: Context) -> Row:
     where = f"{name} {shape.where()} {mode}"
     try:
+        _tiles_used(name)  # forget the launches of earlier cells
         ms = time_ms(fn, sets, dout, mode, ctx.budget)
+        tiles = _tiles_used(name)
         mem = peak_mb(fn, sets, dout, mode) if memory else math.nan
     except Exception as exc:
         oom = is_oom(exc)
@@ -124,7 +136,9 @@ def _measure(shape: Shape, name: str, fn: Impl, mode: str, sets: list, dout: tor
         if ctx.device == "cuda":
             torch.cuda.empty_cache()
         return shape.row(name, mode, ctx, status=OOM if oom else ERR, note=short(exc, 120))
-    return shape.row(name, mode, ctx, ms, mem_mb=mem)
+    row = shape.row(name, mode, ctx, ms, mem_mb=mem)
+    row.config = tiles
+    return row
 
 
 def run_shape(

@@ -115,7 +115,10 @@ def _sections(rows: list, backends: list[str]) -> list[tuple[str, str, str | Non
         ("scaling", "Scaling", lambda: report.format_scaling_table(rows, backends), "scaling"),
         ("tiles", "Tiles", lambda: report.format_tiles_table(rows), "tiles"),
     ]
-    return [(title, table(), prefix) for tag, title, table, prefix in every if tag in tags]
+    out = [(title, table(), prefix) for tag, title, table, prefix in every if tag in tags]
+    if any(r.config and r.tag != "tiles" for r in rows):
+        out.append(("Tuned tiles", report.format_tuned_tiles_table(rows), None))
+    return out
 
 
 def run_benchmark(

@@ -39,7 +39,8 @@ class Row:
     """One cell: impl at one shape and mode. ms and tflops are NaN unless status is "ok".
 
     ``mem_mb``: peak memory of one call above what was allocated before it (the scaling suite);
-    ``block_m`` / ``block_n`` / ``config``: the forced kernel config (the tiles suite).
+    ``block_m`` / ``block_n`` / ``config``: the forced kernel config (the tiles suite); for
+    ``triton`` elsewhere, ``config`` names the tuned tiles its kernels ran with.
     """
 
     tag: str  # "sweep", "vit", "vit-rope", "scaling", "tiles"

@@ -1,12 +1,13 @@
 """Markdown tables of benchmark results, one per suite (the numbers come from the suites).
 
 Tables: the sweep (TFLOPS per N, or ms per call where TFLOPS would read 0.0, as on the CPU), the
-ViT shapes and the ViT-with-RoPE rows (ms per mode), the scaling suite (ms and MB per N) and the
-tiles heatmap (TFLOPS per BLOCK_M x BLOCK_N). Each configuration's provider rows are followed by
-the speed-ratio rows of every flashduo backend over each baseline and over the fastest baseline
-(``flashduo.bench.facts``: baseline ms / backend ms, > 1 means the backend is faster), then by the
-fastest provider. A cell that did not measure shows its status: OOM, ERR, or "-" (not run); a
-ratio with a side not measured is empty. Rows and columns without any value are left out.
+ViT shapes and the ViT-with-RoPE rows (ms per mode), the scaling suite (ms and MB per N), the
+tiles heatmap (TFLOPS per BLOCK_M x BLOCK_N) and the tuned tiles ``triton`` ran with per cell.
+Each configuration's provider rows are followed by the speed-ratio rows of every flashduo backend
+over each baseline and over the fastest baseline (``flashduo.bench.facts``: baseline ms / backend
+ms, > 1 means the backend is faster), then by the fastest provider. A cell that did not measure
+shows its status: OOM, ERR, or "-" (not run); a ratio with a side not measured is empty. Rows
+and columns without any value are left out.
 """
 
 from __future__ import annotations
@@ -177,3 +178,14 @@ def format_tiles_table(rows: Sequence[Row]) -> str:
     return "\n".join([f"Tiles: {r0.impl} forward TFLOPS by forced BLOCK_M x BLOCK_N, B={r0.B} "
                       f"H={r0.H} N={r0.N} D={r0.D} {r0.dtype} non-causal", "",
                       *md_table(["BLOCK_M \\ BLOCK_N", *map(str, bns)], body, 1)])
+
+
+def format_tuned_tiles_table(rows: Sequence[Row]) -> str:
+    """Markdown table of the tuned tiles each measured ``triton`` cell ran with (``Row.config``
+    outside the tiles suite), one line per suite, D, causal, mode and N."""
+    sec = [r for r in rows if r.tag != "tiles" and r.status == OK and r.config]
+    body = [[r.tag, str(r.D), str(int(r.causal)), r.mode, str(r.N), r.impl, r.config] for r in sec]
+    return _titled("Tiles the tuned triton kernels ran with (BLOCK_MxBLOCK_N, warps, stages; "
+                   "tma: descriptor loads; rN: N registers a thread)",
+                   md_table(["suite", "D", "causal", "mode", "N", "impl", "tiles"], body, 6),
+                   "(no tuned tiles recorded)")
