@@ -196,12 +196,23 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.mark_non_differentiable(*output[1:])
 
 
+def _plain_eager(t: torch.Tensor) -> bool:
+    """Whether a call on ``t`` may run an op's implementation directly, without the dispatcher: a
+    plain tensor (not a fake or functional one of a trace), outside ``torch.compile`` and with no
+    torch function or dispatch mode active (a mode sees the ops as usual)."""
+    return (t.__class__ is torch.Tensor and not torch.compiler.is_compiling()
+            and not torch._C._is_torch_function_mode_enabled()
+            and torch._C._len_torch_dispatch_stack() == 0)
+
+
 def _backward(ctx, dout, *_):
     q, k, v, out, lse, rope_cos, rope_sin = ctx.saved_tensors
     args = (ctx.causal, ctx.scale, rope_cos, rope_sin, ctx.num_prefix, ctx.deterministic,
             ctx.rotated)
     if ctx.traced:
         dq, dk, dv = torch.ops.flashduo.triton_bwd(dout, q, k, v, out, lse, *args)
+    elif _plain_eager(dout):
+        dq, dk, dv = _bwd_impl(dout, q, k, v, out, lse, *args[:2], ctx.backend, *args[2:])
     else:
         dq, dk, dv = attention_bwd(dout, q, k, v, out, lse, *args[:2], ctx.backend, *args[2:])
     return (dq, dk, dv) + (None,) * (len(ctx.needs_input_grad) - 3)
@@ -262,7 +273,8 @@ if (importlib.util.find_spec("triton") is not None and not registry.triton_inter
 
 class _Attention(torch.autograd.Function):
     """The front door's autograd node: the same two ops, without torch.library's per-call Python
-    wrapper and its schema-driven argument handling (measured in docs/perf-notes.md); inside
+    wrapper and its schema-driven argument handling (measured in docs/perf-notes.md); in plain
+    eager calls their implementations directly, without the dispatcher (``_plain_eager``); inside
     ``torch.compile``, the ``triton`` backend's triton ops instead.
     The ops keep their own autograd registration for callers that use them directly."""
 
@@ -274,6 +286,8 @@ class _Attention(torch.autograd.Function):
         if traced:
             output = torch.ops.flashduo.triton_fwd(q, k, v, causal, scale, rope_cos, rope_sin,
                                                    num_prefix, deterministic)
+        elif _plain_eager(q):
+            output = _fwd_impl(*args)
         else:
             output = attention_fwd(*args)
         _save(ctx, args, output, traced)

@@ -49,14 +49,27 @@ def autotuning() -> bool:
     return not interpreting() and os.environ.get("FLASHDUO_AUTOTUNE", "1") != "0"
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for the host side of a launch, on ints or the symbolic sizes of a traced call
+    (``triton.cdiv`` is a constexpr function in Triton 3.6, microseconds a call)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1); symbolic sizes take ``triton``'s."""
+    if n.__class__ is int:
+        return 1 << (n - 1).bit_length() if n > 1 else 1
+    return triton.next_power_of_2(n)
+
+
 def bucket(n: int) -> int:
     """Sequence-length class used as an autotune key: next power of two in [64, 16384]."""
-    return min(max(triton.next_power_of_2(n), 64), 16384)
+    return min(max(next_power_of_2(n), 64), 16384)
 
 
 def block_d(head_dim: int) -> int:
     """Head dim padded to the power of two the kernels tile with (80, 96 -> 128)."""
-    return max(triton.next_power_of_2(head_dim), 16)
+    return max(next_power_of_2(head_dim), 16)
 
 
 def _cfg(bm: int, bn: int, warps: int, stages: int, tma: bool = False,
@@ -159,26 +172,25 @@ def _compile_candidates(kernel, grid, args: tuple, kwargs: dict) -> None:
 
 
 _CHOSEN: dict[tuple, triton.Config] = {}
-# kernel name ("fwd", "dkdv", ...) -> the config its latest ``launch`` used, e.g. "128x64 w8 s3"
-_LAUNCHED: dict[str, str] = {}
+# kernel name ("fwd", "dkdv", ...) -> the config its latest ``launch`` used
+_LAUNCHED: dict[str, triton.Config] = {}
 # (kernel and shape class, device, argument signature, constexprs and options)
 #   -> (compiled kernel, values of the parameters after the positional arguments: constexprs and
 #       config options from meta, defaults for the rest)
 _COMPILED: dict[tuple, tuple[object, tuple]] = {}
+# Entries kept before ``_COMPILED`` starts afresh: its signatures hold exact sizes, so a caller
+# whose shapes keep changing would otherwise grow it without bound.
+COMPILED_LIMIT = 4096
+_PLAIN = frozenset({int, float})
 
 
 def _signature(args: tuple) -> tuple:
-    """What Triton specializes a launch on, for each positional argument, or finer: a tensor's dtype
-    and 16-byte alignment; an integer's width, == 1 and divisibility by 16; other values' type."""
-    sig = []
-    for a in args:
-        if isinstance(a, torch.Tensor):
-            sig.append((a.dtype, a.data_ptr() % 16 == 0))
-        elif isinstance(a, bool) or not isinstance(a, int):
-            sig.append(type(a))
-        else:
-            sig.append((a == 1, a % 16 == 0, -(2**31) <= a < 2**31, a >= 2**63))
-    return tuple(sig)
+    """What a launch's compiled kernel depends on, for each positional argument, or finer: a
+    tensor's dtype and 16-byte alignment; an int's or a float's exact value (finer than Triton's
+    specialization on == 1 and divisibility by 16, and much cheaper to form); other values' type."""
+    return tuple([a if a.__class__ in _PLAIN else
+                  (a.dtype, a.data_ptr() & 15 == 0) if isinstance(a, torch.Tensor) else type(a)
+                  for a in args])
 
 
 def direct_launch() -> bool:
@@ -216,6 +228,8 @@ def _launch_compiled(fn, grid, key: tuple, args: tuple, meta: dict) -> None:
     if hit is None or _hooked():
         compiled = fn[size[:3]](*args, **meta)
         if hit is None and hasattr(compiled, "packed_metadata"):
+            if len(_COMPILED) >= COMPILED_LIMIT:
+                _COMPILED.clear()
             tail = tuple(meta[p.name] if p.name in meta else p.default
                          for p in fn.params[len(args):])
             _COMPILED[sig] = (compiled, tail)
@@ -254,7 +268,7 @@ def launched_configs(reset: bool = False) -> dict[str, str]:
     """The config each autotuned kernel's latest launch in this process used, by kernel name
     ("fwd", "bwd", "dkdv", "dq"), as ``describe`` writes it; ``reset`` forgets them afterwards
     (the benchmark reads them after timing a cell)."""
-    seen = dict(_LAUNCHED)
+    seen = {name: describe(config) for name, config in _LAUNCHED.items()}
     if reset:
         _LAUNCHED.clear()
     return seen
@@ -277,7 +291,7 @@ def launch(kernel, grid, shape_class: tuple, *args, config: triton.Config | None
     """
     if config is not None:
         kernel.fn[grid](*args, **kwargs, **config.all_kwargs())
-        _LAUNCHED[_kernel_name(kernel)] = describe(config)
+        _LAUNCHED[_kernel_name(kernel)] = config
         return
     if _traced.active():
         shape_class = _traced.concrete(shape_class)
@@ -296,4 +310,4 @@ def launch(kernel, grid, shape_class: tuple, *args, config: triton.Config | None
         kernel.fn[grid](*args, **kwargs, **config.all_kwargs())
     else:
         _launch_compiled(kernel.fn, grid, key, args, {**kwargs, **config.all_kwargs()})
-    _LAUNCHED[_kernel_name(kernel)] = describe(config)
+    _LAUNCHED[_kernel_name(kernel)] = config

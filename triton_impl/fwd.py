@@ -16,7 +16,7 @@ import triton.language as tl
 
 from triton_impl import _traced
 from triton_impl._common import dot, dot_acc, key_ranges, query_tile, row_tiles, rows_tile
-from triton_impl._config import FWD, autotuned, block_d, bucket, launch
+from triton_impl._config import FWD, autotuned, block_d, bucket, cdiv, launch
 from triton_impl._tma import ensure_allocator, tma_usable
 
 LOG2E = 1.4426950408889634
@@ -136,7 +136,7 @@ def attention_fwd(
     lse = torch.empty((b, h, nq), dtype=torch.float32, device=q.device)
 
     def grid(meta: dict) -> tuple[int]:
-        return (triton.cdiv(nq, meta["BLOCK_M"]) * b * h,)
+        return (cdiv(nq, meta["BLOCK_M"]) * b * h,)
 
     qb, kb = bucket(nq), bucket(nk)
     # Recorded for torch.compile, the kernel keeps to pointer loads: descriptor scratch memory

@@ -14,7 +14,7 @@ import triton.language as tl
 
 from reference import RopeTables
 from triton_impl._common import load_tile, rope_tile
-from triton_impl._config import block_d, launch_jit
+from triton_impl._config import block_d, cdiv, launch_jit
 
 ROTATE_ROWS = 64
 
@@ -69,7 +69,7 @@ def rotate_qk(q: torch.Tensor, k: torch.Tensor,
     qr = torch.empty((b, hq, nq, d), dtype=q.dtype, device=q.device)
     kr = torch.empty((b, hk, nk, d), dtype=k.dtype, device=k.device)
     cos, sin, prefix = rope
-    grid = (triton.cdiv(max(nq, nk), ROTATE_ROWS), b * (hq + hk))
+    grid = (cdiv(max(nq, nk), ROTATE_ROWS), b * (hq + hk))
     launch_jit(_rotate_kernel, grid, q, k, qr, kr, cos, sin, *q.stride()[:3], *k.stride()[:3],
                hq, hk, nq, nk, cos.shape[0], prefix,
                HEAD_DIM=d, BLOCK_D=block_d(d), ROWS=ROTATE_ROWS)
