@@ -139,3 +139,38 @@ def test_backward_launch_modes_match_reference(case: Case, one_launch: bool) -> 
     for name, got, ref, base in zip(("dq", "dk", "dv"), grads, truth[2:], baseline[2:]):
         assert_close(f"one_launch={one_launch} {name}", got, ref, base, "grad", case.dtype,
                      "triton")
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages[, TMA]) forced on the backward's kernels
+BWD_CONFIGS = ([(64, 128, 8, 3), (64, 128, 8, 3, True), (32, 64, 4, 2, True), (128, 64, 8, 3, True)]
+               if ON_GPU else [(16, 32, 4, 1), (32, 16, 4, 1)])
+
+
+@pytest.mark.parametrize("one_launch", [True, False], ids=["one-launch", "two-launches"])
+@pytest.mark.parametrize("cfg", BWD_CONFIGS, ids=_config_id)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_backward_forced_config_matches_reference(case: Case, cfg: tuple, one_launch: bool) -> None:
+    """The backward launched with a forced config (descriptor loads included, on Hopper) gives the
+    reference's gradients in both launch modes and leaves the tuned choice alone."""
+    skip_if_unrunnable("triton", case)
+    from triton_impl import _config, _tma
+    from triton_impl.bwd import attention_bwd
+    from triton_impl.fwd import attention_fwd
+
+    q, k, v, dout = case_inputs(case)
+    q, k, v = (t.detach() for t in (q, k, v))
+    scale = case.d ** -0.5
+    out, lse = attention_fwd(q, k, v, case.causal, scale)
+    tma, _ = _extras(cfg)
+    if tma and not _tma.tma_usable(q, k, v, dout):
+        tma = False  # a GPU before Hopper: the same tiles through pointer loads
+    config = _config._cfg(*cfg[:4], tma)
+    chosen = dict(_config._CHOSEN)
+    poison_allocator((q.shape, q.dtype), (k.shape, k.dtype), (v.shape, v.dtype),
+                     (q.shape[:3], torch.float32))
+    grads = attention_bwd(dout, q, k, v, out, lse, case.causal, scale, one_launch=one_launch,
+                          config=config)
+    assert _config._CHOSEN == chosen, "a forced config must not replace the tuned choice"
+    truth, baseline = run_reference(q, k, v, case.causal, dout)
+    for name, got, ref, base in zip(("dq", "dk", "dv"), grads, truth[2:], baseline[2:]):
+        assert_close(f"{_config_id(cfg)} {name}", got, ref, base, "grad", case.dtype, "triton")

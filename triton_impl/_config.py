@@ -96,16 +96,21 @@ FWD = [
 BWD_DKDV = [
     (64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3),
     (128, 128, 8, 2), (32, 64, 4, 2), (16, 64, 4, 2), (16, 32, 4, 1),
+    (64, 128, 8, 2, True), (32, 64, 4, 2, True),
 ]
+# The backward's TMA rows load the streamed tiles (Q, dO for dK/dV; K, V for dQ) through
+# descriptors, under the same TMA_OK rule as the forward's.
 # One launch for both backward passes (``triton_impl.bwd._bwd_kernel``): BLOCK_M rows of queries
 # per step and BLOCK_N keys resident for dK/dV; the dQ programs swap the two.
 BWD_ONE_LAUNCH = [
     (64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3),
     (32, 64, 4, 3), (64, 128, 4, 2), (32, 64, 4, 2), (16, 64, 4, 2), (16, 32, 4, 1),
+    (64, 128, 8, 3, True),
 ]
 BWD_DQ = [
     (128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (128, 128, 8, 2),
     (64, 32, 4, 2), (32, 32, 4, 2), (16, 32, 4, 1),
+    (128, 64, 8, 3, True),
 ]
 
 

@@ -25,7 +25,17 @@ import triton
 import triton.language as tl
 
 from reference import RopeTables
-from triton_impl._common import dot, dot_acc, key_ranges, load_tile, query_tile, rope_tile
+from triton_impl import _traced
+from triton_impl._common import (
+    dot,
+    dot_acc,
+    key_ranges,
+    load_tile,
+    query_tile,
+    rope_tile,
+    row_tiles,
+    rows_tile,
+)
 from triton_impl._config import (
     BWD_DKDV,
     BWD_DQ,
@@ -33,12 +43,17 @@ from triton_impl._config import (
     autotuned,
     block_d,
     bucket,
+    cdiv,
     launch,
     launch_jit,
 )
+from triton_impl._tma import ensure_allocator, tma_usable
 from triton_impl.fwd import LOG2E
 
 PREPROCESS_BLOCK = 64
+# A multiple of every query tile in the tuning tables: Nq % EVEN_ROWS == 0 lets the dK/dV loop
+# drop its row masks (the kernels' EVEN_Q).
+EVEN_ROWS = 128
 _LOG2E = tl.constexpr(LOG2E)  # the kernels' lse (natural log) to base 2
 
 
@@ -85,21 +100,26 @@ def _one_key_rows(rows, NK, CAUSAL: tl.constexpr):
 
 @triton.jit
 def _dkdv_inner(
-    dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dm,
+    dk, dv, k, v, q_tiles, do_tiles, lse_base, delta_base, stride_qm, stride_dm,
     offs_n, offs_d, lo, hi, NQ, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-    CAUSAL_MASK: tl.constexpr,
+    CAUSAL_MASK: tl.constexpr, ROW_CHECK: tl.constexpr, TMA: tl.constexpr,
 ):
-    """Accumulate dK, dV of one key tile over query tiles [lo, hi) of one query head."""
+    """Accumulate dK, dV of one key tile over query tiles [lo, hi) of one query head (q_tiles,
+    do_tiles: ``row_tiles`` of its Q and dO). ROW_CHECK: tiles may hold rows past NQ (the masks
+    cost registers, so only the tail tile and the diagonal's tiles have them)."""
     for start_m in range(lo, hi, BLOCK_M):
         rows = start_m + tl.arange(0, BLOCK_M)
-        q = load_tile(q_base + rows[:, None] * stride_qm + offs_d[None, :],
-                      rows, NQ, offs_d, HEAD_DIM, BLOCK_D, True)
-        do = load_tile(do_base + rows[:, None] * stride_dm + offs_d[None, :],
-                       rows, NQ, offs_d, HEAD_DIM, BLOCK_D, True)
-        # Rows past NQ get lse = +inf, so their probabilities are exactly 0.
-        lse2 = tl.load(lse_base + rows, mask=rows < NQ, other=float("inf")) * _LOG2E
-        delta = tl.load(delta_base + rows, mask=rows < NQ, other=0.0)
+        q = rows_tile(q_tiles, start_m, NQ, stride_qm, offs_d, BLOCK_M, HEAD_DIM, BLOCK_D,
+                      ROW_CHECK, TMA)
+        do = rows_tile(do_tiles, start_m, NQ, stride_dm, offs_d, BLOCK_M, HEAD_DIM, BLOCK_D,
+                       ROW_CHECK, TMA)
+        if ROW_CHECK:  # rows past NQ get lse = +inf, so their probabilities are exactly 0
+            lse2 = tl.load(lse_base + rows, mask=rows < NQ, other=float("inf")) * _LOG2E
+            delta = tl.load(delta_base + rows, mask=rows < NQ, other=0.0)
+        else:
+            lse2 = tl.load(lse_base + rows) * _LOG2E
+            delta = tl.load(delta_base + rows)
         p_t = tl.exp2(dot(k, tl.trans(q)) * qk_scale - lse2[None, :])
         if CAUSAL_MASK:
             p_t = tl.where(rows[None, :] >= offs_n[:, None], p_t, 0.0)
@@ -120,10 +140,11 @@ def _dkdv_program(
     stride_gb, stride_gh, stride_gn,
     H, HKV, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_Q: tl.constexpr, TMA: tl.constexpr,
 ):
     """dK, dV of key tile ``pid`` (key tiles fastest; with causal the first carry the most work):
-    BLOCK_N keys resident, BLOCK_M query rows per step."""
+    BLOCK_N keys resident, BLOCK_M query rows per step (through descriptors with TMA). EVEN_Q:
+    NQ is a multiple of BLOCK_M, so no query tile needs row masks (which cost registers)."""
     qk_scale = tl.cast(qk_scale, tl.float32)  # float arguments Inductor would pass as float64
     scale = tl.cast(scale, tl.float32)
     num_n = tl.cdiv(NK, BLOCK_N)
@@ -151,16 +172,22 @@ def _dkdv_program(
         mid = 0
     for g in range(GROUP):
         h = hk * GROUP + g
-        q_base = Q + b * stride_qb + h * stride_qh
-        do_base = DO + b * stride_db + h * stride_dh
+        q_tiles = row_tiles(Q + b * stride_qb + h * stride_qh, NQ, stride_qm,
+                            HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
+        do_tiles = row_tiles(DO + b * stride_db + h * stride_dh, NQ, stride_dm,
+                             HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
         row_base = (b * H + h) * NQ
+        lse_base, delta_base = Lse + row_base, Delta + row_base
+        if CAUSAL:
+            dk, dv = _dkdv_inner(
+                dk, dv, k, v, q_tiles, do_tiles, lse_base, delta_base, stride_qm, stride_dm,
+                offs_n, offs_d, lo, mid, NQ, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, True,
+                not EVEN_Q, TMA,
+            )
         dk, dv = _dkdv_inner(
-            dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base, stride_qm, stride_dm,
-            offs_n, offs_d, lo, mid, NQ, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, True,
-        )
-        dk, dv = _dkdv_inner(
-            dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base, stride_qm, stride_dm,
+            dk, dv, k, v, q_tiles, do_tiles, lse_base, delta_base, stride_qm, stride_dm,
             offs_n, offs_d, mid, q_end, NQ, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, False,
+            not EVEN_Q, TMA,
         )
 
     # The last query row sees the most keys: when it is a one-key row, so is every row, and dK, a
@@ -188,32 +215,35 @@ def _dkdv_kernel(
     stride_gb, stride_gh, stride_gn,
     H, HKV, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET, N_POS, PREFIX,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    EVEN_Q: tl.constexpr, TMA_OK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    TMA: tl.constexpr = False,
 ):
+    tl.static_assert(TMA_OK or not TMA, "a TMA config for tensors a descriptor cannot describe")
     _dkdv_program(
         tl.program_id(0), Q, K, V, DO, Lse, Delta, DK, DV, Cos, Sin,
         stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
         stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
         stride_gb, stride_gh, stride_gn,
         H, HKV, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX,
-        HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_M, BLOCK_N,
+        HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_M, BLOCK_N, EVEN_Q, TMA,
     )
 
 
 @triton.jit
 def _dq_inner(
-    dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn,
+    dq, q, do, lse2, delta, k_tiles, v_tiles, stride_kn, stride_vn,
     offs_m, offs_d, lo, hi, NK, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr,
 ):
-    """Accumulate dQ of one query tile over key tiles [lo, hi)."""
+    """Accumulate dQ of one query tile over key tiles [lo, hi) (k_tiles, v_tiles: ``row_tiles``
+    of its head's K and V)."""
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + tl.arange(0, BLOCK_N)
-        k = load_tile(k_base + cols[:, None] * stride_kn + offs_d[None, :],
-                      cols, NK, offs_d, HEAD_DIM, BLOCK_D, MASKED)
-        v = load_tile(v_base + cols[:, None] * stride_vn + offs_d[None, :],
-                      cols, NK, offs_d, HEAD_DIM, BLOCK_D, MASKED)
+        k = rows_tile(k_tiles, start_n, NK, stride_kn, offs_d, BLOCK_N, HEAD_DIM, BLOCK_D, MASKED,
+                      TMA)
+        v = rows_tile(v_tiles, start_n, NK, stride_vn, offs_d, BLOCK_N, HEAD_DIM, BLOCK_D, MASKED,
+                      TMA)
         p = tl.exp2(dot(q, tl.trans(k)) * qk_scale - lse2[:, None])
         if MASKED:
             keep = cols[None, :] < NK
@@ -236,10 +266,10 @@ def _dq_program(
     stride_gb, stride_gh, stride_gm,
     H, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr,
 ):
     """dQ of query tile ``pid`` (see ``query_tile``): BLOCK_M query rows resident, BLOCK_N keys
-    per step."""
+    per step (through descriptors with TMA)."""
     qk_scale = tl.cast(qk_scale, tl.float32)  # float arguments Inductor would pass as float64
     scale = tl.cast(scale, tl.float32)
     bh, b, h, hk, start_m = query_tile(pid, NQ, H, GROUP, BLOCK_M, CAUSAL)
@@ -253,15 +283,17 @@ def _dq_program(
     row_ok = offs_m < NQ
     lse2 = tl.load(Lse + bh.to(tl.int64) * NQ + offs_m, mask=row_ok, other=0.0) * _LOG2E
     delta = tl.load(Delta + bh.to(tl.int64) * NQ + offs_m, mask=row_ok, other=0.0)
-    k_base = K + b * stride_kb + hk * stride_kh
-    v_base = V + b * stride_vb + hk * stride_vh
+    k_tiles = row_tiles(K + b * stride_kb + hk * stride_kh, NK, stride_kn,
+                        HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
+    v_tiles = row_tiles(V + b * stride_vb + hk * stride_vh, NK, stride_vn,
+                        HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
     full_hi, hi = key_ranges(start_m, NK, BLOCK_M, BLOCK_N, CAUSAL)
-    dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-                   0, full_hi, NK, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, False)
-    dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-                   full_hi, hi, NK, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, True)
+    dq = _dq_inner(dq, q, do, lse2, delta, k_tiles, v_tiles, stride_kn, stride_vn, offs_m, offs_d,
+                   0, full_hi, NK, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, False, TMA)
+    dq = _dq_inner(dq, q, do, lse2, delta, k_tiles, v_tiles, stride_kn, stride_vn, offs_m, offs_d,
+                   full_hi, hi, NK, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, True, TMA)
     dq = tl.where(_one_key_rows(offs_m, NK, CAUSAL)[:, None], 0.0, dq)
 
     if ROPE:  # dQ was taken against the rotated queries: turn it back to the unrotated ones
@@ -282,15 +314,17 @@ def _dq_kernel(
     stride_gb, stride_gh, stride_gm,
     H, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET, N_POS, PREFIX,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    EVEN_Q: tl.constexpr, TMA_OK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    TMA: tl.constexpr = False,
 ):
+    tl.static_assert(TMA_OK or not TMA, "a TMA config for tensors a descriptor cannot describe")
     _dq_program(
         tl.program_id(0), Q, K, V, DO, Lse, Delta, DQ, Cos, Sin,
         stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
         stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
         stride_gb, stride_gh, stride_gm,
         H, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX,
-        HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_M, BLOCK_N,
+        HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_M, BLOCK_N, TMA,
     )
 
 
@@ -306,8 +340,10 @@ def _bwd_kernel(
     stride_gkb, stride_gkh, stride_gkn,
     H, HKV, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET, N_POS, PREFIX,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    EVEN_Q: tl.constexpr, TMA_OK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    TMA: tl.constexpr = False,
 ):
+    tl.static_assert(TMA_OK or not TMA, "a TMA config for tensors a descriptor cannot describe")
     # Both passes in one grid, in turns per K/V head: its dK/dV programs (the heavier ones) and
     # then the dQ programs of its query heads, with the tile roles swapped (BLOCK_N query rows
     # resident, BLOCK_M keys per step). Programs that run together read the same heads from L2,
@@ -324,7 +360,7 @@ def _bwd_kernel(
             stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
             stride_gkb, stride_gkh, stride_gkn,
             H, HKV, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX,
-            HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_M, BLOCK_N,
+            HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_M, BLOCK_N, EVEN_Q, TMA,
         )
     else:
         _dq_program(
@@ -333,7 +369,7 @@ def _bwd_kernel(
             stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
             stride_gqb, stride_gqh, stride_gqm,
             H, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX,
-            HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_N, BLOCK_M,
+            HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_N, BLOCK_M, TMA,
         )
 
 
@@ -363,6 +399,7 @@ def attention_bwd(
     scale: float,
     rope: RopeTables | None = None,
     one_launch: bool | None = None,
+    config: triton.Config | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch preprocess, then dK/dV and dQ (one kernel or two).
 
@@ -374,6 +411,9 @@ def attention_bwd(
             turned to the unrotated inputs.
         one_launch: run both passes as one kernel (``_bwd_kernel``) or as two; None: the
             default (``one_launch_bwd``).
+        config: a ``triton.Config`` (BLOCK_M query rows, BLOCK_N keys, warps, stages, and
+            ``TMA`` for descriptor loads where ``triton_impl._tma.tma_usable`` allows) for every
+            backward kernel of this call instead of the tuned ones; the tuned choice is untouched.
 
     Returns:
         dq (B, Hq, Nq, D), dk and dv (B, Hkv, Nk, D), contiguous, in the inputs' dtype.
@@ -384,34 +424,43 @@ def attention_bwd(
     lse = lse.contiguous()
     delta = torch.empty((b, h, nq), dtype=torch.float32, device=q.device)
     launch_jit(
-        _preprocess_kernel, (triton.cdiv(nq, PREPROCESS_BLOCK), b * h),
+        _preprocess_kernel, (cdiv(nq, PREPROCESS_BLOCK), b * h),
         out, dout, delta, *out.stride()[:3], *dout.stride()[:3], h, nq,
         HEAD_DIM=d, BLOCK_D=bd, BLOCK_M=PREPROCESS_BLOCK,
     )
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-    common = dict(HEAD_DIM=d, BLOCK_D=bd, CAUSAL=causal, ROPE=rope is not None)
+    # As in the forward: descriptor configs are candidates in eager launches, where the streamed
+    # tensors allow them (a launch recorded for torch.compile keeps to pointer loads).
+    tma = not _traced.active() and tma_usable(q, k, v, dout)
+    if tma:
+        ensure_allocator()
+    common = dict(HEAD_DIM=d, BLOCK_D=bd, CAUSAL=causal, ROPE=rope is not None,
+                  EVEN_Q=nq % EVEN_ROWS == 0, TMA_OK=tma)
     qb, kb = bucket(nq), bucket(nk)
-    shape_class = (qb, kb, d, causal, q.dtype, rope is not None)
+    shape_class = (qb, kb, d, causal, q.dtype, rope is not None, tma)
     cos, sin, n_pos, prefix = _rope_args(rope, q)
     ins = (q, k, v, dout, lse, delta)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3])
     tail = (nq, nk, scale * LOG2E, scale, qb, kb, n_pos, prefix)
     if one_launch_bwd(d, causal) if one_launch is None else one_launch:
         def grid(meta: dict) -> tuple[int]:
-            return ((triton.cdiv(nk, meta["BLOCK_N"]) * hkv
-                     + triton.cdiv(nq, meta["BLOCK_N"]) * h) * b,)  # per K/V head, see the kernel
+            return ((cdiv(nk, meta["BLOCK_N"]) * hkv
+                     + cdiv(nq, meta["BLOCK_N"]) * h) * b,)  # per K/V head, see the kernel
 
         launch(_bwd_kernel, grid, shape_class, *ins, dq, dk, dv, cos, sin, *strides,
-               *dq.stride()[:3], *dk.stride()[:3], h, hkv, h // hkv, *tail, **common)
+               *dq.stride()[:3], *dk.stride()[:3], h, hkv, h // hkv, *tail, config=config,
+               **common)
         return dq, dk, dv
     launch(
-        _dkdv_kernel, lambda meta: (triton.cdiv(nk, meta["BLOCK_N"]) * b * hkv,), shape_class,
-        *ins, dk, dv, cos, sin, *strides, *dk.stride()[:3], h, hkv, h // hkv, *tail, **common,
+        _dkdv_kernel, lambda meta: (cdiv(nk, meta["BLOCK_N"]) * b * hkv,), shape_class,
+        *ins, dk, dv, cos, sin, *strides, *dk.stride()[:3], h, hkv, h // hkv, *tail, config=config,
+        **common,
     )
     launch(
-        _dq_kernel, lambda meta: (triton.cdiv(nq, meta["BLOCK_M"]) * b * h,), shape_class,
-        *ins, dq, cos, sin, *strides, *dq.stride()[:3], h, h // hkv, *tail, **common,
+        _dq_kernel, lambda meta: (cdiv(nq, meta["BLOCK_M"]) * b * h,), shape_class,
+        *ins, dq, cos, sin, *strides, *dq.stride()[:3], h, h // hkv, *tail, config=config,
+        **common,
     )
     return dq, dk, dv
