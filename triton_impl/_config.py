@@ -158,6 +158,12 @@ def _time_candidate(kernel_call, quantiles):
                                    quantiles=quantiles)
 
 
+def time_candidate(call) -> float:
+    """Median ms of ``call()`` with the tuning budget (for choices the autotuner does not make)."""
+    return triton.testing.do_bench(call, warmup=TUNE_WARMUP_MS, rep=TUNE_REP_MS,
+                                   return_mode="median")
+
+
 def autotuned(table: list[tuple], resident: str):
     """``triton.autotune`` over ``table`` keyed on the shape class (``TUNE_KEY``), pruned by
     ``make_prune(resident)`` and timed with the short tuning budget."""
@@ -261,10 +267,11 @@ def launch_jit(fn, grid, *args, **meta) -> None:
 
 
 def describe(config: triton.Config) -> str:
-    """A config in short: "BLOCK_MxBLOCK_N wWARPS sSTAGES", plus " tma" for descriptor loads and
-    " rN" for a register cap of N a thread."""
+    """A config in short: "BLOCK_MxBLOCK_N wWARPS sSTAGES", plus " tma" for descriptor loads,
+    " gluon" for the Gluon forward (``triton_impl.gluon_fwd``) and " rN" for a register cap of N a
+    thread."""
     kw = config.kwargs
-    tma = " tma" if kw.get("TMA") else ""
+    tma = " tma" if kw.get("TMA") else " gluon" if kw.get("GLUON") else ""
     cap = f" r{config.maxnreg}" if config.maxnreg else ""
     return f"{kw['BLOCK_M']}x{kw['BLOCK_N']} w{config.num_warps} s{config.num_stages}{tma}{cap}"
 
@@ -277,6 +284,11 @@ def launched_configs(reset: bool = False) -> dict[str, str]:
     if reset:
         _LAUNCHED.clear()
     return seen
+
+
+def record_launch(name: str, config: triton.Config) -> None:
+    """Note that kernel ``name`` ran with ``config``, for ``launched_configs``."""
+    _LAUNCHED[name] = config
 
 
 def _kernel_name(kernel) -> str:

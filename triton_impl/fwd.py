@@ -14,9 +14,19 @@ import torch
 import triton
 import triton.language as tl
 
-from triton_impl import _traced
+from triton_impl import _traced, gluon_fwd
 from triton_impl._common import dot, dot_acc, key_ranges, query_tile, row_tiles, rows_tile
-from triton_impl._config import FWD, autotuned, block_d, bucket, cdiv, launch
+from triton_impl._config import (
+    FWD,
+    autotuned,
+    autotuning,
+    block_d,
+    bucket,
+    cdiv,
+    launch,
+    record_launch,
+    time_candidate,
+)
 from triton_impl._tma import ensure_allocator, tma_usable
 
 LOG2E = 1.4426950408889634
@@ -109,11 +119,39 @@ def _fwd_kernel(
     tl.store(Lse + bh.to(tl.int64) * NQ + offs_m, lse, mask=offs_m < NQ)
 
 
+# The Gluon kernel as ``launched_configs`` names it: 128 query rows by 128 keys, three warpgroups.
+GLUON_CONFIG = triton.Config({"BLOCK_M": gluon_fwd.CTA_M, "BLOCK_N": gluon_fwd.BLOCK_N,
+                              "GLUON": True}, num_warps=12, num_stages=gluon_fwd.STAGES)
+# (Nq bucket, D, causal, dtype) -> whether the Gluon kernel runs that shape class
+_GLUON_CHOSEN: dict[tuple, bool] = {}
+
+
+def _gluon_chosen(shape_class: tuple, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  causal: bool, scale: float) -> bool:
+    """Whether a call that ``gluon_fwd.usable`` allows runs the Gluon kernel: decided once per
+    shape class by timing it against the tuned Triton kernel (the Gluon kernel when not tuning).
+    It wins from N = 2048 on, and loses where one CTA per 128 causal rows leaves the GPU short
+    of work (docs/perf-notes.md, Triton v1.7)."""
+    chosen = _GLUON_CHOSEN.get(shape_class)
+    if chosen is None:
+        chosen = True
+        if autotuning():
+            def triton_fwd() -> None:
+                attention_fwd(q, k, v, causal, scale, gluon=False)
+
+            triton_fwd()  # tunes the Triton kernel's shape class first
+            gluon_ms = time_candidate(lambda: gluon_fwd.attention_fwd(q, k, v, causal, scale))
+            chosen = gluon_ms <= time_candidate(triton_fwd)
+        _GLUON_CHOSEN[shape_class] = chosen
+    return chosen
+
+
 def attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
-    config: triton.Config | None = None,
+    config: triton.Config | None = None, gluon: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the forward kernel.
+    """Launch the forward kernel: the Triton one below, or at head dim 128 on Hopper the Gluon
+    one (``triton_impl.gluon_fwd``) where it is usable and faster.
 
     Args:
         q: (B, Hq, Nq, D); k, v: (B, Hkv, Nk, D); last-dim stride 1, other strides free. Where
@@ -123,6 +161,9 @@ def attention_fwd(
         config: a ``triton.Config`` with BLOCK_M and BLOCK_N (and num_warps, num_stages) to launch
             instead of the tuned one, e.g. ``triton.Config({"BLOCK_M": 64, "BLOCK_N": 32},
             num_warps=4, num_stages=3)`` (the benchmark's tile sweep); the tuned choice is untouched.
+        gluon: True runs the Gluon kernel (a ValueError where ``gluon_fwd.usable`` says no),
+            False the Triton kernel; None chooses (the Triton kernel with a ``config``, inside
+            torch.compile and wherever the Gluon kernel is not usable).
 
     Returns:
         out (B, Hq, Nq, D) in q's dtype, laid out in memory as (B, Nq, Hq, D) like SDPA's output
@@ -131,6 +172,16 @@ def attention_fwd(
     """
     b, h, nq, d = q.shape
     hkv, nk = k.shape[1], k.shape[2]
+    qb, kb = bucket(nq), bucket(nk)
+    if gluon and not gluon_fwd.usable(q, k, v):
+        raise ValueError("gluon=True: the Gluon forward cannot take these inputs "
+                         "(see triton_impl.gluon_fwd.usable)")
+    if gluon is None:
+        gluon = (config is None and not _traced.active() and gluon_fwd.usable(q, k, v)
+                 and _gluon_chosen((qb, d, causal, q.dtype), q, k, v, causal, scale))
+    if gluon:
+        record_launch("fwd", GLUON_CONFIG)
+        return gluon_fwd.attention_fwd(q, k, v, causal, scale)
     out_bnhd = torch.empty((b, nq, h, d), dtype=q.dtype, device=q.device)
     out = out_bnhd.transpose(1, 2)
     lse = torch.empty((b, h, nq), dtype=torch.float32, device=q.device)
@@ -138,7 +189,6 @@ def attention_fwd(
     def grid(meta: dict) -> tuple[int]:
         return (cdiv(nq, meta["BLOCK_M"]) * b * h,)
 
-    qb, kb = bucket(nq), bucket(nk)
     # Recorded for torch.compile, the kernel keeps to pointer loads: descriptor scratch memory
     # would have to come from Inductor's allocator.
     tma = not _traced.active() and tma_usable(q, k, v, out)

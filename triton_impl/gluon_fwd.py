@@ -1,0 +1,346 @@
+"""The Hopper forward at head dim 128, in Gluon (Triton's explicit-layout dialect): warp
+specialization, TMA rings and ping-ponged wgmma, which stock Triton 3.6 does not apply to the
+FlashAttention loop on sm_90 (docs/perf-notes.md, Triton v1.7).
+
+One CTA per 128 query rows of one (batch, head), three warpgroups:
+
+* the producer (4 warps, registers cut to 24 with ``setmaxnreg``) issues the TMA loads: the two
+  64-row Q tiles, then K_0, K_1, V_0, K_2, V_1, ... into two-slot rings, each slot with a
+  ``ready`` mbarrier (the copy's bytes arrived) and an ``empty`` one (both consumers are done);
+* two consumers (one warpgroup each, 240 registers) own 64 query rows apiece and run the online
+  softmax. In iteration j a consumer issues S_j = Q K_j^T and O += P_{j-1} V_{j-1} as async
+  wgmma, waits for S_j only, and runs the softmax of S_j while P_{j-1} V_{j-1} finishes. A pair
+  of ``turn`` mbarriers makes the two consumers issue their GEMMs in alternation, so that one's
+  softmax overlaps the other's GEMMs (FlashAttention-3's ping-pong).
+
+There is no CTA-wide barrier in the loop. ``usable`` says which calls it takes: head dim 128,
+float16 / bfloat16, Nq == Nk a multiple of 128, each of q, k, v laid out so that one 2-D
+descriptor covers it (``_rows_view``); the Triton kernel in ``triton_impl.fwd`` takes the rest.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from triton_impl._env import interpreting
+
+try:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+except ImportError:  # a Triton without Gluon's Hopper API: the Triton kernel runs everywhere
+    gluon = None
+
+HEAD_DIM = 128
+WG_M = 64  # query rows of one consumer warpgroup
+CTA_M = 2 * WG_M  # query rows of one CTA
+BLOCK_N = 128  # keys of one K / V tile
+STAGES = 2  # slots of the K ring and of the V ring
+# Three warpgroups share the 64K registers (168 a thread at launch); setmaxnreg moves them to
+# 24 a thread in the producer and 240 in each consumer (24 + 2 * 240 = 3 * 168).
+LAUNCH_REGS, CONSUMER_REGS = 168, 240
+_LOG2E = 1.4426950408889634
+
+
+if gluon is not None:
+    _REGS = gl.constexpr(CONSUMER_REGS)
+
+    @gluon.jit
+    def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty,
+                  v_ready, v_empty, q_row, q_col, k_row, k_col, v_row, v_col, n_iters,
+                  STAGES: gl.constexpr, BLOCK_N: gl.constexpr, WG_M: gl.constexpr):
+        """TMA loads: both Q tiles, then K_j ahead of V_{j-1} (a consumer needs them together,
+        and a V slot frees later than a K slot). A fresh mbarrier reads as having completed the
+        phase before phase 0, so the first pass over a ring waits on parity 1 and falls
+        through."""
+        for w in gl.static_range(2):
+            mbarrier.expect(q_bars.index(w), q_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(q_desc, [q_row + w * WG_M, q_col], q_bars.index(w),
+                                            q_smem.index(w))
+        for j in range(n_iters + 1):
+            if j < n_iters:
+                s = j % STAGES
+                mbarrier.wait(k_empty.index(s), ((j // STAGES) & 1) ^ 1)
+                mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(k_desc, [k_row + j * BLOCK_N, k_col],
+                                                k_ready.index(s), k_smem.index(s))
+            if j >= 1:
+                s = (j - 1) % STAGES
+                mbarrier.wait(v_empty.index(s), (((j - 1) // STAGES) & 1) ^ 1)
+                mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(v_desc, [v_row + (j - 1) * BLOCK_N, v_col],
+                                                v_ready.index(s), v_smem.index(s))
+
+    @gluon.jit
+    def _softmax_step(s, m_i, l_i, qk_scale, rows, col0, MASK: gl.constexpr,
+                      BLOCK_N: gl.constexpr, s_layout: gl.constexpr):
+        """Fold one tile of raw scores into (m_i, l_i), m_i in scaled base-2 units: scale and
+        max subtraction are one FMA a score. Returns (p float32, alpha, m_i, l_i)."""
+        if MASK:  # top-left causal: query position rows[r] sees keys <= rows[r]
+            cols = col0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+            s = gl.where(gl.expand_dims(cols, 0) <= gl.expand_dims(rows, 1), s, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
+        p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
+        alpha = gl.exp2(m_i - m_new)
+        return p, alpha, m_new, l_i * alpha + gl.sum(p, axis=1)
+
+    @gluon.jit
+    def _turn_wait(turn_bars, it, WG: gl.constexpr):
+        """Wait for this warpgroup's turn to issue GEMMs (warpgroup 0 goes first: its first wait
+        is on parity 1 of a fresh barrier)."""
+        mbarrier.wait(turn_bars.index(WG), (it & 1) ^ (1 - WG))
+
+    @gluon.jit
+    def _consumer_step(j, it, acc, p, m_i, l_i, q_s, k_smem, v_smem, k_ready, k_empty, v_ready,
+                       v_empty, turn_bars, qk_scale, rows, WG: gl.constexpr, MASK: gl.constexpr,
+                       STAGES: gl.constexpr, BLOCK_N: gl.constexpr, WG_M: gl.constexpr,
+                       s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr,
+                       dtype: gl.constexpr):
+        """Iteration j >= 1: S_j and O += P_{j-1} V_{j-1} in flight together, the softmax of S_j
+        under the second GEMM. ``p`` is P_{j-1} in float32. P is packed to 16 bits only after
+        the barrier waits, and a warpgroup barrier follows the softmax: where the wgmma waits land
+        is ptxas's choice, and these keep the P V wait below the exponentials (SASS read in
+        docs/perf-notes.md)."""
+        sk = j % STAGES
+        sv = (j - 1) % STAGES
+        mbarrier.wait(k_ready.index(sk), (j // STAGES) & 1)
+        mbarrier.wait(v_ready.index(sv), ((j - 1) // STAGES) & 1)
+        p_op = gl.convert_layout(p.to(dtype), p_layout)
+        _turn_wait(turn_bars, it, WG)
+        s_tok = warpgroup_mma(q_s, k_smem.index(sk).permute((1, 0)),
+                              gl.zeros([WG_M, BLOCK_N], gl.float32, s_layout), use_acc=False,
+                              is_async=True)
+        o_tok = warpgroup_mma(p_op, v_smem.index(sv), acc, is_async=True)
+        mbarrier.arrive(turn_bars.index(1 - WG))
+        s = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok,))
+        mbarrier.arrive(k_empty.index(sk))
+        p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, rows, j * BLOCK_N, MASK,
+                                           BLOCK_N, s_layout)
+        gl.thread_barrier()
+        # p_op is a dependency so that its registers stay untouched until the wgmma reading them
+        # is done.
+        acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(o_tok, p_op))
+        mbarrier.arrive(v_empty.index(sv))
+        acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+        return acc, p, m_i, l_i
+
+    @gluon.jit
+    def _consumer(WG: gl.constexpr, o_desc, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty,
+                  v_ready, v_empty, turn_bars, lse_ptr, lse_row, o_row, o_col, q_pos0, n_iters,
+                  qk_scale, CAUSAL: gl.constexpr, STAGES: gl.constexpr, BLOCK_N: gl.constexpr,
+                  WG_M: gl.constexpr, HEAD_DIM: gl.constexpr):
+        """Query rows [q_pos0 + 64 WG, + 64) of the CTA: prologue (S_0 and its softmax), the key
+        tiles without a mask, those crossing the causal diagonal, the last P V, then out by TMA
+        (through this warpgroup's Q buffer) and lse. Both consumers take n_iters + 1 turns."""
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, BLOCK_N, 16])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, HEAD_DIM, 16])
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
+        dtype: gl.constexpr = o_desc.dtype
+
+        q_s = q_smem.index(WG)
+        pos0 = q_pos0 + WG * WG_M
+        rows = pos0 + gl.arange(0, WG_M, layout=row_layout)
+        if CAUSAL:  # tiles [0, n_full) lie left of this warpgroup's diagonal
+            n_full = gl.minimum((pos0 + 1) // BLOCK_N, n_iters)
+        else:
+            n_full = n_iters
+
+        mbarrier.wait(q_bars.index(WG), 0)
+        mbarrier.wait(k_ready.index(0), 0)
+        _turn_wait(turn_bars, 0, WG)
+        s_tok = warpgroup_mma(q_s, k_smem.index(0).permute((1, 0)),
+                              gl.zeros([WG_M, BLOCK_N], gl.float32, s_layout), use_acc=False,
+                              is_async=True)
+        mbarrier.arrive(turn_bars.index(1 - WG))
+        s = warpgroup_mma_wait(num_outstanding=0, deps=(s_tok,))
+        mbarrier.arrive(k_empty.index(0))
+        m_i = gl.full([WG_M], float("-inf"), gl.float32, row_layout)
+        l_i = gl.zeros([WG_M], gl.float32, row_layout)
+        # Key 0 is seen by every row, so m_i is finite from here on (no -inf - -inf).
+        p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, rows, 0, CAUSAL, BLOCK_N,
+                                           s_layout)
+        acc = gl.zeros([WG_M, HEAD_DIM], gl.float32, o_layout)
+
+        it = 0
+        for j in range(1, n_full):
+            it += 1
+            acc, p, m_i, l_i = _consumer_step(
+                j, it, acc, p, m_i, l_i, q_s, k_smem, v_smem, k_ready, k_empty, v_ready,
+                v_empty, turn_bars, qk_scale, rows, WG, False, STAGES, BLOCK_N, WG_M, s_layout,
+                o_layout, p_layout, dtype)
+        if CAUSAL:
+            for j in range(gl.maximum(n_full, 1), n_iters):
+                it += 1
+                acc, p, m_i, l_i = _consumer_step(
+                    j, it, acc, p, m_i, l_i, q_s, k_smem, v_smem, k_ready, k_empty, v_ready,
+                    v_empty, turn_bars, qk_scale, rows, WG, True, STAGES, BLOCK_N, WG_M,
+                    s_layout, o_layout, p_layout, dtype)
+
+        it += 1
+        sv = (n_iters - 1) % STAGES
+        mbarrier.wait(v_ready.index(sv), ((n_iters - 1) // STAGES) & 1)
+        p_op = gl.convert_layout(p.to(dtype), p_layout)
+        _turn_wait(turn_bars, it, WG)
+        o_tok = warpgroup_mma(p_op, v_smem.index(sv), acc, is_async=True)
+        mbarrier.arrive(turn_bars.index(1 - WG))
+        acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(o_tok, p_op))
+        mbarrier.arrive(v_empty.index(sv))
+
+        l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))
+        q_s.store((acc / gl.expand_dims(l_o, 1)).to(dtype))
+        fence_async_shared()
+        tma.async_copy_shared_to_global(o_desc, [o_row + WG * WG_M, o_col], q_s)
+        lse = (m_i + gl.log2(l_i)) * 0.6931471805599453
+        gl.store(lse_ptr + lse_row + WG * WG_M + gl.arange(0, WG_M, layout=row_layout), lse)
+        tma.store_wait(0)
+
+    @gluon.jit
+    def _fwd_kernel(q_desc, k_desc, v_desc, o_desc, Lse, H, GROUP, N, qk_scale,
+                    q_rows_b, q_rows_h, q_cols_h, k_rows_b, k_rows_h, k_cols_h,
+                    v_rows_b, v_rows_h, v_cols_h, CAUSAL: gl.constexpr):
+        """Grid (N / 128, B * H). Head h of batch b, position n of tensor t sits at row
+        b * t_rows_b + h * t_rows_h + n, columns from h * t_cols_h, of t's 2-D descriptor (K, V
+        with the GQA head h // GROUP); out is (B, N, H, D) memory seen as (B * N, H * D)."""
+        HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
+        WG_M: gl.constexpr = q_desc.block_type.shape[0]
+        BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
+        STAGES: gl.constexpr = 2
+        dtype: gl.constexpr = q_desc.dtype
+
+        pid_m = gl.program_id(0)
+        bh = gl.program_id(1)
+        if CAUSAL:  # the longest query tiles first
+            pid_m = gl.num_programs(0) - 1 - pid_m
+        b = bh // H
+        h = bh % H
+        hk = h // GROUP
+        q_pos0 = pid_m * 2 * WG_M
+        if CAUSAL:
+            n_iters = gl.cdiv(q_pos0 + 2 * WG_M, BLOCK_N)
+        else:
+            n_iters = N // BLOCK_N
+
+        q_smem = gl.allocate_shared_memory(dtype, [2, WG_M, HEAD_DIM], q_desc.layout)
+        k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
+        v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
+        q_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        turn_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(2):
+            mbarrier.init(q_bars.index(i), count=1)
+            mbarrier.init(turn_bars.index(i), count=1)
+        for i in gl.static_range(STAGES):
+            mbarrier.init(k_ready.index(i), count=1)
+            mbarrier.init(k_empty.index(i), count=2)  # one arrival from each consumer
+            mbarrier.init(v_ready.index(i), count=1)
+            mbarrier.init(v_empty.index(i), count=2)
+        fence_async_shared()
+
+        q_row = b * q_rows_b + h * q_rows_h + q_pos0
+        k_row = b * k_rows_b + hk * k_rows_h
+        v_row = b * v_rows_b + hk * v_rows_h
+        lse_row = bh * N + q_pos0
+        o_row = b * N + q_pos0
+        gl.warp_specialize([
+            (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready,
+                         k_empty, v_ready, v_empty, q_row, h * q_cols_h, k_row, hk * k_cols_h,
+                         v_row, hk * v_cols_h, n_iters, STAGES, BLOCK_N, WG_M)),
+            (_consumer, (0, o_desc, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready,
+                         v_empty, turn_bars, Lse, lse_row, o_row, h * HEAD_DIM, q_pos0, n_iters,
+                         qk_scale, CAUSAL, STAGES, BLOCK_N, WG_M, HEAD_DIM)),
+            (_consumer, (1, o_desc, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready,
+                         v_empty, turn_bars, Lse, lse_row, o_row, h * HEAD_DIM, q_pos0, n_iters,
+                         qk_scale, CAUSAL, STAGES, BLOCK_N, WG_M, HEAD_DIM)),
+        ], [4, 4], [_REGS, _REGS])
+
+
+@functools.cache
+def _hopper(index: int) -> bool:
+    return torch.cuda.get_device_capability(index) == (9, 0)
+
+
+def _rows_view(t: torch.Tensor) -> tuple[int, int, int, int, int, int] | None:
+    """How (B, H, N, D) tensor t reads as one 2-D matrix of rows: (rows, cols, row stride,
+    rows_b, rows_h, cols_h) with (b, h, n) at row b * rows_b + h * rows_h + n, columns from
+    h * cols_h; None when neither layout fits. (B, H, N, D) memory: rows b * H * N + h * N + n;
+    (B, N, H, D) memory, or any view with the heads inside a row (timm's packed qkv): rows
+    b * N + n."""
+    b, h, n, d = t.shape
+    sb, sh, sn, sd = t.stride()
+    if sd != 1:
+        return None
+    if sh == n * sn and sb == h * sh:
+        return b * h * n, d, sn, h * n, n, 0
+    if h == 1:
+        sh = d  # the head stride of a single head is arbitrary: read it as packed
+    if sb == n * sn and sh >= d and (h - 1) * sh + d <= sn:
+        return b * n, (h - 1) * sh + d, sn, n, 0, sh
+    return None
+
+
+def usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether this kernel can take the call: Gluon's Hopper API present, not the interpreter nor
+    ``FLASHDUO_GLUON=0``, a GPU of compute capability 9.0, float16 / bfloat16, head dim 128,
+    Nq == Nk a multiple of 128, and q, k, v each in a layout of ``_rows_view`` with 16-byte
+    aligned base and row stride."""
+    if (gluon is None or interpreting() or not q.is_cuda or q.dtype not in _GL_DTYPES
+            or os.environ.get("FLASHDUO_GLUON", "1") == "0" or not _hopper(q.device.index or 0)):
+        return False
+    n = q.shape[2]
+    if q.shape[3] != HEAD_DIM or k.shape[2] != n or n % CTA_M:
+        return False
+    for t in (q, k, v):
+        view = _rows_view(t)
+        if view is None or t.data_ptr() % 16 or (view[2] * t.element_size()) % 16:
+            return False
+    return True
+
+
+_GL_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def _descriptor(t: torch.Tensor, rows: int, cols: int, stride: int, block: list[int]):
+    dtype = getattr(gl, _GL_DTYPES[t.dtype])
+    layout = gl.NVMMASharedLayout.get_default_for(block, dtype)
+    return TensorDescriptor(t, [rows, cols], [stride, 1], block, layout)
+
+
+def attention_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward where ``usable(q, k, v)``: q (B, Hq, N, 128), k, v (B, Hkv, N, 128).
+
+    Returns out (B, Hq, N, 128) in q's dtype, in (B, N, Hq, D) memory like ``triton_impl.fwd``'s,
+    and lse (B, Hq, N) float32, natural log.
+    """
+    b, h, n, d = q.shape
+    hkv = k.shape[1]
+    out_bnhd = torch.empty((b, n, h, d), dtype=q.dtype, device=q.device)
+    lse = torch.empty((b, h, n), dtype=torch.float32, device=q.device)
+    descs, maps = [], []
+    for t, block in ((q, [WG_M, d]), (k, [BLOCK_N, d]), (v, [BLOCK_N, d])):
+        rows, cols, stride, rows_b, rows_h, cols_h = _rows_view(t)
+        descs.append(_descriptor(t, rows, cols, stride, block))
+        maps += [rows_b, rows_h, cols_h]
+    descs.append(_descriptor(out_bnhd, b * n, h * d, h * d, [WG_M, d]))
+    _fwd_kernel[(n // CTA_M, b * h)](
+        *descs, lse, h, h // hkv, n, scale * _LOG2E, *maps, CAUSAL=causal,
+        num_warps=4, maxnreg=LAUNCH_REGS,
+    )
+    return out_bnhd.transpose(1, 2), lse
