@@ -44,19 +44,58 @@ class CosSinTable:
             raise ValueError(f"2D RoPE needs a head dim divisible by 4 (x and y pairs), got D={D}")
         if not base > 0:
             raise ValueError(f"base must be positive, got {base!r}")
-        quarter = D // 4
-        bands = base ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
-        rows, cols = torch.meshgrid(
-            torch.arange(H_img, dtype=torch.float64), torch.arange(W_img, dtype=torch.float64),
-            indexing="ij",
-        )
-        angles = torch.cat([cols.reshape(-1, 1) * bands, rows.reshape(-1, 1) * bands], dim=1)
+        angles = _grid_angles(H_img, W_img, D, base)
         self._set(angles.cos(), angles.sin(), H_img, W_img, D, float(base), device)
 
-    def _set(self, cosp, sinp, h_img, w_img, d, base, device) -> None:
+    def _set(self, cosp, sinp, h_img, w_img, d, base, device, grids=None, prefix=None) -> None:
         self.COSP = cosp.to(device=device, dtype=torch.float32).contiguous()
         self.SINP = sinp.to(device=device, dtype=torch.float32).contiguous()
         self.H_img, self.W_img, self.D, self.base = h_img, w_img, d, base
+        # for_grids tables: the (H_img, W_img) of each packed sequence and its prefix length
+        self.grids, self.num_prefix_tokens = grids, prefix
+
+    @classmethod
+    def for_grids(cls, grids: list[tuple[int, int]], base: float = 100.0, D: int = 64,  # noqa: N803
+                  num_prefix_tokens: int = 1,
+                  device: torch.device | str | None = None) -> CosSinTable:
+        """The table of packed sequences of different grid sizes (NaViT-style native resolution):
+        sequence i is ``num_prefix_tokens`` unrotated tokens then an h_i x w_i grid, and the
+        sequences follow each other as in ``attention_varlen``'s packed layout.
+
+        ``COSP`` / ``SINP`` are (total tokens, D / 2): each sequence's grid rows as in
+        ``CosSinTable(base, h_i, D, W_img=w_i)``, prefix rows the identity (cos 1, sin 0), so the
+        whole packed tensor turns in one pass with no prefix (``rotate_packed``). ``grids`` and
+        ``num_prefix_tokens`` are recorded; ``H_img`` / ``W_img`` are None.
+        """
+        if not grids:
+            raise ValueError("grids must list at least one (H_img, W_img)")
+        if not isinstance(D, int) or isinstance(D, bool) or D < 4 or D % 4:
+            raise ValueError(f"2D RoPE needs a head dim divisible by 4 (x and y pairs), got D={D}")
+        if not base > 0:
+            raise ValueError(f"base must be positive, got {base!r}")
+        if not isinstance(num_prefix_tokens, int) or isinstance(num_prefix_tokens, bool) or (
+                num_prefix_tokens < 0):
+            raise ValueError(f"num_prefix_tokens must be an int >= 0, got {num_prefix_tokens!r}")
+        prefix = torch.zeros(num_prefix_tokens, D // 4 * 2, dtype=torch.float64)
+        parts = []
+        for i, grid in enumerate(grids):
+            h, w = grid
+            for name, val in ((f"grids[{i}] H_img", h), (f"grids[{i}] W_img", w)):
+                if not isinstance(val, int) or isinstance(val, bool) or val < 1:
+                    raise ValueError(f"{name} must be a positive int, got {val!r}")
+            parts += [prefix, _grid_angles(h, w, D, base)]
+        angles = torch.cat(parts)
+        table = cls.__new__(cls)
+        table._set(angles.cos(), angles.sin(), None, None, D, float(base), device,
+                   tuple((int(h), int(w)) for h, w in grids), num_prefix_tokens)
+        return table
+
+    @property
+    def seq_lens(self) -> list[int]:
+        """Tokens of each packed sequence of a ``for_grids`` table (prefix + h * w)."""
+        if self.grids is None:
+            raise ValueError("seq_lens belongs to CosSinTable.for_grids tables")
+        return [self.num_prefix_tokens + h * w for h, w in self.grids]
 
     @classmethod
     def from_embed(cls, emb: torch.Tensor, H_img: int | None = None,  # noqa: N803
@@ -97,12 +136,27 @@ class CosSinTable:
     def to(self, device: torch.device | str) -> CosSinTable:
         """A copy of the table on ``device``."""
         table = CosSinTable.__new__(CosSinTable)
-        table._set(self.COSP, self.SINP, self.H_img, self.W_img, self.D, self.base, device)
+        table._set(self.COSP, self.SINP, self.H_img, self.W_img, self.D, self.base, device,
+                   self.grids, self.num_prefix_tokens)
         return table
 
     def __repr__(self) -> str:
+        if self.grids is not None:
+            return (f"CosSinTable.for_grids({list(self.grids)}, D={self.D}, base={self.base}, "
+                    f"num_prefix_tokens={self.num_prefix_tokens}, device={self.device})")
         return (f"CosSinTable(H_img={self.H_img}, W_img={self.W_img}, D={self.D}, "
                 f"base={self.base}, device={self.device})")
+
+
+def _grid_angles(h_img: int, w_img: int, d: int, base: float) -> torch.Tensor:
+    """float64 (h_img * w_img, D / 2) rotation angles of a row-major grid (module docstring)."""
+    quarter = d // 4
+    bands = base ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
+    rows, cols = torch.meshgrid(
+        torch.arange(h_img, dtype=torch.float64), torch.arange(w_img, dtype=torch.float64),
+        indexing="ij",
+    )
+    return torch.cat([cols.reshape(-1, 1) * bands, rows.reshape(-1, 1) * bands], dim=1)
 
 
 def check_rope(x: torch.Tensor, table: CosSinTable, num_prefix_tokens: int, name: str) -> None:
@@ -135,6 +189,12 @@ def apply_rope(x: torch.Tensor, table: CosSinTable, num_prefix_tokens: int = 1) 
     """
     check_rope(x, table, num_prefix_tokens, "x")
     return rotate_pairs(x, table.COSP, table.SINP, num_prefix_tokens)
+
+
+def rotate_packed(x: torch.Tensor, table: CosSinTable, inverse: bool = False) -> torch.Tensor:
+    """Rotate packed tokens x (total, H, D) by a ``for_grids`` table (one row per token, prefix
+    rows the identity); shapes must match (no other checks)."""
+    return rotate_pairs(x.transpose(0, 1), table.COSP, table.SINP, 0, inverse).transpose(0, 1)
 
 
 def rotate_pairs(
