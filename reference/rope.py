@@ -163,6 +163,9 @@ def check_rope(x: torch.Tensor, table: CosSinTable, num_prefix_tokens: int, name
     """Raise ValueError / TypeError naming ``name`` when the table cannot rotate x (B, H, N, D)."""
     if not isinstance(table, CosSinTable):
         raise TypeError(f"rope must be a CosSinTable, got {type(table).__name__}")
+    if table.grids is not None:
+        raise ValueError(f"rope is a CosSinTable.for_grids table of packed sequences, which does "
+                         f"not rotate a (B, H, N, D) {name}")
     if not isinstance(num_prefix_tokens, int) or isinstance(num_prefix_tokens, bool) or (
         num_prefix_tokens < 0
     ):

@@ -217,3 +217,9 @@ def test_for_grids_rotates_each_image_by_its_own_grid() -> None:
 def test_for_grids_names_the_bad_argument(args: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         reference.CosSinTable.for_grids(**args)
+
+
+def test_a_packed_table_is_refused_for_batched_inputs() -> None:
+    table = reference.CosSinTable.for_grids([(2, 2)], D=8)
+    with pytest.raises(ValueError, match="for_grids"):
+        reference.apply_rope(_rand(1, 2, 5, 8), table, 1)
