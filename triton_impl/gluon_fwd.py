@@ -299,11 +299,11 @@ def usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     ``FLASHDUO_GLUON=0``, a GPU of compute capability 9.0, float16 / bfloat16, head dim 128,
     Nq == Nk a multiple of 128, and q, k, v each in a layout of ``_rows_view`` with 16-byte
     aligned base and row stride."""
-    if (gluon is None or interpreting() or not q.is_cuda or q.dtype not in _GL_DTYPES
-            or os.environ.get("FLASHDUO_GLUON", "1") == "0" or not _hopper(q.device.index or 0)):
-        return False
     n = q.shape[2]
-    if q.shape[3] != HEAD_DIM or k.shape[2] != n or n % CTA_M:
+    if gluon is None or q.shape[3] != HEAD_DIM or k.shape[2] != n or n % CTA_M:
+        return False
+    if (not q.is_cuda or q.dtype not in _GL_DTYPES or interpreting()
+            or os.environ.get("FLASHDUO_GLUON", "1") == "0" or not _hopper(q.device.index or 0)):
         return False
     for t in (q, k, v):
         view = _rows_view(t)
