@@ -1,6 +1,6 @@
-"""The Gluon forward (``triton_impl.gluon_fwd``, head dim 128 on Hopper) against the float64
-reference, in the layouts it reads (contiguous, SDPA's (B, N, H, D) memory, timm's packed qkv),
-with GQA and the causal mask; which calls it takes; and the forward's choice between it and the
+"""The Gluon forward (``triton_impl.gluon_fwd``, head dims 64 and 128 on Hopper) against the
+float64 reference, in the layouts it reads (contiguous, SDPA's (B, N, H, D) memory, timm's packed
+qkv), with GQA and the causal mask; which calls it takes; and the forward's choice between it and the
 Triton kernel. Outputs are NaN-poisoned first. Without a Hopper GPU these tests skip (the CPU
 run has no Gluon)."""
 
@@ -17,19 +17,21 @@ from tests.helpers import run_reference
 HOPPER = ON_GPU and torch.cuda.get_device_capability() == (9, 0)
 needs_hopper = pytest.mark.skipif(not HOPPER, reason="the Gluon forward runs on Hopper GPUs only")
 
-# (B, Hq, Hkv, N, layout)
-SHAPES = [(2, 2, 2, 128, "bhnd"), (1, 4, 2, 384, "bnhd"), (2, 3, 3, 256, "qkv"),
-          (1, 2, 1, 1024, "bhnd")]
+# (B, Hq, Hkv, N, layout, D); the causal grids' sections hold 16 heads at N = 1024, so (3, 7, 7,
+# 1024) ends with a section of 5 heads
+SHAPES = [(2, 2, 2, 128, "bhnd", 128), (1, 4, 2, 384, "bnhd", 128), (2, 3, 3, 256, "qkv", 128),
+          (1, 2, 1, 1024, "bhnd", 128), (2, 2, 2, 128, "bhnd", 64), (1, 4, 2, 384, "bnhd", 64),
+          (2, 3, 3, 256, "qkv", 64), (3, 7, 7, 1024, "bhnd", 64)]
 
 
-def _inputs(b: int, hq: int, hkv: int, n: int, layout: str, dtype: torch.dtype, seed: int = 0):
-    """q (B, Hq, N, 128), k, v (B, Hkv, N, 128) in ``layout``'s memory, and a dout."""
+def _inputs(b: int, hq: int, hkv: int, n: int, layout: str, dtype: torch.dtype, d: int = 128,
+            seed: int = 0):
+    """q (B, Hq, N, D), k, v (B, Hkv, N, D) in ``layout``'s memory, and a dout."""
     gen = torch.Generator(device="cuda").manual_seed(seed)
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen, device="cuda", dtype=dtype)
 
-    d = 128
     if layout == "bhnd":
         q, k, v = rand(b, hq, n, d), rand(b, hkv, n, d), rand(b, hkv, n, d)
     elif layout == "bnhd":
@@ -40,17 +42,17 @@ def _inputs(b: int, hq: int, hkv: int, n: int, layout: str, dtype: torch.dtype, 
 
 
 @needs_hopper
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "b{}-h{}-{}-n{}-{}".format(*s))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "b{}-h{}-{}-n{}-{}-d{}".format(*s))
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_gluon_forward_matches_reference(shape: tuple, causal: bool, dtype: torch.dtype) -> None:
     from triton_impl import gluon_fwd
 
-    q, k, v, dout = _inputs(*shape, dtype)
+    b, hq, hkv, n, layout, d = shape
+    q, k, v, dout = _inputs(b, hq, hkv, n, layout, dtype, d)
     assert gluon_fwd.usable(q, k, v)
-    b, hq, _, n, _ = shape
-    poison_allocator(((b, n, hq, 128), dtype), ((b, hq, n), torch.float32))
-    out, lse = gluon_fwd.attention_fwd(q, k, v, causal, 128 ** -0.5)
+    poison_allocator(((b, n, hq, d), dtype), ((b, hq, n), torch.float32))
+    out, lse = gluon_fwd.attention_fwd(q, k, v, causal, d ** -0.5)
     truth, baseline = run_reference(q, k, v, causal, dout)
     assert_close("gluon out", out, truth[0], baseline[0], "out", dtype)
     assert_close("gluon lse", lse, truth[1], baseline[1], "lse", dtype)
@@ -65,7 +67,7 @@ def test_gluon_usable_only_where_it_can_run() -> None:
     # every other row: still one matrix of rows (row stride 2 D)
     assert gluon_fwd.usable(q[:, :, ::2], k[:, :, ::2], v[:, :, ::2])
     refused = {
-        "head dim 64": (q[..., :64], k[..., :64], v[..., :64]),
+        "head dim 96": (q[..., :96], k[..., :96], v[..., :96]),
         "N not a multiple of 128": (q[:, :, :200], k[:, :, :200], v[:, :, :200]),
         "Nq != Nk": (q[:, :, :128], k, v),
         "float32": (q.float(), k.float(), v.float()),
@@ -93,7 +95,7 @@ def test_forward_choice_gives_the_reference(causal: bool, monkeypatch: pytest.Mo
         assert ("gluon" in launched_configs()["fwd"]) is (fwd._GLUON_CHOSEN[
             (512, 128, causal, torch.bfloat16)] if gluon is None else gluon)
     with pytest.raises(ValueError, match="gluon=True"):
-        fwd.attention_fwd(q[..., :64], k[..., :64], v[..., :64], causal, 0.125, gluon=True)
+        fwd.attention_fwd(q[..., :96], k[..., :96], v[..., :96], causal, 0.1, gluon=True)
 
 
 @needs_hopper
@@ -109,7 +111,8 @@ def test_gluon_forward_then_backward_through_the_front_door(
     monkeypatch.setattr(fwd, "_GLUON_CHOSEN", {})
 
     for causal, layout in itertools.product((False, True), ("bhnd", "qkv")):
-        q, k, v, dout = _inputs(1, 2, 2, 256, layout, torch.bfloat16, seed=1)
+        q, k, v, dout = _inputs(1, 2, 2, 256, layout, torch.bfloat16, 64 if causal else 128,
+                                seed=1)
         q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
         out = flashduo.attention(q, k, v, causal=causal, backend="triton")
         assert "gluon" in launched_configs()["fwd"]

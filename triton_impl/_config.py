@@ -198,10 +198,18 @@ _PLAIN = frozenset({int, float})
 def _signature(args: tuple) -> tuple:
     """What a launch's compiled kernel depends on, for each positional argument, or finer: a
     tensor's dtype and 16-byte alignment; an int's or a float's exact value (finer than Triton's
-    specialization on == 1 and divisibility by 16, and much cheaper to form); other values' type."""
+    specialization on == 1 and divisibility by 16, and much cheaper to form); a host tensor
+    descriptor's block shape, layout and dtype; other values' type."""
     return tuple([a if a.__class__ in _PLAIN else
-                  (a.dtype, a.data_ptr() & 15 == 0) if isinstance(a, torch.Tensor) else type(a)
-                  for a in args])
+                  (a.dtype, a.data_ptr() & 15 == 0) if isinstance(a, torch.Tensor) else
+                  _descriptor_signature(a) for a in args])
+
+
+def _descriptor_signature(a: object) -> object:
+    block = getattr(a, "block_shape", None)
+    if block is None:
+        return type(a)
+    return type(a), tuple(block), getattr(a, "layout", None), a.base.dtype
 
 
 def direct_launch() -> bool:

@@ -130,8 +130,8 @@ def _gluon_chosen(shape_class: tuple, q: torch.Tensor, k: torch.Tensor, v: torch
                   causal: bool, scale: float) -> bool:
     """Whether a call that ``gluon_fwd.usable`` allows runs the Gluon kernel: decided once per
     shape class by timing it against the tuned Triton kernel (the Gluon kernel when not tuning).
-    It wins from N = 2048 on, and loses where one CTA per 128 causal rows leaves the GPU short
-    of work (docs/perf-notes.md, Triton v1.7)."""
+    At head dim 128 it wins from N = 2048 on; at head dim 64 it wins at long sequences without
+    the mask (docs/perf-notes.md, Triton v1.7 and v1.8)."""
     chosen = _GLUON_CHOSEN.get(shape_class)
     if chosen is None:
         chosen = True
@@ -150,8 +150,8 @@ def attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
     config: triton.Config | None = None, gluon: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the forward kernel: the Triton one below, or at head dim 128 on Hopper the Gluon
-    one (``triton_impl.gluon_fwd``) where it is usable and faster.
+    """Launch the forward kernel: the Triton one below, or at head dims 64 and 128 on Hopper the
+    Gluon one (``triton_impl.gluon_fwd``) where it is usable and faster.
 
     Args:
         q: (B, Hq, Nq, D); k, v: (B, Hkv, Nk, D); last-dim stride 1, other strides free. Where

@@ -1,4 +1,4 @@
-"""The Hopper forward at head dim 128, in Gluon (Triton's explicit-layout dialect): warp
+"""The Hopper forward at head dims 64 and 128, in Gluon (Triton's explicit-layout dialect): warp
 specialization, TMA rings and ping-ponged wgmma, which stock Triton 3.6 does not apply to the
 FlashAttention loop on sm_90 (docs/perf-notes.md, Triton v1.7).
 
@@ -13,7 +13,9 @@ One CTA per 128 query rows of one (batch, head), three warpgroups:
   of ``turn`` mbarriers makes the two consumers issue their GEMMs in alternation, so that one's
   softmax overlaps the other's GEMMs (FlashAttention-3's ping-pong).
 
-There is no CTA-wide barrier in the loop. ``usable`` says which calls it takes: head dim 128,
+There is no CTA-wide barrier in the loop. Causal grids run the longest query tiles first,
+across a section of heads whose K and V fit L2 together (``_section``). ``usable`` says which
+calls it takes: head dim 64 or 128,
 float16 / bfloat16, Nq == Nk a multiple of 128, each of q, k, v laid out so that one 2-D
 descriptor covers it (``_rows_view``); the Triton kernel in ``triton_impl.fwd`` takes the rest.
 """
@@ -25,6 +27,7 @@ import os
 
 import torch
 
+from triton_impl._config import launch_jit
 from triton_impl._env import interpreting
 
 try:
@@ -41,7 +44,8 @@ try:
 except ImportError:  # a Triton without Gluon's Hopper API: the Triton kernel runs everywhere
     gluon = None
 
-HEAD_DIM = 128
+HEAD_DIMS = (64, 128)
+SECTION_CTAS = 128  # causal: about one wave of CTAs a section of heads (``_section``)
 WG_M = 64  # query rows of one consumer warpgroup
 CTA_M = 2 * WG_M  # query rows of one CTA
 BLOCK_N = 128  # keys of one K / V tile
@@ -210,20 +214,30 @@ if gluon is not None:
     @gluon.jit
     def _fwd_kernel(q_desc, k_desc, v_desc, o_desc, Lse, H, GROUP, N, qk_scale,
                     q_rows_b, q_rows_h, q_cols_h, k_rows_b, k_rows_h, k_cols_h,
-                    v_rows_b, v_rows_h, v_cols_h, CAUSAL: gl.constexpr):
-        """Grid (N / 128, B * H). Head h of batch b, position n of tensor t sits at row
-        b * t_rows_b + h * t_rows_h + n, columns from h * t_cols_h, of t's 2-D descriptor (K, V
-        with the GQA head h // GROUP); out is (B, N, H, D) memory seen as (B * N, H * D)."""
+                    v_rows_b, v_rows_h, v_cols_h, SECTION, CAUSAL: gl.constexpr):
+        """Grid (N / 128 * B * H,). Without the mask, program i runs query tile i % (N / 128)
+        of head i // (N / 128). With it, the heads go in sections of SECTION, and a section's
+        programs run its longest query tiles first, one of each head in turn. Head h of batch b,
+        position n of tensor t sits at row b * t_rows_b + h * t_rows_h + n, columns from
+        h * t_cols_h, of t's 2-D descriptor (K, V with the GQA head h // GROUP); out is
+        (B, N, H, D) memory seen as (B * N, H * D)."""
         HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
         WG_M: gl.constexpr = q_desc.block_type.shape[0]
         BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
         STAGES: gl.constexpr = 2
         dtype: gl.constexpr = q_desc.dtype
 
-        pid_m = gl.program_id(0)
-        bh = gl.program_id(1)
-        if CAUSAL:  # the longest query tiles first
-            pid_m = gl.num_programs(0) - 1 - pid_m
+        n_tiles = N // (2 * WG_M)
+        lin = gl.program_id(0)
+        if CAUSAL:
+            first = lin // (SECTION * n_tiles) * SECTION
+            r = lin % (SECTION * n_tiles)
+            heads = gl.minimum(SECTION, gl.num_programs(0) // n_tiles - first)
+            pid_m = n_tiles - 1 - r // heads
+            bh = first + r % heads
+        else:
+            pid_m = lin % n_tiles
+            bh = lin // n_tiles
         b = bh // H
         h = bh % H
         hk = h // GROUP
@@ -296,11 +310,11 @@ def _rows_view(t: torch.Tensor) -> tuple[int, int, int, int, int, int] | None:
 
 def usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether this kernel can take the call: Gluon's Hopper API present, not the interpreter nor
-    ``FLASHDUO_GLUON=0``, a GPU of compute capability 9.0, float16 / bfloat16, head dim 128,
-    Nq == Nk a multiple of 128, and q, k, v each in a layout of ``_rows_view`` with 16-byte
+    ``FLASHDUO_GLUON=0``, a GPU of compute capability 9.0, float16 / bfloat16, head dim 64 or
+    128, Nq == Nk a multiple of 128, and q, k, v each in a layout of ``_rows_view`` with 16-byte
     aligned base and row stride."""
     n = q.shape[2]
-    if gluon is None or q.shape[3] != HEAD_DIM or k.shape[2] != n or n % CTA_M:
+    if gluon is None or q.shape[3] not in HEAD_DIMS or k.shape[2] != n or n % CTA_M:
         return False
     if (not q.is_cuda or q.dtype not in _GL_DTYPES or interpreting()
             or os.environ.get("FLASHDUO_GLUON", "1") == "0" or not _hopper(q.device.index or 0)):
@@ -315,18 +329,28 @@ def usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
 _GL_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
-def _descriptor(t: torch.Tensor, rows: int, cols: int, stride: int, block: list[int]):
-    dtype = getattr(gl, _GL_DTYPES[t.dtype])
-    layout = gl.NVMMASharedLayout.get_default_for(block, dtype)
-    return TensorDescriptor(t, [rows, cols], [stride, 1], block, layout)
+def _section(n: int, heads: int) -> int:
+    """Heads of one section of a causal grid: about ``SECTION_CTAS`` query tiles, so that the
+    tiles running at once share the K and V of a few heads in L2 (16 heads of 8 tiles at N =
+    1024, one head from N = 16384 on) while the longest of them start first."""
+    return max(1, min(heads, SECTION_CTAS // (n // CTA_M)))
+
+
+@functools.cache
+def _smem_layout(block: tuple[int, int], dtype: torch.dtype):
+    return gl.NVMMASharedLayout.get_default_for(list(block), getattr(gl, _GL_DTYPES[dtype]))
+
+
+def _descriptor(t: torch.Tensor, rows: int, cols: int, stride: int, block: tuple[int, int]):
+    return TensorDescriptor(t, [rows, cols], [stride, 1], list(block), _smem_layout(block, t.dtype))
 
 
 def attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The forward where ``usable(q, k, v)``: q (B, Hq, N, 128), k, v (B, Hkv, N, 128).
+    """The forward where ``usable(q, k, v)``: q (B, Hq, N, D), k, v (B, Hkv, N, D), D 64 or 128.
 
-    Returns out (B, Hq, N, 128) in q's dtype, in (B, N, Hq, D) memory like ``triton_impl.fwd``'s,
+    Returns out (B, Hq, N, D) in q's dtype, in (B, N, Hq, D) memory like ``triton_impl.fwd``'s,
     and lse (B, Hq, N) float32, natural log.
     """
     b, h, n, d = q.shape
@@ -334,13 +358,11 @@ def attention_fwd(
     out_bnhd = torch.empty((b, n, h, d), dtype=q.dtype, device=q.device)
     lse = torch.empty((b, h, n), dtype=torch.float32, device=q.device)
     descs, maps = [], []
-    for t, block in ((q, [WG_M, d]), (k, [BLOCK_N, d]), (v, [BLOCK_N, d])):
+    for t, block in ((q, (WG_M, d)), (k, (BLOCK_N, d)), (v, (BLOCK_N, d))):
         rows, cols, stride, rows_b, rows_h, cols_h = _rows_view(t)
         descs.append(_descriptor(t, rows, cols, stride, block))
         maps += [rows_b, rows_h, cols_h]
-    descs.append(_descriptor(out_bnhd, b * n, h * d, h * d, [WG_M, d]))
-    _fwd_kernel[(n // CTA_M, b * h)](
-        *descs, lse, h, h // hkv, n, scale * _LOG2E, *maps, CAUSAL=causal,
-        num_warps=4, maxnreg=LAUNCH_REGS,
-    )
+    descs.append(_descriptor(out_bnhd, b * n, h * d, h * d, (WG_M, d)))
+    launch_jit(_fwd_kernel, (n // CTA_M * b * h,), *descs, lse, h, h // hkv, n, scale * _LOG2E,
+               *maps, _section(n, b * h), CAUSAL=causal, num_warps=4, maxnreg=LAUNCH_REGS)
     return out_bnhd.transpose(1, 2), lse
