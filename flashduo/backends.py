@@ -21,8 +21,13 @@ _HALF = frozenset({torch.float16, torch.bfloat16})
 _FLOATS = _HALF | {torch.float32}
 
 
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def _triton_unavailable() -> str | None:
-    if importlib.util.find_spec("triton") is None:
+    if not _triton_installed():
         return "triton is not installed"
     if not (torch.cuda.is_available() or triton_interpreting()):
         return "no CUDA GPU visible (set TRITON_INTERPRET=1 to run the kernels on the CPU)"
@@ -50,19 +55,19 @@ def _triton_limits(q, k, v, causal) -> list[str]:
 
 
 def _triton_fwd(q, k, v, causal, scale):
-    from triton_impl import attention_fwd
+    from triton_impl.fwd import attention_fwd
 
     return attention_fwd(q, k, v, causal, scale)
 
 
 def _triton_rotate(q, k, rope):
-    from triton_impl import rotate_qk
+    from triton_impl.rope import rotate_qk
 
     return rotate_qk(q, k, rope)
 
 
 def _triton_bwd(dout, q, k, v, out, lse, causal, scale, rope=None):
-    from triton_impl import attention_bwd
+    from triton_impl.bwd import attention_bwd
 
     return attention_bwd(dout, q, k, v, out, lse, causal, scale, rope=rope)
 
