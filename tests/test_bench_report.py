@@ -20,6 +20,7 @@ from flashduo.bench.report import (
     format_sweep_table,
     format_tiles_table,
     format_tuned_tiles_table,
+    format_vit_host_table,
     format_vit_rope_table,
     format_vit_table,
     md_table,
@@ -189,3 +190,15 @@ def test_sweep_in_ms_where_tflops_read_zero_and_checks() -> None:
     line = summary_lines([], ["triton"], checks)[0]
     assert line.startswith("triton check vs SDPA: worst rel err not finite (sweep D=64 causal=1")
     assert line.endswith("1 of 2 shape(s) over 0.05")
+
+
+def test_vit_host_table_lists_host_time_per_mode() -> None:
+    rows = [_row("vit", impl, 197, 0.1, mode, b=256, h=6) for impl in ("triton", "torch-cudnn")
+            for mode in ("fwd", "fwdbwd")]
+    assert format_vit_host_table(rows, BACKENDS) == "(host time is measured on a CUDA GPU only)"
+    for r, us in zip(rows, (61.4, 180.0, 20.2, 35.0), strict=True):
+        r.host_us = us
+    table = format_vit_host_table(rows, BACKENDS)
+    assert "| 256 | 6 | 197 | triton | 61 | 180 |" in table
+    assert "| 256 | 6 | 197 | torch-cudnn | 20 | 35 |" in table
+    assert "fastest" not in table and " / " not in table.split("\n", 2)[2]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -99,3 +100,34 @@ def test_run_benchmark_threads_its_budget(monkeypatch: pytest.MonkeyPatch, tmp_p
     budgets.clear()
     assert run_benchmark(**kw, out_dir=str(tmp_path / "b")) == 0
     assert set(budgets) == {QUICK_BUDGET}
+
+
+def test_host_time_is_measured_below_host_below_ms_on_a_gpu_only(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``host_us`` is NaN on the CPU; on a GPU each cell faster than ``HOST_BELOW_MS`` gets the
+    median host time of ``HOST_CALLS`` calls, slower cells none."""
+    sets, dout = make_inputs(1, 1, 4, 8, torch.float32, "cpu", seed=0)
+    calls, fn = _counting()
+    assert math.isnan(timing.host_us(fn, sets, dout, "fwd")) and calls[0] == 0
+    seen: list[str] = []
+    monkeypatch.setattr(cells, "host_us", lambda fn, sets, dout, mode: seen.append(mode) or 42.0)
+    for ms, expected in ((timing.HOST_BELOW_MS / 2, 42.0), (timing.HOST_BELOW_MS * 2, None)):
+        monkeypatch.setattr(cells, "time_ms", lambda fn, sets, dout, mode, budget, ms=ms: ms)
+        seen.clear()
+        ctx = Context("cpu", {}, Progress(2), QUICK_BUDGET)
+        shape = Shape("vit", 1, 2, 8, 8, False, torch.float32, ("fwd", "fwdbwd"))
+        rows = run_shape(shape, {"x": lambda q, k, v: q * 1.0}, ctx)
+        ctx.progress.close()
+        if expected is None:
+            assert seen == [] and all(math.isnan(r.host_us) for r in rows)
+        else:
+            assert seen == ["fwd", "fwdbwd"] and [r.host_us for r in rows] == [42.0, 42.0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host time is measured on a GPU only")
+def test_host_time_on_the_gpu_is_positive_and_leaves_no_grads() -> None:
+    sets, dout = make_inputs(1, 2, 64, 32, torch.float16, "cuda", seed=0)
+    us = timing.host_us(lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v),
+                        sets, dout, "fwdbwd")
+    assert 0 < us < 1e6
+    assert all(t.grad is None for s in sets for t in s)

@@ -30,8 +30,10 @@ from flashduo.bench.records import (
     tflops,
 )
 from flashduo.bench.timing import (
+    HOST_BELOW_MS,
     Budget,
     check_vs_sdpa,
+    host_us,
     is_oom,
     make_inputs,
     peak_mb,
@@ -127,6 +129,8 @@ def _measure(shape: Shape, name: str, fn: Impl, mode: str, sets: list, dout: tor
         _tiles_used(name)  # forget the launches of earlier cells
         ms = time_ms(fn, sets, dout, mode, ctx.budget)
         tiles = _tiles_used(name)
+        host = host_us(fn, sets, dout, mode) if ms < HOST_BELOW_MS else math.nan
+        _tiles_used(name)
         mem = peak_mb(fn, sets, dout, mode) if memory else math.nan
     except Exception as exc:
         oom = is_oom(exc)
@@ -138,6 +142,7 @@ def _measure(shape: Shape, name: str, fn: Impl, mode: str, sets: list, dout: tor
         return shape.row(name, mode, ctx, status=OOM if oom else ERR, note=short(exc, 120))
     row = shape.row(name, mode, ctx, ms, mem_mb=mem)
     row.config = tiles
+    row.host_us = host
     return row
 
 

@@ -110,6 +110,8 @@ def _sections(rows: list, backends: list[str]) -> list[tuple[str, str, str | Non
         ("sweep", f"Sweep: {unit} vs N", lambda: report.format_sweep_table(rows, backends),
          "sweep_"),
         ("vit", "ViT shapes", lambda: report.format_vit_table(rows, backends), None),
+        ("vit", "ViT shapes: host time", lambda: report.format_vit_host_table(rows, backends),
+         None),
         ("vit-rope", "ViT shapes with 2D RoPE",
          lambda: report.format_vit_rope_table(rows, backends), None),
         ("scaling", "Scaling", lambda: report.format_scaling_table(rows, backends), "scaling"),

@@ -40,7 +40,8 @@ class Row:
 
     ``mem_mb``: peak memory of one call above what was allocated before it (the scaling suite);
     ``block_m`` / ``block_n`` / ``config``: the forced kernel config (the tiles suite); for
-    ``triton`` elsewhere, ``config`` names the tuned tiles its kernels ran with.
+    ``triton`` elsewhere, ``config`` names the tuned tiles its kernels ran with. ``host_us``: host
+    time of one call on a GPU (``timing.host_us``); where it exceeds ``ms`` the cell reads host time.
     """
 
     tag: str  # "sweep", "vit", "vit-rope", "scaling", "tiles"
@@ -60,6 +61,7 @@ class Row:
     block_n: int = 0
     config: str = ""
     note: str = ""
+    host_us: float = math.nan
     env: dict = field(default_factory=dict)
 
 

@@ -25,13 +25,15 @@ UNITS = {"tflops": "TFLOPS", "ms": "ms per call"}
 
 
 def fmt(x: float, kind: str) -> str:
-    """A number as a table shows it ("tflops", "mb", "ratio" or "ms"); "" for NaN."""
+    """A number as a table shows it ("tflops", "mb", "us", "ratio" or "ms"); "" for NaN."""
     if math.isnan(x):
         return ""
     if kind == "tflops":
         return f"{x:.0f}" if abs(x) >= 100 else f"{x:.1f}"
     if kind == "mb":
         return f"{x:.0f}" if abs(x) >= 10 else f"{x:.2f}"
+    if kind == "us":
+        return f"{x:.0f}"
     return f"{x:.2f}" if kind == "ratio" else f"{x:.3f}"
 
 
@@ -127,6 +129,19 @@ def format_vit_table(rows: Sequence[Row], backends: Sequence[str]) -> str:
     return _titled("ViT shapes, D=64, non-causal, ms per call",
                    _ms_table([r for r in rows if r.tag == "vit"], backends, BASELINES),
                    "(no ViT results)")
+
+
+def format_vit_host_table(rows: Sequence[Row], backends: Sequence[str]) -> str:
+    """Markdown table of the ViT shapes' host time: µs of one call per mode for each impl
+    (``timing.host_us``), beside which the ms table's times are kernel time only where larger."""
+    sec = [r for r in rows if r.tag == "vit"]
+    modes = list(dict.fromkeys(r.mode for r in sec))
+    body = blocks(sec, lambda r: (str(r.B), str(r.H), str(r.N)), lambda r: r.mode, modes,
+                  "host_us", "us", backends, compare=False)
+    table = md_table(["B", "H", "N", "impl", *(f"{m} host µs" for m in modes)], body, 4)
+    return _titled("ViT shapes, host time of one call (µs, median of calls issued without "
+                   "synchronizing); where it exceeds a call's ms above, that cell reads host time",
+                   table, "(host time is measured on a CUDA GPU only)")
 
 
 def rope_backends(backends: Sequence[str]) -> list[str]:

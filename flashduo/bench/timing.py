@@ -5,6 +5,10 @@ clears L2 before every timed call, and inputs small enough to sit in L2 are also
 several copies (``rotation_count``), so no call finds its operands cached. CPU: the median of
 ``CPU_MIN_REPS`` to ``CPU_MAX_REPS`` wall-clock calls after at least one warm-up call, within the
 same budget (illustrative only: the numbers that matter need a GPU).
+
+Because ``do_bench`` times each call with its own events after a cache clear, a call whose host
+time exceeds the GPU time of one iteration (the clear plus its kernels) reads its host time;
+``host_us`` measures that host time so that such cells can be told apart.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ DEFAULT_BUDGET = Budget(10, 40)  # a kernel of 0.1-10 ms runs 4-400 timed calls
 QUICK_BUDGET = Budget(10, 30)
 FULL_BUDGET = Budget(25, 100)
 CPU_MIN_REPS, CPU_MAX_REPS = 2, 5
+HOST_CALLS = 10
+HOST_BELOW_MS = 2.0  # cells slower than this are not host-bound: their host time is not measured
 MAX_ROTATION = 8
 
 
@@ -130,6 +136,25 @@ def time_ms(fn: Impl, sets: Sequence[Inputs], dout: torch.Tensor, mode: str,
         ms = _cpu_ms(step, sets, budget)
     _clear_grads(sets)
     return ms
+
+
+def host_us(fn: Impl, sets: Sequence[Inputs], dout: torch.Tensor, mode: str) -> float:
+    """Median host time of one call of ``mode``, in µs: ``HOST_CALLS`` calls issued one after
+    another without synchronizing, each timed on the host clock (NaN on the CPU, where ``time_ms``
+    is host time already). Run it after ``time_ms``: first calls compile and tune."""
+    if not dout.is_cuda:
+        return math.nan
+    step = _step(fn, sets, dout, mode)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(HOST_CALLS):
+        _clear_grads(sets)
+        t0 = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t0) * 1e6)
+    torch.cuda.synchronize()
+    _clear_grads(sets)
+    return statistics.median(times)
 
 
 def peak_mb(fn: Impl, sets: Sequence[Inputs], dout: torch.Tensor, mode: str) -> float:
