@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import reference
-from flashduo.registry import Backend, register_backend, triton_interpreting
+from flashduo.registry import MASKS, Backend, register_backend, triton_interpreting
 
 _HALF = frozenset({torch.float16, torch.bfloat16})
 _FLOATS = _HALF | {torch.float32}
@@ -187,13 +187,13 @@ def _torch_bwd(dout, q, k, v, out, lse, causal, scale):
     return torch.func.vjp(sdpa, q, k, v)[1](dout)
 
 
-def _reference_fwd(q, k, v, causal, scale):
-    out, lse = reference.attention_ref(q, k, v, causal, scale, upcast=True)
+def _reference_fwd(q, k, v, causal, scale, **masks):
+    out, lse = reference.attention_ref(q, k, v, causal, scale, upcast=True, **masks)
     return out.to(q.dtype), lse.float()
 
 
-def _reference_bwd(dout, q, k, v, out, lse, causal, scale):
-    dq, dk, dv = reference.attention_bwd_ref(dout, q, k, v, causal, scale)
+def _reference_bwd(dout, q, k, v, out, lse, causal, scale, **masks):
+    dq, dk, dv = reference.attention_bwd_ref(dout, q, k, v, causal, scale, **masks)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
@@ -269,5 +269,6 @@ register_backend(
         description="float64 math that materializes the scores (reference/)",
         dtypes=_FLOATS | {torch.float64},
         devices=lambda: frozenset({"cpu", "cuda"}),
+        masks=frozenset(MASKS),
     )
 )

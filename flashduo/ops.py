@@ -25,17 +25,28 @@ _LIB = torch.library.Library("flashduo", "DEF")  # noqa: TOR901 (kept alive for 
 # its autograd context). fwd returns (out, lse, q_rot, k_rot): q_rot, k_rot are the rotated q, k
 # the kernels attended with when the op layer rotated them (rope tables given, a backend without
 # fused_rope), saved for the backward in place of q, k; empty otherwise. bwd's rotated: q and k
-# are such rotated tensors (dq, dk still come back for the unrotated ones).
+# are such rotated tensors (dq, dk still come back for the unrotated ones). attn_mask, window,
+# softcap: the masking arguments (registry.MASKS), None where the call has none; attn_mask gets
+# no gradient.
 _LIB.define(
     "fwd(Tensor q, Tensor k, Tensor v, bool causal, float scale, str backend, "
-    "Tensor? rope_cos=None, Tensor? rope_sin=None, int num_prefix=0, bool deterministic=True) "
+    "Tensor? rope_cos=None, Tensor? rope_sin=None, int num_prefix=0, bool deterministic=True, "
+    "Tensor? attn_mask=None, int[]? window=None, float? softcap=None) "
     "-> (Tensor, Tensor, Tensor, Tensor)"
 )
 _LIB.define(
     "bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, bool causal, "
     "float scale, str backend, Tensor? rope_cos=None, Tensor? rope_sin=None, int num_prefix=0, "
-    "bool deterministic=True, bool rotated=False) -> (Tensor, Tensor, Tensor)"
+    "bool deterministic=True, bool rotated=False, Tensor? attn_mask=None, int[]? window=None, "
+    "float? softcap=None) -> (Tensor, Tensor, Tensor)"
 )
+
+
+def _masks(attn_mask, window, softcap) -> dict:
+    """The masking arguments a call has, as the keywords a backend's fwd / bwd take."""
+    given = {"attn_mask": attn_mask, "window": None if window is None else tuple(window),
+             "softcap": softcap}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def _empty_case(q: torch.Tensor, k: torch.Tensor) -> bool:
@@ -77,10 +88,11 @@ def _in_layout(out: torch.Tensor, impl: registry.Backend) -> torch.Tensor:
 def _fwd_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float, backend: str,
     rope_cos: torch.Tensor | None = None, rope_sin: torch.Tensor | None = None,
-    num_prefix: int = 0, deterministic: bool = True,
+    num_prefix: int = 0, deterministic: bool = True, attn_mask: torch.Tensor | None = None,
+    window: list[int] | None = None, softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """out (B, Hq, Nq, D) like q, lse float32 (B, Hq, Nq), q_rot, k_rot (see the schema's note);
-    q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D).
+    q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D); attn_mask broadcastable to (B, Hq, Nq, Nk).
 
     The forward is deterministic in every backend; ``deterministic`` is the backward's mode. With
     rope tables, backends with ``fused_rope`` get them; others get q, k rotated here (by the
@@ -89,7 +101,8 @@ def _fwd_impl(
     ``flashduo._validate``).
     """
     impl = registry.get_backend(backend)
-    impl.check(q, k, v, causal)
+    masks = _masks(attn_mask, window, softcap)
+    impl.check(q, k, v, causal, frozenset(masks))
     rope = _rope(rope_cos, rope_sin, num_prefix)
     rotates = _rotates(impl, rope_cos)
     if _empty_case(q, k):
@@ -98,12 +111,13 @@ def _fwd_impl(
         qr, kr = (q.new_zeros(q.shape), k.new_zeros(k.shape)) if rotates else _no_rotation(q)
         return out, lse, qr, kr
     if rope is None:
-        (out, lse), (qr, kr) = impl.fwd(q, k, v, causal, scale), _no_rotation(q)
+        (out, lse), (qr, kr) = impl.fwd(q, k, v, causal, scale, **masks), _no_rotation(q)
     elif impl.fused_rope:
-        (out, lse), (qr, kr) = impl.fwd(q, k, v, causal, scale, rope=rope), _no_rotation(q)
+        (out, lse), (qr, kr) = (impl.fwd(q, k, v, causal, scale, rope=rope, **masks),
+                                _no_rotation(q))
     else:
         qr, kr = _rotate_qk(impl, q, k, rope)
-        out, lse = impl.fwd(qr, kr, v, causal, scale)
+        out, lse = impl.fwd(qr, kr, v, causal, scale, **masks)
     return _in_layout(out, impl), lse.contiguous(), qr, kr
 
 
@@ -126,6 +140,9 @@ def _bwd_impl(
     num_prefix: int = 0,
     deterministic: bool = True,
     rotated: bool = False,
+    attn_mask: torch.Tensor | None = None,
+    window: list[int] | None = None,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq (B, Hq, Nq, D), dk and dv (B, Hkv, Nk, D) from dout (B, Hq, Nq, D) and saved tensors.
 
@@ -139,6 +156,7 @@ def _bwd_impl(
         dout = dout.contiguous()
     impl = registry.get_backend(backend)
     mode = {"deterministic": deterministic} if impl.deterministic_modes else {}
+    mode.update(_masks(attn_mask, window, softcap))
     rope = _rope(rope_cos, rope_sin, num_prefix)
     if rope is None:
         dq, dk, dv = impl.bwd(dout, q, k, v, out, lse, causal, scale, **mode)
@@ -163,7 +181,7 @@ for _key in ("CPU", "CUDA"):
 
 @torch.library.register_fake("flashduo::fwd")
 def _fwd_fake(q, k, v, causal, scale, backend, rope_cos=None, rope_sin=None, num_prefix=0,
-              deterministic=True):
+              deterministic=True, attn_mask=None, window=None, softcap=None):
     impl = registry.get_backend(backend)
     if _rotates(impl, rope_cos):
         qr, kr = q.new_empty(q.shape), k.new_empty(k.shape)
@@ -174,21 +192,24 @@ def _fwd_fake(q, k, v, causal, scale, backend, rope_cos=None, rope_sin=None, num
 
 @torch.library.register_fake("flashduo::bwd")
 def _bwd_fake(dout, q, k, v, out, lse, causal, scale, backend, rope_cos=None, rope_sin=None,
-              num_prefix=0, deterministic=True, rotated=False):
+              num_prefix=0, deterministic=True, rotated=False, attn_mask=None, window=None,
+              softcap=None):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _save(ctx, inputs, output, traced: bool = False) -> None:
     """Keep what the backward needs: q, k, or the rotated q, k the op layer made. ``traced``: the
     forward ran ``flashduo::triton_fwd``, so the backward runs ``flashduo::triton_bwd``."""
-    q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix, deterministic = inputs
+    q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix, deterministic = inputs[:10]
+    attn_mask, window, softcap = (*inputs[10:], None, None, None)[:3]
     out, lse, qr, kr = output
     ctx.rotated = _rotates(registry.get_backend(backend), rope_cos)
     if ctx.rotated:
         q, k = qr, kr
-    ctx.save_for_backward(q, k, v, out, lse, rope_cos, rope_sin)
+    ctx.save_for_backward(q, k, v, out, lse, rope_cos, rope_sin, attn_mask)
     ctx.causal, ctx.scale, ctx.backend, ctx.num_prefix = causal, scale, backend, num_prefix
     ctx.deterministic, ctx.traced = deterministic, traced
+    ctx.window, ctx.softcap = window, softcap
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -206,15 +227,18 @@ def _plain_eager(t: torch.Tensor) -> bool:
 
 
 def _backward(ctx, dout, *_):
-    q, k, v, out, lse, rope_cos, rope_sin = ctx.saved_tensors
+    q, k, v, out, lse, rope_cos, rope_sin, attn_mask = ctx.saved_tensors
     args = (ctx.causal, ctx.scale, rope_cos, rope_sin, ctx.num_prefix, ctx.deterministic,
             ctx.rotated)
+    masks = (attn_mask, ctx.window, ctx.softcap)
     if ctx.traced:
         dq, dk, dv = torch.ops.flashduo.triton_bwd(dout, q, k, v, out, lse, *args)
     elif _plain_eager(dout):
-        dq, dk, dv = _bwd_impl(dout, q, k, v, out, lse, *args[:2], ctx.backend, *args[2:])
+        dq, dk, dv = _bwd_impl(dout, q, k, v, out, lse, *args[:2], ctx.backend, *args[2:],
+                               *masks)
     else:
-        dq, dk, dv = attention_bwd(dout, q, k, v, out, lse, *args[:2], ctx.backend, *args[2:])
+        dq, dk, dv = attention_bwd(dout, q, k, v, out, lse, *args[:2], ctx.backend, *args[2:],
+                                   *masks)
     return (dq, dk, dv) + (None,) * (len(ctx.needs_input_grad) - 3)
 
 
@@ -280,9 +304,12 @@ class _Attention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix,
-                deterministic):
-        args = (q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix, deterministic)
-        traced = backend in _TRITON_OPS and torch.compiler.is_compiling()
+                deterministic, attn_mask, window, softcap):
+        args = (q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix, deterministic,
+                attn_mask, window, softcap)
+        # the triton ops take no masks: a masked call runs (and is refused by) the plain op
+        traced = (backend in _TRITON_OPS and torch.compiler.is_compiling()
+                  and attn_mask is None and window is None and softcap is None)
         if traced:
             output = torch.ops.flashduo.triton_fwd(q, k, v, causal, scale, rope_cos, rope_sin,
                                                    num_prefix, deterministic)
@@ -302,10 +329,11 @@ class _Attention(torch.autograd.Function):
 def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float, backend: str,
     rope_cos: torch.Tensor | None = None, rope_sin: torch.Tensor | None = None,
-    num_prefix: int = 0, deterministic: bool = True,
+    num_prefix: int = 0, deterministic: bool = True, attn_mask: torch.Tensor | None = None,
+    window: list[int] | None = None, softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """out (B, Hq, Nq, D), lse (B, Hq, Nq) float32 through ``flashduo::fwd``, differentiable in
     q, k, v with ``flashduo::bwd`` as the backward (see ``_fwd_impl`` for the shapes and out's
-    memory layout)."""
+    memory layout); the masking arguments as in ``registry.Backend``."""
     return _Attention.apply(q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix,
-                            deterministic)
+                            deterministic, attn_mask, window, softcap)

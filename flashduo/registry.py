@@ -42,6 +42,10 @@ class Backend:
     ``rope=`` and returns dq, dk for the unrotated inputs; otherwise the op layer turns them back.
     With ``bnhd_out``, ``fwd``'s out (B, H, N, D) has the memory layout of (B, N, H, D), as SDPA's
     does; otherwise it is contiguous.
+    ``masks`` names the masking arguments of ``MASKS`` the backend takes; a call that has one
+    hands it to both ``fwd`` and ``bwd`` as a keyword (``attn_mask=`` a bool or float tensor
+    broadcastable to (B, Hq, Nq, Nk), ``window=(left, right)``, ``softcap=`` a float; semantics
+    in ``reference.attention``), and only then.
     """
 
     name: str
@@ -61,12 +65,15 @@ class Backend:
     rotate: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
     unrotates_grads: bool = False
     bnhd_out: bool = False
+    masks: frozenset[str] = frozenset()
 
     def not_supported_reasons(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+        masks: frozenset[str] = frozenset(),
     ) -> list[str]:
-        """Why this backend cannot run on these inputs; empty when it can."""
-        reasons = []
+        """Why this backend cannot run on these inputs (with the masking arguments ``masks``
+        given); empty when it can."""
+        reasons = [_mask_reason(name) for name in MASKS if name in masks - self.masks]
         why = self.unavailable()
         if why:
             reasons.append(why)
@@ -86,15 +93,22 @@ class Backend:
                 reasons.append(f"compute capability {cap} < {self.min_capability}")
         return reasons + self.extra_reasons(q, k, v, causal)
 
-    def check(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> None:
+    def check(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+              masks: frozenset[str] = frozenset()) -> None:
         """Raise ``ValueError`` listing every reason this backend cannot take the inputs."""
-        reasons = self.not_supported_reasons(q, k, v, causal)
+        reasons = self.not_supported_reasons(q, k, v, causal, masks)
         if reasons:
             raise ValueError(f"backend {self.name!r} cannot run these inputs: " + "; ".join(reasons))
 
 
 _REGISTRY: dict[str, Backend] = {}
 _STACK: list[str] = []
+MASKS = ("attn_mask", "window", "softcap")  # the masking arguments a backend may take
+
+
+def _mask_reason(name: str) -> str:
+    takers = ", ".join(b.name for b in _REGISTRY.values() if name in b.masks) or "none yet"
+    return f"{name} is not supported (backends that take it: {takers})"
 
 
 def register_backend(backend: Backend) -> Backend:
