@@ -1,12 +1,12 @@
-"""Public entry points: ``attention`` and ``attention_with_lse``."""
+"""Public entry points: ``attention``, ``attention_with_lse`` and ``attention_varlen``."""
 
 from __future__ import annotations
 
 import torch
 
 import reference
-from flashduo import ops, registry
-from flashduo._validate import check_inputs, check_masks, last_dim_contiguous
+from flashduo import ops, registry, varlen_ops
+from flashduo._validate import check_inputs, check_masks, check_varlen, last_dim_contiguous
 
 
 def attention_with_lse(
@@ -105,3 +105,72 @@ def attention(
     return attention_with_lse(q, k, v, causal, scale, backend, rope, num_prefix_tokens,
                               deterministic, attn_mask=attn_mask, window=window,
                               softcap=softcap)[0]
+
+
+def attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    causal: bool = False,
+    scale: float | None = None,
+    backend: str | None = None,
+    rope: reference.CosSinTable | None = None,
+    *,
+    window: tuple[int, int] | None = None,
+    softcap: float | None = None,
+    deterministic: bool | None = None,
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Attention over packed sequences of different lengths (FlashAttention's varlen layout):
+    each sequence attends only within itself, with ``attention``'s semantics per sequence
+    (``reference.varlen``).
+
+    Args:
+        q: (total_q, Hq, D); k, v: (total_k, Hkv, D), Hq % Hkv == 0; sequence i holds rows
+            ``cu_seqlens_q[i] : cu_seqlens_q[i + 1]`` of q and the same of ``cu_seqlens_k`` in
+            k and v. Last-dim stride 1 (other inputs are copied once).
+        cu_seqlens_q, cu_seqlens_k: int32 (batch + 1,) on q's device, from 0, never decreasing,
+            ending at total_q / total_k. Their values are read on the host (one small copy).
+        max_seqlen_q, max_seqlen_k: ints at least the longest sequence of each.
+        causal, window, softcap: as in ``attention``, top-left aligned within each sequence.
+        rope: a ``CosSinTable.for_grids`` table of the packed images (NaViT-style native
+            resolution), one grid per sequence, its ``seq_lens`` those of cu_seqlens_q and
+            cu_seqlens_k (self-attention over the same tokens); each image's prefix tokens stay
+            unrotated. Gradients flow back through the rotation.
+        deterministic: as in ``attention``.
+        return_lse: also return lse (Hq, total_q) float32, natural log (no gradient).
+
+    Runs on the backends with ``Backend.fwd_varlen`` (today ``reference``); others refuse the
+    call with a ``ValueError``.
+
+    Returns:
+        out (total_q, Hq, D) in q's dtype, or (out, lse) with ``return_lse``.
+    """
+    scale = check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                         causal, scale)
+    _, window, softcap = check_masks(q, k, None, window, softcap)
+    if window == (-1, -1):
+        window = None
+    if not isinstance(return_lse, bool):
+        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
+    if deterministic is not None and not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be a bool or None, got {type(deterministic).__name__}")
+    tables = (None, None)
+    if rope is not None:
+        if not torch.compiler.is_compiling():
+            for name, x, cu in (("q", q, cu_seqlens_q), ("k", k, cu_seqlens_k)):
+                bounds = cu.tolist()
+                reference.check_packed_rope(x, rope, [b - a for a, b in zip(bounds, bounds[1:])],
+                                            name)
+        tables = (rope.COSP, rope.SINP)
+    deterministic = registry.resolve_deterministic(deterministic)
+    name = registry.resolve_backend(backend)
+    q, k, v = last_dim_contiguous(q), last_dim_contiguous(k), last_dim_contiguous(v)
+    out, lse = varlen_ops.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                           max_seqlen_k, causal, scale, name, *tables,
+                                           deterministic, window, softcap)
+    return (out, lse.detach()) if return_lse else out

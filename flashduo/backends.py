@@ -197,6 +197,18 @@ def _reference_bwd(dout, q, k, v, out, lse, causal, scale, **masks):
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
+def _reference_fwd_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, **masks):
+    out, lse = reference.attention_varlen_ref(q, k, v, cu_q, cu_k, causal, scale, **masks)
+    return out.to(q.dtype), lse.float()
+
+
+def _reference_bwd_varlen(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, causal, scale,
+                          **masks):
+    dq, dk, dv = reference.attention_varlen_bwd_ref(dout, q, k, v, cu_q, cu_k, causal, scale,
+                                                    **masks)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
 register_backend(
     Backend(
         name="triton",
@@ -270,5 +282,7 @@ register_backend(
         dtypes=_FLOATS | {torch.float64},
         devices=lambda: frozenset({"cpu", "cuda"}),
         masks=frozenset(MASKS),
+        fwd_varlen=_reference_fwd_varlen,
+        bwd_varlen=_reference_bwd_varlen,
     )
 )

@@ -335,5 +335,16 @@ def attention(
     """out (B, Hq, Nq, D), lse (B, Hq, Nq) float32 through ``flashduo::fwd``, differentiable in
     q, k, v with ``flashduo::bwd`` as the backward (see ``_fwd_impl`` for the shapes and out's
     memory layout); the masking arguments as in ``registry.Backend``."""
+    q, k, v = _distinct(q, k, v)
     return _Attention.apply(q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix,
                             deterministic, attn_mask, window, softcap)
+
+
+def _distinct(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors, each one that repeats an earlier one replaced by a view of it: Dynamo cannot
+    trace an ``autograd.Function`` given one tensor twice (``attention(x, x, x)``, or one
+    ``cu_seqlens`` for q and k)."""
+    out: list[torch.Tensor] = []
+    for t in tensors:
+        out.append(t.view(t.shape) if any(t is u for u in out) else t)
+    return out

@@ -42,6 +42,11 @@ class Backend:
     ``rope=`` and returns dq, dk for the unrotated inputs; otherwise the op layer turns them back.
     With ``bnhd_out``, ``fwd``'s out (B, H, N, D) has the memory layout of (B, N, H, D), as SDPA's
     does; otherwise it is contiguous.
+    ``fwd_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+    scale, **masks) -> (out, lse)`` and ``bwd_varlen(dout, q, k, v, out, lse, cu_seqlens_q,
+    cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, **masks) -> (dq, dk, dv)``, where a
+    backend has them, run packed sequences (``flashduo.attention_varlen``): q (total_q, Hq, D),
+    k, v (total_k, Hkv, D), out like q, lse (Hq, total_q) float32 (``reference.varlen``).
     ``masks`` names the masking arguments of ``MASKS`` the backend takes; a call that has one
     hands it to both ``fwd`` and ``bwd`` as a keyword (``attn_mask=`` a bool or float tensor
     broadcastable to (B, Hq, Nq, Nk), ``window=(left, right)``, ``softcap=`` a float; semantics
@@ -66,14 +71,21 @@ class Backend:
     unrotates_grads: bool = False
     bnhd_out: bool = False
     masks: frozenset[str] = frozenset()
+    fwd_varlen: FwdFn | None = None
+    bwd_varlen: BwdFn | None = None
 
     def not_supported_reasons(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
-        masks: frozenset[str] = frozenset(),
+        masks: frozenset[str] = frozenset(), varlen: bool = False,
     ) -> list[str]:
         """Why this backend cannot run on these inputs (with the masking arguments ``masks``
-        given); empty when it can."""
+        given; ``varlen``: packed sequences, q, k, v seen as (1, H, total, D)); empty when it
+        can."""
         reasons = [_mask_reason(name) for name in MASKS if name in masks - self.masks]
+        if varlen and self.fwd_varlen is None:
+            takers = ", ".join(b.name for b in _REGISTRY.values() if b.fwd_varlen) or "none yet"
+            reasons.append(f"packed sequences (attention_varlen) are not supported (backends "
+                           f"that take them: {takers})")
         why = self.unavailable()
         if why:
             reasons.append(why)
@@ -94,9 +106,9 @@ class Backend:
         return reasons + self.extra_reasons(q, k, v, causal)
 
     def check(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
-              masks: frozenset[str] = frozenset()) -> None:
+              masks: frozenset[str] = frozenset(), varlen: bool = False) -> None:
         """Raise ``ValueError`` listing every reason this backend cannot take the inputs."""
-        reasons = self.not_supported_reasons(q, k, v, causal, masks)
+        reasons = self.not_supported_reasons(q, k, v, causal, masks, varlen)
         if reasons:
             raise ValueError(f"backend {self.name!r} cannot run these inputs: " + "; ".join(reasons))
 

@@ -17,6 +17,7 @@ from reference.rope import (
     CosSinTable,
     RopeTables,
     apply_rope,
+    check_packed_rope,
     check_rope,
     rotate_packed,
     rotate_pairs,
@@ -25,5 +26,5 @@ from reference.varlen import attention_varlen_bwd_ref, attention_varlen_ref
 
 __all__ = ["attention_ref", "attention_bwd_ref", "attention_naive", "causal_mask",
            "key_visibility", "Window", "attention_varlen_ref", "attention_varlen_bwd_ref",
-           "CosSinTable", "RopeTables", "apply_rope", "check_rope", "rotate_packed",
+           "CosSinTable", "RopeTables", "apply_rope", "check_rope", "check_packed_rope", "rotate_packed",
            "rotate_pairs"]

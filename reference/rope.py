@@ -194,6 +194,27 @@ def apply_rope(x: torch.Tensor, table: CosSinTable, num_prefix_tokens: int = 1) 
     return rotate_pairs(x, table.COSP, table.SINP, num_prefix_tokens)
 
 
+def check_packed_rope(x: torch.Tensor, table: CosSinTable, seq_lens: list[int],
+                      name: str) -> None:
+    """Raise ValueError / TypeError naming ``name`` when the table cannot rotate packed tokens x
+    (total, H, D) whose sequences have ``seq_lens`` tokens: it must be a ``for_grids`` table of
+    the same sequence lengths, head dim and device."""
+    if not isinstance(table, CosSinTable):
+        raise TypeError(f"rope must be a CosSinTable, got {type(table).__name__}")
+    if table.grids is None:
+        raise ValueError("rope for packed sequences must be a CosSinTable.for_grids table (one "
+                         "grid per sequence)")
+    if x.shape[-1] != table.D:
+        raise ValueError(f"rope table is for D={table.D}, {name} has D={x.shape[-1]}")
+    if list(seq_lens) != table.seq_lens:
+        raise ValueError(f"rope table's sequences have {table.seq_lens} tokens "
+                         f"({table.num_prefix_tokens} prefix + each grid), {name}'s have "
+                         f"{list(seq_lens)}")
+    if table.device != x.device:
+        raise ValueError(f"rope table is on {table.device}, {name} on {x.device}: "
+                         f"move it with table.to({str(x.device)!r})")
+
+
 def rotate_packed(x: torch.Tensor, table: CosSinTable, inverse: bool = False) -> torch.Tensor:
     """Rotate packed tokens x (total, H, D) by a ``for_grids`` table (one row per token, prefix
     rows the identity); shapes must match (no other checks)."""

@@ -188,3 +188,14 @@ def test_autocast_runs_float32_in_the_autocast_dtype() -> None:
     assert q.grad.dtype == k.grad.dtype == v.grad.dtype == torch.float32
     exact = flashduo.attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), causal=True, backend=backend)
     torch.testing.assert_close(out, exact)
+
+
+def test_one_tensor_as_q_k_and_v_compiles_fullgraph() -> None:
+    """``attention(x, x, x)`` (one tensor passed three times, which Dynamo cannot trace into an
+    autograd.Function as is) compiles with fullgraph=True and gives eager's gradient."""
+    x = torch.randn(1, 2, 8, 16, requires_grad=True)
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        return flashduo.attention(x, x, x, causal=True, backend="reference").square().sum()
+
+    assert_compiled_matches_eager(loss, (x,), "aot_eager")

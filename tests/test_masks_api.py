@@ -10,6 +10,7 @@ import torch
 
 import flashduo
 import reference
+from tests.helpers import assert_compiled_matches_eager
 
 B, HQ, HKV, NQ, NK, D = 2, 4, 2, 9, 11, 16
 
@@ -127,16 +128,5 @@ def test_masked_attention_compiles_fullgraph() -> None:
                                  window=masks["window"], softcap=masks["softcap"])
         return (out * out).sum()
 
-    torch._dynamo.reset()
-    try:
-        compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-        q, k, v = _inputs(seed=1)
-        want = loss(q, k, v, masks["attn_mask"])
-        want_grads = torch.autograd.grad(want, (q, k, v))
-        got = compiled(q, k, v, masks["attn_mask"])
-        got_grads = torch.autograd.grad(got, (q, k, v))
-    finally:
-        torch._dynamo.reset()
-    torch.testing.assert_close(got, want)
-    for g, w in zip(got_grads, want_grads, strict=True):
-        torch.testing.assert_close(g, w)
+    assert_compiled_matches_eager(lambda q, k, v: loss(q, k, v, masks["attn_mask"]),
+                                  _inputs(seed=1), "aot_eager")
