@@ -21,10 +21,13 @@ class MultiheadAttention(nn.Module):
     ``in_proj_bias`` (3E) (None without bias), ``out_proj`` a ``Linear(E, E)``.
 
     Supported: self- and cross-attention (key/value length S may differ from the query length L),
-    ``is_causal`` (top-left aligned), ``batch_first`` either way, unbatched inputs.
-    Not supported (``ValueError``): ``need_weights=True``, ``key_padding_mask``, and ``attn_mask``
-    other than the causal hint: as in torch, ``attn_mask`` passed with ``is_causal=True`` is taken
-    to be the causal mask and not read. There is no dropout.
+    ``is_causal`` (top-left aligned), ``batch_first`` either way, unbatched inputs, and torch's
+    ``key_padding_mask`` and ``attn_mask`` (bool: True leaves the key out, the opposite of SDPA's
+    convention; float: added to the scores), handed to ``flashduo.attention`` as one ``attn_mask``
+    on the backends that take it (``Backend.masks``). As in torch, ``attn_mask`` passed with
+    ``is_causal=True`` is taken to be the causal mask and not read. Unlike torch, a query that
+    the masks leave no key gets 0, not NaN. Not supported (``ValueError``): ``need_weights=True``.
+    There is no dropout.
 
     Args:
         embed_dim: E, split into ``num_heads`` heads of E / num_heads channels.
@@ -87,8 +90,11 @@ class MultiheadAttention(nn.Module):
         Args:
             query: (B, L, E) with ``batch_first``, else (L, B, E); or unbatched (L, E).
             key, value: (B, S, E) / (S, B, E) / (S, E), laid out like ``query``.
-            key_padding_mask, attn_mask, need_weights: see the class notes (only the defaults,
-                or ``attn_mask`` as the causal hint, are accepted).
+            key_padding_mask: (B, S), or (S,) unbatched: bool (True: that key is padding) or
+                float (added to its scores).
+            attn_mask: (L, S) or (B * H, L, S), or (H, L, S) unbatched: bool (True: the query may
+                not attend to that key) or float (added); ignored with ``is_causal=True``.
+            need_weights: only False (the weights are never materialized).
             is_causal: query i attends to keys j <= i.
 
         Returns:
@@ -102,7 +108,9 @@ class MultiheadAttention(nn.Module):
         elif not self.batch_first:
             query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
         q, k, v = self._project(query, key, value, packed)
-        out = attention(q, k, v, causal=is_causal, backend=self.backend)
+        mask = self._sdpa_mask(key_padding_mask, None if is_causal else attn_mask, q.shape[0],
+                               q.shape[2], k.shape[2])
+        out = attention(q, k, v, causal=is_causal, backend=self.backend, attn_mask=mask)
         out = self.out_proj(out.transpose(1, 2).flatten(2))  # (B, L, E)
         if unbatched:
             out = out[0]
@@ -124,6 +132,49 @@ class MultiheadAttention(nn.Module):
             for x, w, b in zip((query, key, value), weights, biases)
         )
 
+    def _sdpa_mask(self, key_padding_mask: torch.Tensor | None, attn_mask: torch.Tensor | None,
+                   b: int, nq: int, nk: int) -> torch.Tensor | None:
+        """torch's two masks as one SDPA-style mask broadcastable to (B, H, L, S): bool True
+        where the key takes part when both are bool, else float (bool ones as -inf / 0)."""
+        parts = []
+        if key_padding_mask is not None:
+            parts.append(key_padding_mask.reshape(b, 1, 1, nk))
+        if attn_mask is not None:
+            shape = (1, 1, nq, nk) if attn_mask.dim() == 2 else (b, self.num_heads, nq, nk)
+            parts.append(attn_mask.reshape(shape))
+        if not parts:
+            return None
+        if all(p.dtype == torch.bool for p in parts):
+            keep = ~parts[0]
+            for p in parts[1:]:
+                keep = keep & ~p
+            return keep
+        total = None
+        for p in parts:
+            if p.dtype == torch.bool:
+                p = torch.zeros(p.shape, device=p.device).masked_fill(p, float("-inf"))
+            total = p if total is None else total + p
+        return total
+
+    def _check_masks(self, key_padding_mask, attn_mask, query, key, is_causal) -> None:
+        unbatched = query.dim() == 2
+        seq = 0 if unbatched or not self.batch_first else 1
+        nq, nk = query.shape[seq], key.shape[seq]
+        b = 1 if unbatched else query.shape[1 - seq]
+        wants = {"key_padding_mask": [(nk,)] if unbatched else [(b, nk)],
+                 "attn_mask": [(nq, nk), (self.num_heads, nq, nk)] if unbatched
+                 else [(nq, nk), (b * self.num_heads, nq, nk)]}
+        for name, mask in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
+            if mask is None or (name == "attn_mask" and is_causal):
+                continue
+            if not isinstance(mask, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor or None, got {type(mask).__name__}")
+            if mask.dtype != torch.bool and not mask.is_floating_point():
+                raise TypeError(f"{name} must be bool or floating, got dtype {mask.dtype}")
+            if tuple(mask.shape) not in wants[name]:
+                raise ValueError(f"{name} must have shape {' or '.join(map(str, wants[name]))}, "
+                                 f"got {tuple(mask.shape)}")
+
     def _check_arguments(self, query, key, value, key_padding_mask, need_weights, attn_mask,
                          is_causal) -> None:
         if not isinstance(is_causal, bool):
@@ -131,11 +182,6 @@ class MultiheadAttention(nn.Module):
         if need_weights:
             raise ValueError("need_weights=True is not supported: flashduo never materializes the "
                              "attention weights (pass need_weights=False)")
-        if key_padding_mask is not None:
-            raise ValueError("key_padding_mask is not supported (only is_causal masking)")
-        if attn_mask is not None and not is_causal:
-            raise ValueError("attn_mask is not supported (only is_causal=True; an attn_mask is "
-                             "accepted only as the causal hint that comes with is_causal=True)")
         names = ("query", "key", "value")
         for name, x in zip(names, (query, key, value)):
             if not isinstance(x, torch.Tensor):
@@ -152,6 +198,7 @@ class MultiheadAttention(nn.Module):
         if query.dim() == 3 and query.shape[batch_dim] != key.shape[batch_dim]:
             raise ValueError(f"query and key must have the same batch size, got {tuple(query.shape)} "
                              f"and {tuple(key.shape)} (batch_first={self.batch_first})")
+        self._check_masks(key_padding_mask, attn_mask, query, key, is_causal)
 
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "

@@ -112,15 +112,66 @@ def test_causal_hint_mask_is_accepted() -> None:
                                mha(x, x, x, is_causal=True)[0], atol=0, rtol=0)
 
 
+def _masks(kind: str, mode: str, batch_first: bool) -> dict:
+    """torch-convention masks for ``_inputs(mode, batch_first)``: key padding (True: a padded
+    key), a bool (L, S) mask (True: not allowed), a float (B * H, L, S) one, or both kinds. No
+    query is left without a key (torch gives NaN there, flashduo 0)."""
+    nk = S if mode == "cross" else L
+    g = torch.Generator(device=DEVICE).manual_seed(5)
+    pad = torch.zeros(B, nk, dtype=torch.bool, device=DEVICE)
+    pad[1, nk - 3:] = True
+    keys_out = torch.rand(L, nk, generator=g, device=DEVICE) > 0.6
+    keys_out[:, 0] = False
+    added = torch.randn(B * H, L, nk, generator=g, device=DEVICE, dtype=torch.float64)
+    return {"padding": {"key_padding_mask": pad}, "bool": {"attn_mask": keys_out},
+            "float": {"attn_mask": added},
+            "padding-and-float": {"key_padding_mask": pad, "attn_mask": added}}[kind]
+
+
+MASK_KINDS = ["padding", "bool", "float", "padding-and-float"]
+
+
+@pytest.mark.parametrize("mode", ["self", "cross"])
+@pytest.mark.parametrize("kind", MASK_KINDS)
+def test_masks_match_torch(kind: str, mode: str) -> None:
+    """torch's key_padding_mask / attn_mask conventions, on the backend that takes masks."""
+    truth_mha = _torch_mha()
+    base_mha = copy.deepcopy(truth_mha).to(DTYPE)
+    ours = flashduo.nn.MultiheadAttention(E, H, backend="reference", device=DEVICE, dtype=DTYPE)
+    ours.load_state_dict(base_mha.state_dict())
+    inputs = _inputs(mode, True)
+    masks = _masks(kind, mode, True)
+    low = {name: m if m.dtype == torch.bool else m.to(DTYPE) for name, m in masks.items()}
+    truth = _run(truth_mha, inputs, False, torch.float64, need_weights=False, **masks)
+    base = _run(base_mha, inputs, False, DTYPE, need_weights=False, **low)
+    got = _run(ours, inputs, False, DTYPE, **low)
+    unmasked = _run(ours, inputs, False, DTYPE)
+    assert not torch.allclose(got[0], unmasked[0]), "the masks must change the result"
+    for i, (x, ref, b) in enumerate(zip(got, truth, base)):
+        assert_close(f"{kind} {mode} #{i}", x, ref, b, "out" if i == 0 else "grad", DTYPE)
+
+
+def test_masks_on_a_backend_without_them_are_refused_by_name() -> None:
+    mha = flashduo.nn.MultiheadAttention(E, H, backend="triton-unfused", device=DEVICE)
+    if flashduo.get_backend("triton-unfused").unavailable():
+        pytest.skip(flashduo.get_backend("triton-unfused").unavailable())
+    x = torch.randn(B, L, E, device=DEVICE)
+    pad = torch.zeros(B, L, dtype=torch.bool, device=DEVICE)
+    with pytest.raises(ValueError, match=r"attn_mask is not supported \(backends that take it"):
+        mha(x, x, x, key_padding_mask=pad)
+
+
 def test_unsupported_arguments() -> None:
     mha = flashduo.nn.MultiheadAttention(E, H, backend="reference", device=DEVICE)
     x = torch.randn(B, L, E, device=DEVICE)
     with pytest.raises(ValueError, match="need_weights=True is not supported"):
         mha(x, x, x, need_weights=True)
-    with pytest.raises(ValueError, match="key_padding_mask is not supported"):
-        mha(x, x, x, key_padding_mask=torch.zeros(B, L, dtype=torch.bool, device=DEVICE))
-    with pytest.raises(ValueError, match="attn_mask is not supported"):
-        mha(x, x, x, attn_mask=torch.ones(L, L, dtype=torch.bool, device=DEVICE))
+    with pytest.raises(ValueError, match=r"key_padding_mask must have shape \(2, 9\), got \(9,\)"):
+        mha(x, x, x, key_padding_mask=torch.zeros(L, dtype=torch.bool, device=DEVICE))
+    with pytest.raises(ValueError, match=r"attn_mask must have shape \(9, 9\) or \(4, 9, 9\)"):
+        mha(x, x, x, attn_mask=torch.ones(2, L, L, dtype=torch.bool, device=DEVICE))
+    with pytest.raises(TypeError, match="attn_mask must be bool or floating"):
+        mha(x, x, x, attn_mask=torch.ones(L, L, dtype=torch.int32, device=DEVICE))
     with pytest.raises(TypeError, match="is_causal must be a bool"):
         mha(x, x, x, is_causal=1)
     with pytest.raises(ValueError, match="expected embed_dim=128"):
