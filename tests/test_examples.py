@@ -37,3 +37,14 @@ def test_timm_rope_vit_check() -> None:
                       timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.count("max rel diff") == 2, run.stdout
+
+
+def test_navit_packing_matches_image_by_image() -> None:
+    """The packed call with per-image RoPE grids equals attending to each image alone (its
+    default backend: reference on the CPU, one that takes packed sequences on a GPU)."""
+    run = run_example("examples/navit_packing.py", "--images", "5", "--max-grid", "9",
+                      timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    head, check = run.stdout.splitlines()[:2]
+    diff = float(check.split()[-1])
+    assert diff < (1e-5 if head.endswith("float32") else 3e-2), run.stdout
