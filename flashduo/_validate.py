@@ -61,12 +61,16 @@ def check_inputs(
         )
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    if deterministic is not None and not isinstance(deterministic, bool):
-        raise TypeError(f"deterministic must be a bool or None, got {type(deterministic).__name__}")
+    _check_deterministic(deterministic)
     if rope is not None:
         reference.check_rope(q, rope, num_prefix_tokens, "q")
         reference.check_rope(k, rope, num_prefix_tokens, "k")
     return _scale(scale, q.shape[-1])
+
+
+def _check_deterministic(deterministic: object) -> None:
+    if deterministic is not None and not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be a bool or None, got {type(deterministic).__name__}")
 
 
 def _scale(scale: object, d: int) -> float:
@@ -132,6 +136,7 @@ def _check_attn_mask(mask: object, target: tuple[int, int, int, int],
 def check_varlen(
     q: object, k: object, v: object, cu_seqlens_q: object, cu_seqlens_k: object,
     max_seqlen_q: object, max_seqlen_k: object, causal: object, scale: object,
+    deterministic: object = None,
 ) -> float:
     """Validate a packed call: q (total_q, Hq, D), k and v (total_k, Hkv, D), ``cu_seqlens_*``
     int32 (batch + 1,) on q's device, starting at 0, never decreasing and ending at the totals,
@@ -164,6 +169,7 @@ def check_varlen(
                          f"Hkv={k.shape[1]}")
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    _check_deterministic(deterministic)
     sides = (("q", cu_seqlens_q, q.shape[0], max_seqlen_q),
              ("k", cu_seqlens_k, k.shape[0], max_seqlen_k))
     for side, cu, _, longest in sides:

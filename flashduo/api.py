@@ -151,14 +151,12 @@ def attention_varlen(
         out (total_q, Hq, D) in q's dtype, or (out, lse) with ``return_lse``.
     """
     scale = check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                         causal, scale)
+                         causal, scale, deterministic)
     _, window, softcap = check_masks(q, k, None, window, softcap)
     if window == (-1, -1):
         window = None
     if not isinstance(return_lse, bool):
         raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
-    if deterministic is not None and not isinstance(deterministic, bool):
-        raise TypeError(f"deterministic must be a bool or None, got {type(deterministic).__name__}")
     tables = (None, None)
     if rope is not None:
         if not torch.compiler.is_compiling():
