@@ -2,6 +2,7 @@
 
 >>> out = flashduo.attention(q, k, v, causal=True)              # q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D)
 >>> out, lse = flashduo.attention_with_lse(q, k, v, backend="triton")
+>>> out = flashduo.attention_qkvpacked(qkv)                     # qkv (B, N, 3, H, D) -> (B, N, H, D)
 >>> out = flashduo.attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k, backend="reference")
 >>> with flashduo.use_backend("torch"):
 ...     out = flashduo.attention(q, k, v)
@@ -13,7 +14,7 @@
 
 from flashduo import backends as _backends  # noqa: F401  (registers the built-in backends)
 from flashduo import nn
-from flashduo.api import attention, attention_varlen, attention_with_lse
+from flashduo.api import attention, attention_qkvpacked, attention_varlen, attention_with_lse
 from flashduo.compat import flash_attention, sdpa_triton_fa, sdpa_triton_fa_rope
 from flashduo.registry import (
     Backend,
@@ -28,6 +29,7 @@ from reference.rope import CosSinTable, apply_rope
 __all__ = [
     "attention",
     "attention_with_lse",
+    "attention_qkvpacked",
     "attention_varlen",
     "use_backend",
     "available_backends",

@@ -68,6 +68,17 @@ def check_inputs(
     return _scale(scale, q.shape[-1])
 
 
+def check_qkvpacked(qkv: object) -> None:
+    """Validate the packed tensor of ``attention_qkvpacked``: a floating (B, N, 3, H, D) tensor
+    (its q, k, v views then go through ``check_inputs``)."""
+    if not isinstance(qkv, torch.Tensor):
+        raise TypeError(f"qkv must be a torch.Tensor, got {type(qkv).__name__}")
+    if qkv.dim() != 5 or qkv.shape[2] != 3:
+        raise ValueError(f"qkv must be 5-D (B, N, 3, H, D), got shape {tuple(qkv.shape)}")
+    if not qkv.is_floating_point():
+        raise TypeError(f"qkv must be a floating-point tensor, got dtype {qkv.dtype}")
+
+
 def _check_deterministic(deterministic: object) -> None:
     if deterministic is not None and not isinstance(deterministic, bool):
         raise TypeError(f"deterministic must be a bool or None, got {type(deterministic).__name__}")

@@ -1,4 +1,5 @@
-"""Public entry points: ``attention``, ``attention_with_lse`` and ``attention_varlen``."""
+"""Public entry points: ``attention``, ``attention_with_lse``, ``attention_qkvpacked`` and
+``attention_varlen``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ import torch
 
 import reference
 from flashduo import ops, registry, varlen_ops
-from flashduo._validate import check_inputs, check_masks, check_varlen, last_dim_contiguous
+from flashduo._validate import (
+    check_inputs,
+    check_masks,
+    check_qkvpacked,
+    check_varlen,
+    last_dim_contiguous,
+)
 
 
 def attention_with_lse(
@@ -62,18 +69,26 @@ def attention_with_lse(
         out: (B, Hq, Nq, D), q's dtype. Differentiable with respect to q, k, v.
         lse: (B, Hq, Nq) float32, natural log of the softmax denominator of each row (no gradient).
     """
+    options = _options(q, k, v, causal, scale, backend, rope, num_prefix_tokens, deterministic,
+                       attn_mask, window, softcap)
+    q, k, v = _autocast(q, k, v)
+    q, k, v = last_dim_contiguous(q), last_dim_contiguous(k), last_dim_contiguous(v)
+    out, lse = ops.attention(q, k, v, *options)
+    return out, lse.detach()
+
+
+def _options(q, k, v, causal, scale, backend, rope, num_prefix_tokens, deterministic, attn_mask,
+             window, softcap) -> tuple:
+    """Validate a call (``check_inputs``, ``check_masks``) and resolve its defaults: the op
+    arguments after q, k, v (``ops.attention``'s order)."""
     scale = check_inputs(q, k, v, causal, scale, rope, num_prefix_tokens, deterministic)
     attn_mask, window, softcap = check_masks(q, k, attn_mask, window, softcap)
     if window == (-1, -1):
         window = None
     deterministic = registry.resolve_deterministic(deterministic)
-    q, k, v = _autocast(q, k, v)
     name = registry.resolve_backend(backend)
     tables = (None, None, 0) if rope is None else (rope.COSP, rope.SINP, num_prefix_tokens)
-    q, k, v = last_dim_contiguous(q), last_dim_contiguous(k), last_dim_contiguous(v)
-    out, lse = ops.attention(q, k, v, causal, scale, name, *tables, deterministic, attn_mask,
-                             window, softcap)
-    return out, lse.detach()
+    return (causal, scale, name, *tables, deterministic, attn_mask, window, softcap)
 
 
 def _autocast(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
@@ -105,6 +120,46 @@ def attention(
     return attention_with_lse(q, k, v, causal, scale, backend, rope, num_prefix_tokens,
                               deterministic, attn_mask=attn_mask, window=window,
                               softcap=softcap)[0]
+
+
+def attention_qkvpacked(
+    qkv: torch.Tensor,
+    causal: bool = False,
+    scale: float | None = None,
+    backend: str | None = None,
+    rope: reference.CosSinTable | None = None,
+    num_prefix_tokens: int = 1,
+    deterministic: bool | None = None,
+    *,
+    attn_mask: torch.Tensor | None = None,
+    window: tuple[int, int] | None = None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """Self-attention on q, k, v packed in one tensor, the output of a fused qkv projection
+    (FlashAttention's ``flash_attn_qkvpacked_func``): ``attention`` on ``qkv[:, :, i]``
+    seen as (B, H, N, D), with every argument as there.
+
+    The gradient comes back as one (B, N, 3, H, D) tensor; backends with ``Backend.grads_into``
+    (``triton``) write dq, dk and dv into it, so no stack of three gradients follows the
+    backward (a copy of 3 B N H D elements each way at every call of a ViT block).
+
+    Args:
+        qkv: (B, N, 3, H, D), any strides with the last one equal to 1, e.g.
+            ``linear(x).view(B, N, 3, H, D)``.
+
+    Returns:
+        out: (B, N, H, D), qkv's dtype (a view of (B, H, N, D) attention output, contiguous for
+        backends whose output has SDPA's layout), so ``out.reshape(B, N, H * D)`` is the input
+        of the output projection. Differentiable with respect to qkv.
+    """
+    check_qkvpacked(qkv)
+    q, k, v = ops.unpacked(qkv)
+    options = _options(q, k, v, causal, scale, backend, rope, num_prefix_tokens, deterministic,
+                       attn_mask, window, softcap)
+    if qkv.dtype == torch.float32 and torch.is_autocast_enabled(qkv.device.type):
+        qkv = qkv.to(torch.get_autocast_dtype(qkv.device.type))
+    out, _ = ops.attention_qkvpacked(last_dim_contiguous(qkv), *options)
+    return out.transpose(1, 2)
 
 
 def attention_varlen(

@@ -143,20 +143,28 @@ def _bwd_impl(
     attn_mask: torch.Tensor | None = None,
     window: list[int] | None = None,
     softcap: float | None = None,
+    grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq (B, Hq, Nq, D), dk and dv (B, Hkv, Nk, D) from dout (B, Hq, Nq, D) and saved tensors.
 
     With rope, q and k are the unrotated inputs, or with ``rotated`` the rotated ones; dq, dk are
     returned for the unrotated inputs either way (turned back by the backend when it
     ``unrotates_grads``). ``deterministic`` reaches backends with ``deterministic_modes`` only.
+    ``grads`` (a Python-level argument, not in the op's schema): three tensors shaped like q, k, v
+    (last-dim stride 1, dk and dv with the same strides) that receive the gradients and are
+    returned, written by backends with ``grads_into``, copied into for the others.
     """
     if _empty_case(q, k):
+        if grads is not None:
+            return tuple(g.zero_() for g in grads)
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
     impl = registry.get_backend(backend)
     mode = {"deterministic": deterministic} if impl.deterministic_modes else {}
     mode.update(_masks(attn_mask, window, softcap))
+    if grads is not None and impl.grads_into:
+        mode["grads"] = grads
     rope = _rope(rope_cos, rope_sin, num_prefix)
     if rope is None:
         dq, dk, dv = impl.bwd(dout, q, k, v, out, lse, causal, scale, **mode)
@@ -171,7 +179,12 @@ def _bwd_impl(
             dq, dk, dv = impl.bwd(dout, q, k, v, out, lse, causal, scale, **mode)
             dq = reference.rotate_pairs(dq, *rope, inverse=True)
             dk = reference.rotate_pairs(dk, *rope, inverse=True)
-    return dq.contiguous(), dk.contiguous(), dv.contiguous()
+    if grads is None:
+        return dq.contiguous(), dk.contiguous(), dv.contiguous()
+    for into, got in zip(grads, (dq, dk, dv)):
+        if into is not got:
+            into.copy_(got)
+    return grads
 
 
 for _key in ("CPU", "CUDA"):
@@ -226,19 +239,40 @@ def _plain_eager(t: torch.Tensor) -> bool:
             and torch._C._len_torch_dispatch_stack() == 0)
 
 
-def _backward(ctx, dout, *_):
+def _gradients(ctx, dout: torch.Tensor, packed: bool = False):
+    """dq, dk, dv of a saved forward; with ``packed``, one (B, N, 3, H, D) tensor holding them
+    (``unpacked`` views), written in place where the path allows it."""
     q, k, v, out, lse, rope_cos, rope_sin, attn_mask = ctx.saved_tensors
     args = (ctx.causal, ctx.scale, rope_cos, rope_sin, ctx.num_prefix, ctx.deterministic,
             ctx.rotated)
     masks = (attn_mask, ctx.window, ctx.softcap)
     if ctx.traced:
-        dq, dk, dv = torch.ops.flashduo.triton_bwd(dout, q, k, v, out, lse, *args)
-    elif _plain_eager(dout):
-        dq, dk, dv = _bwd_impl(dout, q, k, v, out, lse, *args[:2], ctx.backend, *args[2:],
-                               *masks)
-    else:
-        dq, dk, dv = attention_bwd(dout, q, k, v, out, lse, *args[:2], ctx.backend, *args[2:],
-                                   *masks)
+        if packed:
+            return torch.ops.flashduo.triton_bwd_packed(dout, q, k, v, out, lse, *args)
+        return torch.ops.flashduo.triton_bwd(dout, q, k, v, out, lse, *args)
+    if _plain_eager(dout):
+        dqkv = _new_packed(q) if packed else None
+        grads = _bwd_impl(dout, q, k, v, out, lse, *args[:2], ctx.backend, *args[2:], *masks,
+                          grads=None if dqkv is None else unpacked(dqkv))
+        return grads if dqkv is None else dqkv
+    grads = attention_bwd(dout, q, k, v, out, lse, *args[:2], ctx.backend, *args[2:], *masks)
+    return torch.stack([g.transpose(1, 2) for g in grads], dim=2) if packed else grads
+
+
+def _new_packed(q: torch.Tensor) -> torch.Tensor:
+    """An uninitialized (B, N, 3, H, D) tensor for q (B, H, N, D)."""
+    b, h, n, d = q.shape
+    return q.new_empty((b, n, 3, h, d))
+
+
+def unpacked(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (B, H, N, D) views q, k, v of a packed (B, N, 3, H, D) tensor."""
+    q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
+    return q, k, v
+
+
+def _backward(ctx, dout, *_):
+    dq, dk, dv = _gradients(ctx, dout)
     return (dq, dk, dv) + (None,) * (len(ctx.needs_input_grad) - 3)
 
 
@@ -269,6 +303,21 @@ def _register_triton_ops() -> None:
             return _fwd_impl(q, k, v, causal, scale, "triton", rope_cos, rope_sin, num_prefix,
                              deterministic)
 
+    @torch.library.triton_op("flashduo::triton_bwd_packed", mutates_args=())
+    def triton_bwd_packed(
+        dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+        out: torch.Tensor, lse: torch.Tensor, causal: bool, scale: float,
+        rope_cos: torch.Tensor | None = None, rope_sin: torch.Tensor | None = None,
+        num_prefix: int = 0, deterministic: bool = True, rotated: bool = False,
+    ) -> torch.Tensor:
+        """``triton_bwd``'s gradients as one (B, N, 3, H, D) tensor (Hq == Hkv, Nq == Nk),
+        written there by the kernels: the gradient of a packed qkv without a stack."""
+        dqkv = _new_packed(q)
+        with _traced.recording():
+            _bwd_impl(dout, q, k, v, out, lse, causal, scale, "triton", rope_cos, rope_sin,
+                      num_prefix, deterministic, rotated, grads=unpacked(dqkv))
+        return dqkv
+
     @torch.library.triton_op("flashduo::triton_bwd", mutates_args=())
     def triton_bwd(
         dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -295,6 +344,25 @@ if (importlib.util.find_spec("triton") is not None and not registry.triton_inter
     _register_triton_ops()
 
 
+def _forward(ctx, args: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``flashduo::fwd``'s arguments ``args`` the way the front door does (see
+    ``_Attention``) and save what the backward needs in ``ctx``; return (out, lse)."""
+    q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix, deterministic = args[:10]
+    # the triton ops take no masks: a masked call runs (and is refused by) the plain op
+    traced = (backend in _TRITON_OPS and torch.compiler.is_compiling()
+              and all(m is None for m in args[10:]))
+    if traced:
+        output = torch.ops.flashduo.triton_fwd(q, k, v, causal, scale, rope_cos, rope_sin,
+                                               num_prefix, deterministic)
+    elif _plain_eager(q):
+        output = _fwd_impl(*args)
+    else:
+        output = attention_fwd(*args)
+    _save(ctx, args, output, traced)
+    ctx.mark_non_differentiable(output[1])
+    return output[:2]
+
+
 class _Attention(torch.autograd.Function):
     """The front door's autograd node: the same two ops, without torch.library's per-call Python
     wrapper and its schema-driven argument handling (measured in docs/perf-notes.md); in plain
@@ -305,25 +373,28 @@ class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix,
                 deterministic, attn_mask, window, softcap):
-        args = (q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix, deterministic,
-                attn_mask, window, softcap)
-        # the triton ops take no masks: a masked call runs (and is refused by) the plain op
-        traced = (backend in _TRITON_OPS and torch.compiler.is_compiling()
-                  and attn_mask is None and window is None and softcap is None)
-        if traced:
-            output = torch.ops.flashduo.triton_fwd(q, k, v, causal, scale, rope_cos, rope_sin,
-                                                   num_prefix, deterministic)
-        elif _plain_eager(q):
-            output = _fwd_impl(*args)
-        else:
-            output = attention_fwd(*args)
-        _save(ctx, args, output, traced)
-        ctx.mark_non_differentiable(output[1])
-        return output[:2]
+        return _forward(ctx, (q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix,
+                              deterministic, attn_mask, window, softcap))
 
     @staticmethod
     def backward(ctx, dout, dlse):
         return _backward(ctx, dout, dlse)
+
+
+class _PackedAttention(torch.autograd.Function):
+    """``_Attention`` on q, k, v given as one packed (B, N, 3, H, D) tensor: the backward returns
+    the packed gradient, written in place by backends with ``grads_into`` (and by the traced
+    ``flashduo::triton_bwd_packed``) instead of stacked from three tensors."""
+
+    @staticmethod
+    def forward(ctx, qkv, causal, scale, backend, rope_cos, rope_sin, num_prefix,
+                deterministic, attn_mask, window, softcap):
+        return _forward(ctx, (*unpacked(qkv), causal, scale, backend, rope_cos, rope_sin,
+                              num_prefix, deterministic, attn_mask, window, softcap))
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        return (_gradients(ctx, dout, packed=True),) + (None,) * (len(ctx.needs_input_grad) - 1)
 
 
 def attention(
@@ -338,6 +409,18 @@ def attention(
     q, k, v = _distinct(q, k, v)
     return _Attention.apply(q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix,
                             deterministic, attn_mask, window, softcap)
+
+
+def attention_qkvpacked(
+    qkv: torch.Tensor, causal: bool, scale: float, backend: str,
+    rope_cos: torch.Tensor | None = None, rope_sin: torch.Tensor | None = None,
+    num_prefix: int = 0, deterministic: bool = True, attn_mask: torch.Tensor | None = None,
+    window: list[int] | None = None, softcap: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``attention`` on the (B, H, N, D) views of a packed qkv (B, N, 3, H, D): out (B, H, N, D),
+    lse (B, H, N), differentiable in qkv."""
+    return _PackedAttention.apply(qkv, causal, scale, backend, rope_cos, rope_sin, num_prefix,
+                                  deterministic, attn_mask, window, softcap)
 
 
 def _distinct(*tensors: torch.Tensor) -> list[torch.Tensor]:

@@ -33,8 +33,11 @@ def test_patched_model_matches_timm(backend, monkeypatch) -> None:
     model = _model()
     patched = fti.patch(copy.deepcopy(model), backend=backend)
     calls = []
-    real = fti.flashduo.attention
-    monkeypatch.setattr(fti.flashduo, "attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    for name in ("attention", "attention_qkvpacked"):  # packed: no q / k norm in this model
+        real = getattr(fti.flashduo, name)
+        monkeypatch.setattr(fti.flashduo, name,
+                            lambda *a, _real=real, _name=name, **kw: calls.append(_name)
+                            or _real(*a, **kw))
     x = torch.randn(2, 3, 224, 224, device=DEVICE)
     outs, grads = [], []
     for m in (model, patched):
@@ -46,7 +49,8 @@ def test_patched_model_matches_timm(backend, monkeypatch) -> None:
     scale = outs[0].abs().max()
     torch.testing.assert_close(outs[1], outs[0], atol=1e-4 * scale, rtol=0)
     torch.testing.assert_close(grads[1], grads[0], atol=1e-4 * grads[0].abs().max(), rtol=0)
-    assert len(calls) == 2  # one flashduo call per block (depth 2), none for the unpatched model
+    # one packed flashduo call per block (depth 2), none for the unpatched model
+    assert calls == ["attention_qkvpacked"] * 2
 
 
 def test_patched_forward_is_used_and_mask_falls_back() -> None:

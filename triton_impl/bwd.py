@@ -400,6 +400,7 @@ def attention_bwd(
     rope: RopeTables | None = None,
     one_launch: bool | None = None,
     config: triton.Config | None = None,
+    grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch preprocess, then dK/dV and dQ (one kernel or two).
 
@@ -414,9 +415,12 @@ def attention_bwd(
         config: a ``triton.Config`` (BLOCK_M query rows, BLOCK_N keys, warps, stages, and
             ``TMA`` for descriptor loads where ``triton_impl._tma.tma_usable`` allows) for every
             backward kernel of this call instead of the tuned ones; the tuned choice is untouched.
+        grads: (dq, dk, dv) to write the gradients into, shaped and typed like q, k, v with
+            last-dim stride 1 and dk, dv sharing strides (e.g. views of one (B, N, 3, H, D)
+            buffer: the gradient of a packed qkv projection); None allocates them contiguous.
 
     Returns:
-        dq (B, Hq, Nq, D), dk and dv (B, Hkv, Nk, D), contiguous, in the inputs' dtype.
+        dq (B, Hq, Nq, D), dk and dv (B, Hkv, Nk, D) in the inputs' dtype: ``grads`` when given.
     """
     b, h, nq, d = q.shape
     hkv, nk = k.shape[1], k.shape[2]
@@ -428,9 +432,11 @@ def attention_bwd(
         out, dout, delta, *out.stride()[:3], *dout.stride()[:3], h, nq,
         HEAD_DIM=d, BLOCK_D=bd, BLOCK_M=PREPROCESS_BLOCK,
     )
-    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    if grads is None:
+        grads = (torch.empty(q.shape, dtype=q.dtype, device=q.device),
+                 torch.empty(k.shape, dtype=k.dtype, device=k.device),
+                 torch.empty(v.shape, dtype=v.dtype, device=v.device))
+    dq, dk, dv = grads
     # As in the forward: descriptor configs are candidates in eager launches, where the streamed
     # tensors allow them (a launch recorded for torch.compile keeps to pointer loads).
     tma = not _traced.active() and tma_usable(q, k, v, dout)

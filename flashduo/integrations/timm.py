@@ -41,6 +41,12 @@ def _table(emb: torch.Tensor) -> CosSinTable:
     return table
 
 
+def _identity(module: torch.nn.Module, name: str) -> bool:
+    """Whether the module's ``name`` layer is absent or does nothing (timm's default)."""
+    layer = getattr(module, name, None)
+    return layer is None or isinstance(layer, torch.nn.Identity)
+
+
 def _flash_forward(self, x: torch.Tensor, rope: torch.Tensor | None = None,
                    attn_mask: torch.Tensor | None = None, is_causal: bool = False,
                    **kwargs) -> torch.Tensor:
@@ -56,14 +62,17 @@ def _flash_forward(self, x: torch.Tensor, rope: torch.Tensor | None = None,
     qkv = self.qkv(x)
     if getattr(self, "q_bias", None) is not None:  # EvaAttention keeps its qkv bias apart
         qkv = qkv + torch.cat((self.q_bias, self.k_bias, self.v_bias))
-    q, k, v = qkv.reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-    q = self.q_norm(q) if getattr(self, "q_norm", None) is not None else q
-    k = self.k_norm(k) if getattr(self, "k_norm", None) is not None else k
-    out = flashduo.attention(
-        q, k, v, causal=is_causal, scale=self.scale, backend=self._flashduo_backend,
-        rope=_table(rope), num_prefix_tokens=self.num_prefix_tokens,
-    )
-    out = out.transpose(1, 2).reshape(b, n, -1)
+    qkv = qkv.reshape(b, n, 3, self.num_heads, -1)
+    options = dict(causal=is_causal, scale=self.scale, backend=self._flashduo_backend,
+                   rope=_table(rope), num_prefix_tokens=self.num_prefix_tokens)
+    if _identity(self, "q_norm") and _identity(self, "k_norm"):
+        out = flashduo.attention_qkvpacked(qkv, **options)  # one packed gradient, no stack
+    else:
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        q = self.q_norm(q) if getattr(self, "q_norm", None) is not None else q
+        k = self.k_norm(k) if getattr(self, "k_norm", None) is not None else k
+        out = flashduo.attention(q, k, v, **options).transpose(1, 2)
+    out = out.reshape(b, n, -1)
     for name in ("norm", "proj", "proj_drop"):
         layer = getattr(self, name, None)
         if layer is not None:
