@@ -139,7 +139,7 @@ def attention_qkvpacked(
     (FlashAttention's ``flash_attn_qkvpacked_func``): ``attention`` on ``qkv[:, :, i]``
     seen as (B, H, N, D), with every argument as there.
 
-    The gradient comes back as one (B, N, 3, H, D) tensor; backends with ``Backend.grads_into``
+    The gradient comes back as one (B, N, 3, H, D) tensor; backends with ``Backend.packed_grads``
     (``triton``) write dq, dk and dv into it, so no stack of three gradients follows the
     backward (a copy of 3 B N H D elements each way at every call of a ViT block).
 

@@ -66,10 +66,10 @@ def _triton_rotate(q, k, rope):
     return rotate_qk(q, k, rope)
 
 
-def _triton_bwd(dout, q, k, v, out, lse, causal, scale, rope=None, grads=None):
+def _triton_bwd(dout, q, k, v, out, lse, causal, scale, rope=None, packed=None):
     from triton_impl.bwd import attention_bwd
 
-    return attention_bwd(dout, q, k, v, out, lse, causal, scale, rope=rope, grads=grads)
+    return attention_bwd(dout, q, k, v, out, lse, causal, scale, rope=rope, packed=packed)
 
 
 def _unfused_fwd(q, k, v, causal, scale):
@@ -223,7 +223,7 @@ register_backend(
         extra_reasons=_triton_limits,
         rotate=_triton_rotate,
         unrotates_grads=True,
-        grads_into=True,
+        packed_grads=True,
         bnhd_out=True,
     )
 )

@@ -143,29 +143,33 @@ def _bwd_impl(
     attn_mask: torch.Tensor | None = None,
     window: list[int] | None = None,
     softcap: float | None = None,
-    grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    packed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq (B, Hq, Nq, D), dk and dv (B, Hkv, Nk, D) from dout (B, Hq, Nq, D) and saved tensors.
 
     With rope, q and k are the unrotated inputs, or with ``rotated`` the rotated ones; dq, dk are
     returned for the unrotated inputs either way (turned back by the backend when it
     ``unrotates_grads``). ``deterministic`` reaches backends with ``deterministic_modes`` only.
-    ``grads`` (a Python-level argument, not in the op's schema): three tensors shaped like q, k, v
-    (last-dim stride 1, dk and dv with the same strides) that receive the gradients and are
-    returned, written by backends with ``grads_into``, copied into for the others.
+    ``packed`` (a Python-level argument, not in the op's schema): a (B, N, 3, H, D) tensor
+    (Hq == Hkv, Nq == Nk) that receives dq, dk, dv in its slices 0, 1, 2, written there by
+    backends with ``packed_grads`` and copied there for the others; its ``unpacked`` views are
+    returned.
     """
     if _empty_case(q, k):
-        if grads is not None:
-            return tuple(g.zero_() for g in grads)
+        if packed is not None:
+            return unpacked(packed.zero_())
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
     impl = registry.get_backend(backend)
     mode = {"deterministic": deterministic} if impl.deterministic_modes else {}
     mode.update(_masks(attn_mask, window, softcap))
-    if grads is not None and impl.grads_into:
-        mode["grads"] = grads
     rope = _rope(rope_cos, rope_sin, num_prefix)
+    # the backend writes the packed gradient itself unless the op layer turns dq, dk afterwards
+    written = packed is not None and impl.packed_grads and (
+        rope is None or impl.fused_rope and not rotated or impl.unrotates_grads)
+    if written:
+        mode["packed"] = packed
     if rope is None:
         dq, dk, dv = impl.bwd(dout, q, k, v, out, lse, causal, scale, **mode)
     elif impl.fused_rope and not rotated:
@@ -179,12 +183,14 @@ def _bwd_impl(
             dq, dk, dv = impl.bwd(dout, q, k, v, out, lse, causal, scale, **mode)
             dq = reference.rotate_pairs(dq, *rope, inverse=True)
             dk = reference.rotate_pairs(dk, *rope, inverse=True)
-    if grads is None:
+    if packed is None:
         return dq.contiguous(), dk.contiguous(), dv.contiguous()
-    for into, got in zip(grads, (dq, dk, dv)):
-        if into is not got:
-            into.copy_(got)
-    return grads
+    if written:
+        return dq, dk, dv
+    views = unpacked(packed)
+    for into, got in zip(views, (dq, dk, dv)):
+        into.copy_(got)
+    return views
 
 
 for _key in ("CPU", "CUDA"):
@@ -253,7 +259,7 @@ def _gradients(ctx, dout: torch.Tensor, packed: bool = False):
     if _plain_eager(dout):
         dqkv = _new_packed(q) if packed else None
         grads = _bwd_impl(dout, q, k, v, out, lse, *args[:2], ctx.backend, *args[2:], *masks,
-                          grads=None if dqkv is None else unpacked(dqkv))
+                          packed=dqkv)
         return grads if dqkv is None else dqkv
     grads = attention_bwd(dout, q, k, v, out, lse, *args[:2], ctx.backend, *args[2:], *masks)
     return torch.stack([g.transpose(1, 2) for g in grads], dim=2) if packed else grads
@@ -315,7 +321,7 @@ def _register_triton_ops() -> None:
         dqkv = _new_packed(q)
         with _traced.recording():
             _bwd_impl(dout, q, k, v, out, lse, causal, scale, "triton", rope_cos, rope_sin,
-                      num_prefix, deterministic, rotated, grads=unpacked(dqkv))
+                      num_prefix, deterministic, rotated, packed=dqkv)
         return dqkv
 
     @torch.library.triton_op("flashduo::triton_bwd", mutates_args=())
@@ -383,7 +389,7 @@ class _Attention(torch.autograd.Function):
 
 class _PackedAttention(torch.autograd.Function):
     """``_Attention`` on q, k, v given as one packed (B, N, 3, H, D) tensor: the backward returns
-    the packed gradient, written in place by backends with ``grads_into`` (and by the traced
+    the packed gradient, written in place by backends with ``packed_grads`` (and by the traced
     ``flashduo::triton_bwd_packed``) instead of stacked from three tensors."""
 
     @staticmethod

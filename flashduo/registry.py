@@ -42,10 +42,10 @@ class Backend:
     ``rope=`` and returns dq, dk for the unrotated inputs; otherwise the op layer turns them back.
     With ``bnhd_out``, ``fwd``'s out (B, H, N, D) has the memory layout of (B, N, H, D), as SDPA's
     does; otherwise it is contiguous.
-    With ``grads_into``, ``bwd`` also takes ``grads=(dq, dk, dv)``: tensors shaped like q, k, v
-    (last-dim stride 1, dk and dv with the same strides) to write the gradients into and return,
-    e.g. views of one (B, N, 3, H, D) gradient of a packed qkv (``flashduo.attention_qkvpacked``);
-    for other backends the op layer copies the gradients there.
+    With ``packed_grads``, ``bwd`` also takes ``packed=``: a (B, N, 3, H, D) tensor (Hq == Hkv,
+    Nq == Nk, last-dim stride 1) to write dq, dk, dv into, as its slices 0, 1, 2, returning
+    their (B, H, N, D) views: the gradient of a packed qkv (``flashduo.attention_qkvpacked``)
+    without a stack; for other backends the op layer copies the gradients there.
     ``fwd_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
     scale, **masks) -> (out, lse)`` and ``bwd_varlen(dout, q, k, v, out, lse, cu_seqlens_q,
     cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, **masks) -> (dq, dk, dv)``, where a
@@ -74,7 +74,7 @@ class Backend:
     rotate: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
     unrotates_grads: bool = False
     bnhd_out: bool = False
-    grads_into: bool = False
+    packed_grads: bool = False
     masks: frozenset[str] = frozenset()
     fwd_varlen: FwdFn | None = None
     bwd_varlen: BwdFn | None = None

@@ -1,6 +1,6 @@
 """``flashduo.attention_qkvpacked``: q, k, v as one (B, N, 3, H, D) tensor give ``attention``'s
 output and gradients exactly, the gradient as one packed tensor (written in place by backends
-with ``grads_into``, NaN-poisoned first), also under ``torch.compile``; bad input is refused by
+with ``packed_grads``, NaN-poisoned first), also under ``torch.compile``; bad input is refused by
 name."""
 
 from __future__ import annotations
@@ -50,37 +50,39 @@ def test_packed_equals_unpacked(backend: str, causal: bool, rope: bool) -> None:
     assert torch.equal(grad, want_grad), "the packed gradient differs from attention's"
 
 
-def test_grads_into_backends_get_views_of_the_packed_gradient() -> None:
-    """A backend with ``grads_into`` is handed three views of the one packed gradient to write
-    (no stack follows); what it writes there is what the caller gets."""
+def test_packed_grads_backends_get_the_packed_gradient() -> None:
+    """A backend with ``packed_grads`` is handed the one packed gradient to write (no stack
+    follows); what it writes there is what the caller gets."""
     ref = flashduo.get_backend("reference")
     seen = []
 
-    def bwd(*args, grads):
-        seen.append(grads)
-        for into, got in zip(grads, ref.bwd(*args)):
+    def bwd(*args, packed):
+        seen.append(packed)
+        views = tuple(t.transpose(1, 2) for t in packed.unbind(2))
+        for into, got in zip(views, ref.bwd(*args)):
             into.copy_(got)
-        return grads
+        return views
 
     flashduo.register_backend(registry.Backend(
-        name="grads-spy", fwd=ref.fwd, bwd=bwd, description="test double", dtypes=ref.dtypes,
-        devices=ref.devices, grads_into=True))
+        name="packed-spy", fwd=ref.fwd, bwd=bwd, description="test double", dtypes=ref.dtypes,
+        devices=ref.devices, packed_grads=True))
     try:
         qkv = _packed(n=20)
-        out = flashduo.attention_qkvpacked(qkv, backend="grads-spy")
+        out = flashduo.attention_qkvpacked(qkv, backend="packed-spy")
         (grad,) = torch.autograd.grad(out.float().sum(), qkv)
         want = torch.autograd.grad(
             flashduo.attention_qkvpacked(qkv, backend="reference").float().sum(), qkv)[0]
     finally:
-        registry._REGISTRY.pop("grads-spy")
-    (grads,) = seen
-    assert all(g._base is not None and g.data_ptr() == grad.data_ptr() + i * grad.stride(2)
-               * grad.element_size() for i, g in enumerate(grads))
+        registry._REGISTRY.pop("packed-spy")
+    (packed,) = seen
+    assert packed.shape == qkv.shape and packed.data_ptr() == grad.data_ptr()
     assert torch.equal(grad, want)
 
 
-def test_triton_bwd_writes_into_given_views() -> None:
-    """``triton_impl.bwd.attention_bwd(grads=...)`` writes the gradients it would return."""
+@pytest.mark.parametrize("causal", [False, True], ids=["one-launch", "two-launches"])
+def test_triton_bwd_writes_the_packed_gradient(causal: bool) -> None:
+    """``triton_impl.bwd.attention_bwd(packed=...)`` writes the gradients it would return into
+    the packed tensor's slices (one backward kernel without the causal mask, two with it)."""
     skip_if_unavailable("triton")
     from triton_impl.bwd import attention_bwd
     from triton_impl.fwd import attention_fwd
@@ -88,15 +90,14 @@ def test_triton_bwd_writes_into_given_views() -> None:
     torch.manual_seed(0)
     with torch.no_grad():
         q, k, v = (t.transpose(1, 2) for t in _packed(n=40).unbind(2))
-        out, lse = attention_fwd(q, k, v, True, 0.125)
+        out, lse = attention_fwd(q, k, v, causal, 0.125)
         dout = torch.randn_like(out)
-        want = attention_bwd(dout, q, k, v, out, lse, True, 0.125)
+        want = attention_bwd(dout, q, k, v, out, lse, causal, 0.125)
         packed = torch.full((2, 40, 3, 2, 64), float("nan"), device=DEVICE, dtype=DTYPE)
-        views = tuple(t.transpose(1, 2) for t in packed.unbind(2))
-        got = attention_bwd(dout, q, k, v, out, lse, True, 0.125, grads=views)
-    assert all(g is x for g, x in zip(got, views))
-    for name, g, w in zip(("dq", "dk", "dv"), got, want):
-        assert torch.equal(g, w), f"{name} written into the view differs"
+        got = attention_bwd(dout, q, k, v, out, lse, causal, 0.125, packed=packed)
+    for i, (name, g, w) in enumerate(zip(("dq", "dk", "dv"), got, want)):
+        assert torch.equal(g, w), f"{name} written into the packed gradient differs"
+        assert torch.equal(packed[:, :, i].transpose(1, 2), w), f"{name} is not in slice {i}"
 
 
 def test_compiled_matches_eager() -> None:

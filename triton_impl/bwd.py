@@ -213,12 +213,15 @@ def _dkdv_kernel(
     stride_vb, stride_vh, stride_vn,
     stride_db, stride_dh, stride_dm,
     stride_gb, stride_gh, stride_gn,
-    H, HKV, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET, N_POS, PREFIX,
+    H, HKV, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET, N_POS, PREFIX, PACK_STRIDE,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
-    EVEN_Q: tl.constexpr, TMA_OK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    TMA: tl.constexpr = False,
+    EVEN_Q: tl.constexpr, TMA_OK: tl.constexpr, PACKED: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, TMA: tl.constexpr = False,
 ):
     tl.static_assert(TMA_OK or not TMA, "a TMA config for tensors a descriptor cannot describe")
+    if PACKED:  # DK is the packed gradient (see _bwd_kernel); DV is not written through
+        DV = DK + 2 * PACK_STRIDE
+        DK = DK + PACK_STRIDE
     _dkdv_program(
         tl.program_id(0), Q, K, V, DO, Lse, Delta, DK, DV, Cos, Sin,
         stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
@@ -338,12 +341,18 @@ def _bwd_kernel(
     stride_db, stride_dh, stride_dm,
     stride_gqb, stride_gqh, stride_gqm,
     stride_gkb, stride_gkh, stride_gkn,
-    H, HKV, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET, N_POS, PREFIX,
+    H, HKV, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET, N_POS, PREFIX, PACK_STRIDE,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
-    EVEN_Q: tl.constexpr, TMA_OK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    TMA: tl.constexpr = False,
+    EVEN_Q: tl.constexpr, TMA_OK: tl.constexpr, PACKED: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, TMA: tl.constexpr = False,
 ):
     tl.static_assert(TMA_OK or not TMA, "a TMA config for tensors a descriptor cannot describe")
+    # PACKED: DQ is one (B, N, 3, H, D) gradient, dk and dv PACK_STRIDE and twice that elements
+    # after dq in it; the kernel writes through DQ alone (DK and DV are the same tensor, unused),
+    # so a recorded launch mutates one argument that is no view (no copies around it).
+    if PACKED:
+        DK = DQ + PACK_STRIDE
+        DV = DQ + 2 * PACK_STRIDE
     # Both passes in one grid, in turns per K/V head: its dK/dV programs (the heavier ones) and
     # then the dQ programs of its query heads, with the tile roles swapped (BLOCK_N query rows
     # resident, BLOCK_M keys per step). Programs that run together read the same heads from L2,
@@ -400,7 +409,7 @@ def attention_bwd(
     rope: RopeTables | None = None,
     one_launch: bool | None = None,
     config: triton.Config | None = None,
-    grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    packed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch preprocess, then dK/dV and dQ (one kernel or two).
 
@@ -415,12 +424,13 @@ def attention_bwd(
         config: a ``triton.Config`` (BLOCK_M query rows, BLOCK_N keys, warps, stages, and
             ``TMA`` for descriptor loads where ``triton_impl._tma.tma_usable`` allows) for every
             backward kernel of this call instead of the tuned ones; the tuned choice is untouched.
-        grads: (dq, dk, dv) to write the gradients into, shaped and typed like q, k, v with
-            last-dim stride 1 and dk, dv sharing strides (e.g. views of one (B, N, 3, H, D)
-            buffer: the gradient of a packed qkv projection); None allocates them contiguous.
+        packed: a (B, N, 3, H, D) tensor in q's dtype with last-dim stride 1 (Hq == Hkv == H,
+            Nq == Nk == N) to write dq, dk, dv into, as its slices 0, 1, 2 (the gradient of a
+            packed qkv projection); None allocates them apart.
 
     Returns:
-        dq (B, Hq, Nq, D), dk and dv (B, Hkv, Nk, D) in the inputs' dtype: ``grads`` when given.
+        dq (B, Hq, Nq, D), dk and dv (B, Hkv, Nk, D) in the inputs' dtype: contiguous, or the
+        (B, H, N, D) views of ``packed``'s slices.
     """
     b, h, nq, d = q.shape
     hkv, nk = k.shape[1], k.shape[2]
@@ -432,11 +442,14 @@ def attention_bwd(
         out, dout, delta, *out.stride()[:3], *dout.stride()[:3], h, nq,
         HEAD_DIM=d, BLOCK_D=bd, BLOCK_M=PREPROCESS_BLOCK,
     )
-    if grads is None:
-        grads = (torch.empty(q.shape, dtype=q.dtype, device=q.device),
-                 torch.empty(k.shape, dtype=k.dtype, device=k.device),
-                 torch.empty(v.shape, dtype=v.dtype, device=v.device))
-    dq, dk, dv = grads
+    if packed is None:
+        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+        dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+        grad_args, pack_stride = (dq, dk, dv), 0
+    else:  # the kernels write through the packed tensor itself, with dq's strides
+        dq, dk, dv = (t.transpose(1, 2) for t in packed.unbind(2))
+        grad_args, pack_stride = (packed, packed, packed), packed.stride(2)
     # As in the forward: descriptor configs are candidates in eager launches, where the streamed
     # tensors allow them (a launch recorded for torch.compile keeps to pointer loads).
     tma = not _traced.active() and tma_usable(q, k, v, dout)
@@ -455,18 +468,18 @@ def attention_bwd(
             return ((cdiv(nk, meta["BLOCK_N"]) * hkv
                      + cdiv(nq, meta["BLOCK_N"]) * h) * b,)  # per K/V head, see the kernel
 
-        launch(_bwd_kernel, grid, shape_class, *ins, dq, dk, dv, cos, sin, *strides,
-               *dq.stride()[:3], *dk.stride()[:3], h, hkv, h // hkv, *tail, config=config,
-               **common)
+        launch(_bwd_kernel, grid, shape_class, *ins, *grad_args, cos, sin, *strides,
+               *dq.stride()[:3], *dk.stride()[:3], h, hkv, h // hkv, *tail, pack_stride,
+               config=config, PACKED=packed is not None, **common)
         return dq, dk, dv
     launch(
         _dkdv_kernel, lambda meta: (cdiv(nk, meta["BLOCK_N"]) * b * hkv,), shape_class,
-        *ins, dk, dv, cos, sin, *strides, *dk.stride()[:3], h, hkv, h // hkv, *tail, config=config,
-        **common,
+        *ins, *grad_args[1:], cos, sin, *strides, *dk.stride()[:3], h, hkv, h // hkv, *tail,
+        pack_stride, config=config, PACKED=packed is not None, **common,
     )
     launch(
         _dq_kernel, lambda meta: (cdiv(nq, meta["BLOCK_M"]) * b * h,), shape_class,
-        *ins, dq, cos, sin, *strides, *dq.stride()[:3], h, h // hkv, *tail, config=config,
-        **common,
+        *ins, grad_args[0], cos, sin, *strides, *dq.stride()[:3], h, h // hkv, *tail,
+        config=config, **common,
     )
     return dq, dk, dv
