@@ -45,14 +45,18 @@ def _inputs(b: int, hq: int, hkv: int, n: int, layout: str, dtype: torch.dtype, 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "b{}-h{}-{}-n{}-{}-d{}".format(*s))
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_gluon_forward_matches_reference(shape: tuple, causal: bool, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("persistent", [False, True, 3], ids=["tiles", "persistent", "3-programs"])
+def test_gluon_forward_matches_reference(shape: tuple, causal: bool, dtype: torch.dtype,
+                                         persistent: bool | int) -> None:
+    """One program a query tile, one an SM, and three programs for all tiles (each then runs
+    many tiles: the K / V rings wrap and the Q slot pairs alternate across heads and sections)."""
     from triton_impl import gluon_fwd
 
     b, hq, hkv, n, layout, d = shape
     q, k, v, dout = _inputs(b, hq, hkv, n, layout, dtype, d)
     assert gluon_fwd.usable(q, k, v)
     poison_allocator(((b, n, hq, d), dtype), ((b, hq, n), torch.float32))
-    out, lse = gluon_fwd.attention_fwd(q, k, v, causal, d ** -0.5)
+    out, lse = gluon_fwd.attention_fwd(q, k, v, causal, d ** -0.5, persistent)
     truth, baseline = run_reference(q, k, v, causal, dout)
     assert_close("gluon out", out, truth[0], baseline[0], "out", dtype)
     assert_close("gluon lse", lse, truth[1], baseline[1], "lse", dtype)
@@ -80,8 +84,8 @@ def test_gluon_usable_only_where_it_can_run() -> None:
 @needs_hopper
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_forward_choice_gives_the_reference(causal: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tuned (as in the benchmark), the forward times both kernels once per shape class and runs
-    the faster; forced either way, both agree with the reference."""
+    """Tuned (as in the benchmark), the forward times the kernels once per shape class and runs
+    the fastest; forced either way, both agree with the reference."""
     from triton_impl import fwd, launched_configs
 
     monkeypatch.setenv("FLASHDUO_AUTOTUNE", "1")
@@ -92,8 +96,9 @@ def test_forward_choice_gives_the_reference(causal: bool, monkeypatch: pytest.Mo
         out, lse = fwd.attention_fwd(q, k, v, causal, 128 ** -0.5, gluon=gluon)
         assert_close(f"gluon={gluon} out", out, truth[0], baseline[0], "out", torch.bfloat16)
         assert_close(f"gluon={gluon} lse", lse, truth[1], baseline[1], "lse", torch.bfloat16)
-        assert ("gluon" in launched_configs()["fwd"]) is (fwd._GLUON_CHOSEN[
-            (512, 128, causal, torch.bfloat16)] if gluon is None else gluon)
+        chosen = fwd._GLUON_CHOSEN[(512, 128, causal, torch.bfloat16)]
+        assert ("gluon" in launched_configs()["fwd"]) is (
+            chosen is not None if gluon is None else gluon)
     with pytest.raises(ValueError, match="gluon=True"):
         fwd.attention_fwd(q[..., :96], k[..., :96], v[..., :96], causal, 0.1, gluon=True)
 

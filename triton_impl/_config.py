@@ -276,10 +276,11 @@ def launch_jit(fn, grid, *args, **meta) -> None:
 
 def describe(config: triton.Config) -> str:
     """A config in short: "BLOCK_MxBLOCK_N wWARPS sSTAGES", plus " tma" for descriptor loads,
-    " gluon" for the Gluon forward (``triton_impl.gluon_fwd``) and " rN" for a register cap of N a
-    thread."""
+    " gluon" for the Gluon forward (``triton_impl.gluon_fwd``, " gluon persistent" with one program
+    an SM) and " rN" for a register cap of N a thread."""
     kw = config.kwargs
     tma = " tma" if kw.get("TMA") else " gluon" if kw.get("GLUON") else ""
+    tma += " persistent" if kw.get("PERSISTENT") else ""
     cap = f" r{config.maxnreg}" if config.maxnreg else ""
     return f"{kw['BLOCK_M']}x{kw['BLOCK_N']} w{config.num_warps} s{config.num_stages}{tma}{cap}"
 

@@ -119,31 +119,37 @@ def _fwd_kernel(
     tl.store(Lse + bh.to(tl.int64) * NQ + offs_m, lse, mask=offs_m < NQ)
 
 
-# The Gluon kernel as ``launched_configs`` names it: 128 query rows by 128 keys, three warpgroups.
+# The Gluon kernel as ``launched_configs`` names it: 128 query rows by 128 keys, three warpgroups;
+# PERSISTENT: one program an SM.
 GLUON_CONFIG = triton.Config({"BLOCK_M": gluon_fwd.CTA_M, "BLOCK_N": gluon_fwd.BLOCK_N,
                               "GLUON": True}, num_warps=12, num_stages=gluon_fwd.STAGES)
-# (Nq bucket, D, causal, dtype) -> whether the Gluon kernel runs that shape class
-_GLUON_CHOSEN: dict[tuple, bool] = {}
+GLUON_PERSISTENT_CONFIG = triton.Config({**GLUON_CONFIG.kwargs, "PERSISTENT": True},
+                                        num_warps=12, num_stages=gluon_fwd.STAGES)
+# (Nq bucket, D, causal, dtype) -> the kernel that runs that shape class: None (the Triton
+# kernel), "tiles" (the Gluon kernel, one program a query tile) or "persistent"
+_GLUON_CHOSEN: dict[tuple, str | None] = {}
 
 
 def _gluon_chosen(shape_class: tuple, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                  causal: bool, scale: float) -> bool:
-    """Whether a call that ``gluon_fwd.usable`` allows runs the Gluon kernel: decided once per
-    shape class by timing it against the tuned Triton kernel (the Gluon kernel when not tuning).
-    At head dim 128 it wins from N = 2048 on; at head dim 64 it wins at long sequences without
-    the mask (docs/perf-notes.md, Triton v1.7 and v1.8)."""
-    chosen = _GLUON_CHOSEN.get(shape_class)
-    if chosen is None:
-        chosen = True
+                  causal: bool, scale: float) -> str | None:
+    """Which kernel runs a call that ``gluon_fwd.usable`` allows: decided once per shape class
+    by timing the Gluon kernel, with one program a query tile and persistent, against the tuned
+    Triton kernel (the persistent Gluon kernel when not tuning). Where each wins is measured in
+    docs/perf-notes.md (Triton v1.7 to v1.9)."""
+    if shape_class not in _GLUON_CHOSEN:
+        chosen = "persistent"
         if autotuning():
             def triton_fwd() -> None:
                 attention_fwd(q, k, v, causal, scale, gluon=False)
 
             triton_fwd()  # tunes the Triton kernel's shape class first
-            gluon_ms = time_candidate(lambda: gluon_fwd.attention_fwd(q, k, v, causal, scale))
-            chosen = gluon_ms <= time_candidate(triton_fwd)
+            times = {mode: time_candidate(
+                lambda p=mode == "persistent": gluon_fwd.attention_fwd(q, k, v, causal, scale, p))
+                for mode in ("tiles", "persistent")}
+            times[None] = time_candidate(triton_fwd)
+            chosen = min(times, key=times.get)
         _GLUON_CHOSEN[shape_class] = chosen
-    return chosen
+    return _GLUON_CHOSEN[shape_class]
 
 
 def attention_fwd(
@@ -161,8 +167,8 @@ def attention_fwd(
         config: a ``triton.Config`` with BLOCK_M and BLOCK_N (and num_warps, num_stages) to launch
             instead of the tuned one, e.g. ``triton.Config({"BLOCK_M": 64, "BLOCK_N": 32},
             num_warps=4, num_stages=3)`` (the benchmark's tile sweep); the tuned choice is untouched.
-        gluon: True runs the Gluon kernel (a ValueError where ``gluon_fwd.usable`` says no),
-            False the Triton kernel; None chooses (the Triton kernel with a ``config``, inside
+        gluon: True runs the persistent Gluon kernel (a ValueError where ``gluon_fwd.usable``
+            says no), False the Triton kernel; None chooses (the Triton kernel with a ``config``, inside
             torch.compile and wherever the Gluon kernel is not usable).
 
     Returns:
@@ -176,12 +182,13 @@ def attention_fwd(
     if gluon and not gluon_fwd.usable(q, k, v):
         raise ValueError("gluon=True: the Gluon forward cannot take these inputs "
                          "(see triton_impl.gluon_fwd.usable)")
-    if gluon is None:
-        gluon = (config is None and not _traced.active() and gluon_fwd.usable(q, k, v)
-                 and _gluon_chosen((qb, d, causal, q.dtype), q, k, v, causal, scale))
-    if gluon:
-        record_launch("fwd", GLUON_CONFIG)
-        return gluon_fwd.attention_fwd(q, k, v, causal, scale)
+    mode = "persistent" if gluon else None
+    if gluon is None and config is None and not _traced.active() and gluon_fwd.usable(q, k, v):
+        mode = _gluon_chosen((qb, d, causal, q.dtype), q, k, v, causal, scale)
+    if mode is not None:
+        persistent = mode == "persistent"
+        record_launch("fwd", GLUON_PERSISTENT_CONFIG if persistent else GLUON_CONFIG)
+        return gluon_fwd.attention_fwd(q, k, v, causal, scale, persistent)
     out_bnhd = torch.empty((b, nq, h, d), dtype=q.dtype, device=q.device)
     out = out_bnhd.transpose(1, 2)
     lse = torch.empty((b, h, nq), dtype=torch.float32, device=q.device)

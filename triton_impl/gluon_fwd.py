@@ -14,10 +14,12 @@ One CTA per 128 query rows of one (batch, head), three warpgroups:
   softmax overlaps the other's GEMMs (FlashAttention-3's ping-pong).
 
 There is no CTA-wide barrier in the loop. Causal grids run the longest query tiles first,
-across a section of heads whose K and V fit L2 together (``_section``). ``usable`` says which
-calls it takes: head dim 64 or 128,
-float16 / bfloat16, Nq == Nk a multiple of 128, each of q, k, v laid out so that one 2-D
-descriptor covers it (``_rows_view``); the Triton kernel in ``triton_impl.fwd`` takes the rest.
+across a section of heads whose K and V fit L2 together (``_section``). A program runs one query
+tile, or (``persistent``) one of every SM count of them: the K / V rings run on from tile to tile and the
+Q tiles alternate between two slot pairs, so the next tile's loads overlap this one's end.
+``usable`` says which calls it takes: head dim 64 or 128, float16 / bfloat16, Nq == Nk a
+multiple of 128, each of q, k, v laid out so that one 2-D descriptor covers it (``_rows_view``);
+the Triton kernel in ``triton_impl.fwd`` takes the rest.
 """
 
 from __future__ import annotations
@@ -60,30 +62,85 @@ if gluon is not None:
     _REGS = gl.constexpr(CONSUMER_REGS)
 
     @gluon.jit
-    def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty,
-                  v_ready, v_empty, q_row, q_col, k_row, k_col, v_row, v_col, n_iters,
-                  STAGES: gl.constexpr, BLOCK_N: gl.constexpr, WG_M: gl.constexpr):
-        """TMA loads: both Q tiles, then K_j ahead of V_{j-1} (a consumer needs them together,
-        and a V slot frees later than a K slot). A fresh mbarrier reads as having completed the
-        phase before phase 0, so the first pass over a ring waits on parity 1 and falls
-        through."""
-        for w in gl.static_range(2):
-            mbarrier.expect(q_bars.index(w), q_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(q_desc, [q_row + w * WG_M, q_col], q_bars.index(w),
-                                            q_smem.index(w))
-        for j in range(n_iters + 1):
-            if j < n_iters:
-                s = j % STAGES
-                mbarrier.wait(k_empty.index(s), ((j // STAGES) & 1) ^ 1)
-                mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(k_desc, [k_row + j * BLOCK_N, k_col],
-                                                k_ready.index(s), k_smem.index(s))
-            if j >= 1:
-                s = (j - 1) % STAGES
-                mbarrier.wait(v_empty.index(s), (((j - 1) // STAGES) & 1) ^ 1)
-                mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(v_desc, [v_row + (j - 1) * BLOCK_N, v_col],
-                                                v_ready.index(s), v_smem.index(s))
+    def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_empty, k_ready,
+                  k_empty, v_ready, v_empty, H, GROUP, N, BH, SECTION, q_rows_b, q_rows_h,
+                  q_cols_h, k_rows_b, k_rows_h, k_cols_h, v_rows_b, v_rows_h, v_cols_h,
+                  CAUSAL: gl.constexpr, STAGES: gl.constexpr, BLOCK_N: gl.constexpr,
+                  WG_M: gl.constexpr):
+        """TMA loads for each query tile of this program: both Q tiles into the tile's Q slot
+        pair, then K_j ahead of V_{j-1} (a consumer needs them together, and a V slot frees
+        later than a K slot). The K and V rings run on across tiles (g counts the K / V tiles
+        loaded so far), so the next tile's Q and first K load while the consumers finish this
+        one. A fresh mbarrier reads as having completed the phase before phase 0, so the first
+        pass over a ring waits on parity 1 and falls through."""
+        g = 0
+        t = 0
+        tiles = BH * (N // (2 * WG_M))
+        for r in range(gl.cdiv(tiles, gl.num_programs(0))):
+            lin = _snake(r)
+            if lin < tiles:
+                b, h, hk, bh, q_pos0, n_iters = _tile(lin, N, H, GROUP, BH, SECTION, CAUSAL,
+                                                      BLOCK_N, WG_M)
+                qb = t % 2
+                mbarrier.wait(q_empty.index(qb), ((t // 2) & 1) ^ 1)
+                for w in gl.static_range(2):
+                    mbarrier.expect(q_bars.index(2 * qb + w), q_desc.block_type.nbytes)
+                    tma.async_copy_global_to_shared(
+                        q_desc, [b * q_rows_b + h * q_rows_h + q_pos0 + w * WG_M, h * q_cols_h],
+                        q_bars.index(2 * qb + w), q_smem.index(2 * qb + w))
+                k_row = b * k_rows_b + hk * k_rows_h
+                v_row = b * v_rows_b + hk * v_rows_h
+                for j in range(n_iters + 1):
+                    if j < n_iters:
+                        s = (g + j) % STAGES
+                        mbarrier.wait(k_empty.index(s), (((g + j) // STAGES) & 1) ^ 1)
+                        mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
+                        tma.async_copy_global_to_shared(k_desc, [k_row + j * BLOCK_N, hk * k_cols_h],
+                                                        k_ready.index(s), k_smem.index(s))
+                    if j >= 1:
+                        s = (g + j - 1) % STAGES
+                        mbarrier.wait(v_empty.index(s), (((g + j - 1) // STAGES) & 1) ^ 1)
+                        mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
+                        tma.async_copy_global_to_shared(v_desc,
+                                                        [v_row + (j - 1) * BLOCK_N, hk * v_cols_h],
+                                                        v_ready.index(s), v_smem.index(s))
+                g += n_iters
+                t += 1
+
+    @gluon.jit
+    def _snake(r):
+        """The tile this program runs in round r: rounds of one tile a program, every other one
+        in reverse program order, so that under the causal grid's longest-first order no
+        program takes the longest tile of every round."""
+        p = gl.program_id(0)
+        if r % 2 == 1:
+            p = gl.num_programs(0) - 1 - p
+        return r * gl.num_programs(0) + p
+
+    @gluon.jit
+    def _tile(lin, N, H, GROUP, BH, SECTION, CAUSAL: gl.constexpr, BLOCK_N: gl.constexpr,
+              WG_M: gl.constexpr):
+        """Query tile ``lin`` of the grid's order: (b, h, hk, bh, first query row, key tiles).
+        Without the mask, tile i is query tile i % (N / 128) of head i // (N / 128). With it,
+        the heads go in sections of SECTION, and a section's longest query tiles come first,
+        one of each head in turn."""
+        n_tiles = N // (2 * WG_M)
+        if CAUSAL:
+            first = lin // (SECTION * n_tiles) * SECTION
+            r = lin % (SECTION * n_tiles)
+            heads = gl.minimum(SECTION, BH - first)
+            pid_m = n_tiles - 1 - r // heads
+            bh = first + r % heads
+        else:
+            pid_m = lin % n_tiles
+            bh = lin // n_tiles
+        h = bh % H
+        q_pos0 = pid_m * 2 * WG_M
+        if CAUSAL:
+            n_iters = gl.cdiv(q_pos0 + 2 * WG_M, BLOCK_N)
+        else:
+            n_iters = N // BLOCK_N
+        return bh // H, h, h // GROUP, bh, q_pos0, n_iters
 
     @gluon.jit
     def _softmax_step(s, m_i, l_i, qk_scale, rows, col0, MASK: gl.constexpr,
@@ -105,20 +162,21 @@ if gluon is not None:
         mbarrier.wait(turn_bars.index(WG), (it & 1) ^ (1 - WG))
 
     @gluon.jit
-    def _consumer_step(j, it, acc, p, m_i, l_i, q_s, k_smem, v_smem, k_ready, k_empty, v_ready,
-                       v_empty, turn_bars, qk_scale, rows, WG: gl.constexpr, MASK: gl.constexpr,
+    def _consumer_step(j, g0, it, acc, p, m_i, l_i, q_s, k_smem, v_smem, k_ready, k_empty,
+                       v_ready, v_empty, turn_bars, qk_scale, rows, WG: gl.constexpr,
+                       MASK: gl.constexpr,
                        STAGES: gl.constexpr, BLOCK_N: gl.constexpr, WG_M: gl.constexpr,
                        s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr,
                        dtype: gl.constexpr):
-        """Iteration j >= 1: S_j and O += P_{j-1} V_{j-1} in flight together, the softmax of S_j
-        under the second GEMM. ``p`` is P_{j-1} in float32. P is packed to 16 bits only after
-        the barrier waits, and a warpgroup barrier follows the softmax: where the wgmma waits land
-        is ptxas's choice, and these keep the P V wait below the exponentials (SASS read in
-        docs/perf-notes.md)."""
-        sk = j % STAGES
-        sv = (j - 1) % STAGES
-        mbarrier.wait(k_ready.index(sk), (j // STAGES) & 1)
-        mbarrier.wait(v_ready.index(sv), ((j - 1) // STAGES) & 1)
+        """Iteration j >= 1 of a tile whose K_0 is ring entry g0 (turn ``it``): S_j and
+        O += P_{j-1} V_{j-1} in flight together, the softmax of S_j under the second GEMM.
+        ``p`` is P_{j-1} in float32. P is packed to 16 bits only after the barrier waits, and a
+        warpgroup barrier follows the softmax: where the wgmma waits land is ptxas's choice, and
+        these keep the P V wait below the exponentials (SASS read in docs/perf-notes.md)."""
+        sk = (g0 + j) % STAGES
+        sv = (g0 + j - 1) % STAGES
+        mbarrier.wait(k_ready.index(sk), ((g0 + j) // STAGES) & 1)
+        mbarrier.wait(v_ready.index(sv), ((g0 + j - 1) // STAGES) & 1)
         p_op = gl.convert_layout(p.to(dtype), p_layout)
         _turn_wait(turn_bars, it, WG)
         s_tok = warpgroup_mma(q_s, k_smem.index(sk).permute((1, 0)),
@@ -139,13 +197,14 @@ if gluon is not None:
         return acc, p, m_i, l_i
 
     @gluon.jit
-    def _consumer(WG: gl.constexpr, o_desc, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty,
-                  v_ready, v_empty, turn_bars, lse_ptr, lse_row, o_row, o_col, q_pos0, n_iters,
+    def _consumer(WG: gl.constexpr, o_desc, q_smem, k_smem, v_smem, q_bars, q_empty, k_ready,
+                  k_empty, v_ready, v_empty, turn_bars, lse_ptr, H, GROUP, N, BH, SECTION,
                   qk_scale, CAUSAL: gl.constexpr, STAGES: gl.constexpr, BLOCK_N: gl.constexpr,
                   WG_M: gl.constexpr, HEAD_DIM: gl.constexpr):
-        """Query rows [q_pos0 + 64 WG, + 64) of the CTA: prologue (S_0 and its softmax), the key
-        tiles without a mask, those crossing the causal diagonal, the last P V, then out by TMA
-        (through this warpgroup's Q buffer) and lse. Both consumers take n_iters + 1 turns."""
+        """Query rows [q_pos0 + 64 WG, + 64) of each of this program's tiles: prologue (S_0 and
+        its softmax), the key tiles without a mask, those crossing the causal diagonal, the last
+        P V, then out by TMA (through this warpgroup's Q buffer, freed for the producer once the
+        store has read it) and lse. Both consumers take n_iters + 1 turns a tile."""
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, BLOCK_N, 16])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -154,72 +213,85 @@ if gluon is not None:
         row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
         dtype: gl.constexpr = o_desc.dtype
 
-        q_s = q_smem.index(WG)
-        pos0 = q_pos0 + WG * WG_M
-        rows = pos0 + gl.arange(0, WG_M, layout=row_layout)
-        if CAUSAL:  # tiles [0, n_full) lie left of this warpgroup's diagonal
-            n_full = gl.minimum((pos0 + 1) // BLOCK_N, n_iters)
-        else:
-            n_full = n_iters
-
-        mbarrier.wait(q_bars.index(WG), 0)
-        mbarrier.wait(k_ready.index(0), 0)
-        _turn_wait(turn_bars, 0, WG)
-        s_tok = warpgroup_mma(q_s, k_smem.index(0).permute((1, 0)),
-                              gl.zeros([WG_M, BLOCK_N], gl.float32, s_layout), use_acc=False,
-                              is_async=True)
-        mbarrier.arrive(turn_bars.index(1 - WG))
-        s = warpgroup_mma_wait(num_outstanding=0, deps=(s_tok,))
-        mbarrier.arrive(k_empty.index(0))
-        m_i = gl.full([WG_M], float("-inf"), gl.float32, row_layout)
-        l_i = gl.zeros([WG_M], gl.float32, row_layout)
-        # Key 0 is seen by every row, so m_i is finite from here on (no -inf - -inf).
-        p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, rows, 0, CAUSAL, BLOCK_N,
-                                           s_layout)
-        acc = gl.zeros([WG_M, HEAD_DIM], gl.float32, o_layout)
-
+        g = 0
+        t = 0
         it = 0
-        for j in range(1, n_full):
-            it += 1
-            acc, p, m_i, l_i = _consumer_step(
-                j, it, acc, p, m_i, l_i, q_s, k_smem, v_smem, k_ready, k_empty, v_ready,
-                v_empty, turn_bars, qk_scale, rows, WG, False, STAGES, BLOCK_N, WG_M, s_layout,
-                o_layout, p_layout, dtype)
-        if CAUSAL:
-            for j in range(gl.maximum(n_full, 1), n_iters):
+        tiles = BH * (N // (2 * WG_M))
+        for r in range(gl.cdiv(tiles, gl.num_programs(0))):
+            lin = _snake(r)
+            if lin < tiles:
+                b, h, hk, bh, q_pos0, n_iters = _tile(lin, N, H, GROUP, BH, SECTION, CAUSAL,
+                                                      BLOCK_N, WG_M)
+                qb = t % 2
+                q_s = q_smem.index(2 * qb + WG)
+                pos0 = q_pos0 + WG * WG_M
+                rows = pos0 + gl.arange(0, WG_M, layout=row_layout)
+                if CAUSAL:  # tiles [0, n_full) lie left of this warpgroup's diagonal
+                    n_full = gl.minimum((pos0 + 1) // BLOCK_N, n_iters)
+                else:
+                    n_full = n_iters
+
+                mbarrier.wait(q_bars.index(2 * qb + WG), (t // 2) & 1)
+                mbarrier.wait(k_ready.index(g % STAGES), (g // STAGES) & 1)
+                _turn_wait(turn_bars, it, WG)
+                s_tok = warpgroup_mma(q_s, k_smem.index(g % STAGES).permute((1, 0)),
+                                      gl.zeros([WG_M, BLOCK_N], gl.float32, s_layout),
+                                      use_acc=False, is_async=True)
+                mbarrier.arrive(turn_bars.index(1 - WG))
+                s = warpgroup_mma_wait(num_outstanding=0, deps=(s_tok,))
+                mbarrier.arrive(k_empty.index(g % STAGES))
+                m_i = gl.full([WG_M], float("-inf"), gl.float32, row_layout)
+                l_i = gl.zeros([WG_M], gl.float32, row_layout)
+                # Key 0 is seen by every row, so m_i is finite from here on (no -inf - -inf).
+                p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, rows, 0, CAUSAL, BLOCK_N,
+                                                   s_layout)
+                acc = gl.zeros([WG_M, HEAD_DIM], gl.float32, o_layout)
+
+                for j in range(1, n_full):
+                    it += 1
+                    acc, p, m_i, l_i = _consumer_step(
+                        j, g, it, acc, p, m_i, l_i, q_s, k_smem, v_smem, k_ready, k_empty, v_ready,
+                        v_empty, turn_bars, qk_scale, rows, WG, False, STAGES, BLOCK_N, WG_M,
+                        s_layout, o_layout, p_layout, dtype)
+                if CAUSAL:
+                    for j in range(gl.maximum(n_full, 1), n_iters):
+                        it += 1
+                        acc, p, m_i, l_i = _consumer_step(
+                            j, g, it, acc, p, m_i, l_i, q_s, k_smem, v_smem, k_ready, k_empty,
+                            v_ready, v_empty, turn_bars, qk_scale, rows, WG, True, STAGES, BLOCK_N,
+                            WG_M, s_layout, o_layout, p_layout, dtype)
+
                 it += 1
-                acc, p, m_i, l_i = _consumer_step(
-                    j, it, acc, p, m_i, l_i, q_s, k_smem, v_smem, k_ready, k_empty, v_ready,
-                    v_empty, turn_bars, qk_scale, rows, WG, True, STAGES, BLOCK_N, WG_M,
-                    s_layout, o_layout, p_layout, dtype)
+                sv = (g + n_iters - 1) % STAGES
+                mbarrier.wait(v_ready.index(sv), ((g + n_iters - 1) // STAGES) & 1)
+                p_op = gl.convert_layout(p.to(dtype), p_layout)
+                _turn_wait(turn_bars, it, WG)
+                o_tok = warpgroup_mma(p_op, v_smem.index(sv), acc, is_async=True)
+                mbarrier.arrive(turn_bars.index(1 - WG))
+                acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(o_tok, p_op))
+                mbarrier.arrive(v_empty.index(sv))
 
-        it += 1
-        sv = (n_iters - 1) % STAGES
-        mbarrier.wait(v_ready.index(sv), ((n_iters - 1) // STAGES) & 1)
-        p_op = gl.convert_layout(p.to(dtype), p_layout)
-        _turn_wait(turn_bars, it, WG)
-        o_tok = warpgroup_mma(p_op, v_smem.index(sv), acc, is_async=True)
-        mbarrier.arrive(turn_bars.index(1 - WG))
-        acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(o_tok, p_op))
-        mbarrier.arrive(v_empty.index(sv))
-
-        l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))
-        q_s.store((acc / gl.expand_dims(l_o, 1)).to(dtype))
-        fence_async_shared()
-        tma.async_copy_shared_to_global(o_desc, [o_row + WG * WG_M, o_col], q_s)
-        lse = (m_i + gl.log2(l_i)) * 0.6931471805599453
-        gl.store(lse_ptr + lse_row + WG * WG_M + gl.arange(0, WG_M, layout=row_layout), lse)
-        tma.store_wait(0)
+                l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))
+                q_s.store((acc / gl.expand_dims(l_o, 1)).to(dtype))
+                fence_async_shared()
+                tma.async_copy_shared_to_global(o_desc, [b * N + pos0, h * HEAD_DIM], q_s)
+                lse = (m_i + gl.log2(l_i)) * 0.6931471805599453
+                gl.store(lse_ptr + bh * N + pos0 + gl.arange(0, WG_M, layout=row_layout), lse)
+                tma.store_wait(0)
+                mbarrier.arrive(q_empty.index(qb))
+                it += 1
+                g += n_iters
+                t += 1
 
     @gluon.jit
-    def _fwd_kernel(q_desc, k_desc, v_desc, o_desc, Lse, H, GROUP, N, qk_scale,
+    def _fwd_kernel(q_desc, k_desc, v_desc, o_desc, Lse, H, GROUP, N, BH, qk_scale,
                     q_rows_b, q_rows_h, q_cols_h, k_rows_b, k_rows_h, k_cols_h,
                     v_rows_b, v_rows_h, v_cols_h, SECTION, CAUSAL: gl.constexpr):
-        """Grid (N / 128 * B * H,). Without the mask, program i runs query tile i % (N / 128)
-        of head i // (N / 128). With it, the heads go in sections of SECTION, and a section's
-        programs run its longest query tiles first, one of each head in turn. Head h of batch b,
-        position n of tensor t sits at row b * t_rows_b + h * t_rows_h + n, columns from
-        h * t_cols_h, of t's 2-D descriptor (K, V with the GQA head h // GROUP); out is
+        """Grid (programs,), one program a tile or fewer, persistent ones: in round r each
+        program runs one of tiles [r * programs, (r + 1) * programs) of the N / 128 * BH
+        (``_snake``; ``_tile`` orders them). Head h of
+        batch b, position n of tensor t sits at row b * t_rows_b + h * t_rows_h + n, columns
+        from h * t_cols_h, of t's 2-D descriptor (K, V with the GQA head h // GROUP); out is
         (B, N, H, D) memory seen as (B * N, H * D)."""
         HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
         WG_M: gl.constexpr = q_desc.block_type.shape[0]
@@ -227,60 +299,40 @@ if gluon is not None:
         STAGES: gl.constexpr = 2
         dtype: gl.constexpr = q_desc.dtype
 
-        n_tiles = N // (2 * WG_M)
-        lin = gl.program_id(0)
-        if CAUSAL:
-            first = lin // (SECTION * n_tiles) * SECTION
-            r = lin % (SECTION * n_tiles)
-            heads = gl.minimum(SECTION, gl.num_programs(0) // n_tiles - first)
-            pid_m = n_tiles - 1 - r // heads
-            bh = first + r % heads
-        else:
-            pid_m = lin % n_tiles
-            bh = lin // n_tiles
-        b = bh // H
-        h = bh % H
-        hk = h // GROUP
-        q_pos0 = pid_m * 2 * WG_M
-        if CAUSAL:
-            n_iters = gl.cdiv(q_pos0 + 2 * WG_M, BLOCK_N)
-        else:
-            n_iters = N // BLOCK_N
-
-        q_smem = gl.allocate_shared_memory(dtype, [2, WG_M, HEAD_DIM], q_desc.layout)
+        # two Q slot pairs (tile parity), each one 64-row tile a consumer
+        q_smem = gl.allocate_shared_memory(dtype, [4, WG_M, HEAD_DIM], q_desc.layout)
         k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
         v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
-        q_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        q_bars = gl.allocate_shared_memory(gl.int64, [4, 1], mbarrier.MBarrierLayout())
+        q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         turn_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(2):
+        for i in gl.static_range(4):
             mbarrier.init(q_bars.index(i), count=1)
+        for i in gl.static_range(2):
+            mbarrier.init(q_empty.index(i), count=2)  # one arrival from each consumer
             mbarrier.init(turn_bars.index(i), count=1)
         for i in gl.static_range(STAGES):
             mbarrier.init(k_ready.index(i), count=1)
-            mbarrier.init(k_empty.index(i), count=2)  # one arrival from each consumer
+            mbarrier.init(k_empty.index(i), count=2)
             mbarrier.init(v_ready.index(i), count=1)
             mbarrier.init(v_empty.index(i), count=2)
         fence_async_shared()
 
-        q_row = b * q_rows_b + h * q_rows_h + q_pos0
-        k_row = b * k_rows_b + hk * k_rows_h
-        v_row = b * v_rows_b + hk * v_rows_h
-        lse_row = bh * N + q_pos0
-        o_row = b * N + q_pos0
         gl.warp_specialize([
-            (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready,
-                         k_empty, v_ready, v_empty, q_row, h * q_cols_h, k_row, hk * k_cols_h,
-                         v_row, hk * v_cols_h, n_iters, STAGES, BLOCK_N, WG_M)),
-            (_consumer, (0, o_desc, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready,
-                         v_empty, turn_bars, Lse, lse_row, o_row, h * HEAD_DIM, q_pos0, n_iters,
-                         qk_scale, CAUSAL, STAGES, BLOCK_N, WG_M, HEAD_DIM)),
-            (_consumer, (1, o_desc, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready,
-                         v_empty, turn_bars, Lse, lse_row, o_row, h * HEAD_DIM, q_pos0, n_iters,
-                         qk_scale, CAUSAL, STAGES, BLOCK_N, WG_M, HEAD_DIM)),
+            (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_empty,
+                         k_ready, k_empty, v_ready, v_empty, H, GROUP, N, BH, SECTION,
+                         q_rows_b, q_rows_h, q_cols_h, k_rows_b, k_rows_h, k_cols_h, v_rows_b,
+                         v_rows_h, v_cols_h, CAUSAL, STAGES, BLOCK_N, WG_M)),
+            (_consumer, (0, o_desc, q_smem, k_smem, v_smem, q_bars, q_empty, k_ready, k_empty,
+                         v_ready, v_empty, turn_bars, Lse, H, GROUP, N, BH, SECTION, qk_scale,
+                         CAUSAL, STAGES, BLOCK_N, WG_M, HEAD_DIM)),
+            (_consumer, (1, o_desc, q_smem, k_smem, v_smem, q_bars, q_empty, k_ready, k_empty,
+                         v_ready, v_empty, turn_bars, Lse, H, GROUP, N, BH, SECTION, qk_scale,
+                         CAUSAL, STAGES, BLOCK_N, WG_M, HEAD_DIM)),
         ], [4, 4], [_REGS, _REGS])
 
 
@@ -345,10 +397,20 @@ def _descriptor(t: torch.Tensor, rows: int, cols: int, stride: int, block: tuple
     return TensorDescriptor(t, [rows, cols], [stride, 1], list(block), _smem_layout(block, t.dtype))
 
 
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
+    persistent: bool | int = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward where ``usable(q, k, v)``: q (B, Hq, N, D), k, v (B, Hkv, N, D), D 64 or 128.
+
+    ``persistent``: True runs one program an SM, each taking every SM-count-th query tile (the
+    producer loads a tile's Q and first keys while the consumers finish the one before); an int
+    runs that many programs (at most one a tile); False one program a tile.
 
     Returns out (B, Hq, N, D) in q's dtype, in (B, N, Hq, D) memory like ``triton_impl.fwd``'s,
     and lse (B, Hq, N) float32, natural log.
@@ -363,6 +425,10 @@ def attention_fwd(
         descs.append(_descriptor(t, rows, cols, stride, block))
         maps += [rows_b, rows_h, cols_h]
     descs.append(_descriptor(out_bnhd, b * n, h * d, h * d, (WG_M, d)))
-    launch_jit(_fwd_kernel, (n // CTA_M * b * h,), *descs, lse, h, h // hkv, n, scale * _LOG2E,
+    tiles = n // CTA_M * b * h
+    programs = tiles
+    if persistent is not False:
+        programs = min(tiles, _sm_count(q.device.index or 0) if persistent is True else persistent)
+    launch_jit(_fwd_kernel, (programs,), *descs, lse, h, h // hkv, n, b * h, scale * _LOG2E,
                *maps, _section(n, b * h), CAUSAL=causal, num_warps=4, maxnreg=LAUNCH_REGS)
     return out_bnhd.transpose(1, 2), lse
