@@ -91,14 +91,14 @@ def _options(q, k, v, causal, scale, backend, rope, num_prefix_tokens, determini
     return (causal, scale, name, *tables, deterministic, attn_mask, window, softcap)
 
 
-def _autocast(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-    """Under ``torch.autocast`` for q's device, float32 inputs run in the autocast dtype, as SDPA
-    does; gradients flow back to the float32 tensors through the cast."""
-    device = q.device.type
-    if q.dtype == torch.float32 and torch.is_autocast_enabled(device):
+def _autocast(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Under ``torch.autocast`` for the first tensor's device, float32 inputs run in the autocast
+    dtype, as SDPA does; gradients flow back to the float32 tensors through the cast."""
+    device = tensors[0].device.type
+    if tensors[0].dtype == torch.float32 and torch.is_autocast_enabled(device):
         dtype = torch.get_autocast_dtype(device)
-        return q.to(dtype), k.to(dtype), v.to(dtype)
-    return q, k, v
+        return [t.to(dtype) for t in tensors]
+    return list(tensors)
 
 
 def attention(
@@ -156,8 +156,7 @@ def attention_qkvpacked(
     q, k, v = ops.unpacked(qkv)
     options = _options(q, k, v, causal, scale, backend, rope, num_prefix_tokens, deterministic,
                        attn_mask, window, softcap)
-    if qkv.dtype == torch.float32 and torch.is_autocast_enabled(qkv.device.type):
-        qkv = qkv.to(torch.get_autocast_dtype(qkv.device.type))
+    (qkv,) = _autocast(qkv)
     out, _ = ops.attention_qkvpacked(last_dim_contiguous(qkv), *options)
     return out.transpose(1, 2)
 
