@@ -100,6 +100,21 @@ def _fwd_impl(
     backends with ``bnhd_out``. The backend's refusals are raised here, once per call (see
     ``flashduo._validate``).
     """
+    out, lse, qr, kr = _fwd_run(q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix,
+                                deterministic, attn_mask, window, softcap)
+    if qr is None:
+        qr, kr = _no_rotation(q)
+    return out, lse, qr, kr
+
+
+def _fwd_run(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float, backend: str,
+    rope_cos: torch.Tensor | None = None, rope_sin: torch.Tensor | None = None,
+    num_prefix: int = 0, deterministic: bool = True, attn_mask: torch.Tensor | None = None,
+    window: list[int] | None = None, softcap: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``_fwd_impl`` with None for q_rot and k_rot where the op layer rotated nothing (the
+    schema's empty placeholders are made only where the op returns them)."""
     impl = registry.get_backend(backend)
     masks = _masks(attn_mask, window, softcap)
     impl.check(q, k, v, causal, frozenset(masks))
@@ -108,13 +123,13 @@ def _fwd_impl(
     if _empty_case(q, k):
         out = _new_out(q, impl).zero_()
         lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
-        qr, kr = (q.new_zeros(q.shape), k.new_zeros(k.shape)) if rotates else _no_rotation(q)
+        qr, kr = (q.new_zeros(q.shape), k.new_zeros(k.shape)) if rotates else (None, None)
         return out, lse, qr, kr
+    qr = kr = None
     if rope is None:
-        (out, lse), (qr, kr) = impl.fwd(q, k, v, causal, scale, **masks), _no_rotation(q)
+        out, lse = impl.fwd(q, k, v, causal, scale, **masks)
     elif impl.fused_rope:
-        (out, lse), (qr, kr) = (impl.fwd(q, k, v, causal, scale, rope=rope, **masks),
-                                _no_rotation(q))
+        out, lse = impl.fwd(q, k, v, causal, scale, rope=rope, **masks)
     else:
         qr, kr = _rotate_qk(impl, q, k, rope)
         out, lse = impl.fwd(qr, kr, v, causal, scale, **masks)
@@ -361,7 +376,7 @@ def _forward(ctx, args: tuple) -> tuple[torch.Tensor, torch.Tensor]:
         output = torch.ops.flashduo.triton_fwd(q, k, v, causal, scale, rope_cos, rope_sin,
                                                num_prefix, deterministic)
     elif _plain_eager(q):
-        output = _fwd_impl(*args)
+        output = _fwd_run(*args)
     else:
         output = attention_fwd(*args)
     _save(ctx, args, output, traced)
@@ -412,9 +427,12 @@ def attention(
     """out (B, Hq, Nq, D), lse (B, Hq, Nq) float32 through ``flashduo::fwd``, differentiable in
     q, k, v with ``flashduo::bwd`` as the backward (see ``_fwd_impl`` for the shapes and out's
     memory layout); the masking arguments as in ``registry.Backend``."""
+    args = (causal, scale, backend, rope_cos, rope_sin, num_prefix, deterministic, attn_mask,
+            window, softcap)
+    if _untracked(q, k, v):
+        return _fwd_run(q, k, v, *args)[:2]
     q, k, v = _distinct(q, k, v)
-    return _Attention.apply(q, k, v, causal, scale, backend, rope_cos, rope_sin, num_prefix,
-                            deterministic, attn_mask, window, softcap)
+    return _Attention.apply(q, k, v, *args)
 
 
 def attention_qkvpacked(
@@ -425,8 +443,19 @@ def attention_qkvpacked(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``attention`` on the (B, H, N, D) views of a packed qkv (B, N, 3, H, D): out (B, H, N, D),
     lse (B, H, N), differentiable in qkv."""
-    return _PackedAttention.apply(qkv, causal, scale, backend, rope_cos, rope_sin, num_prefix,
-                                  deterministic, attn_mask, window, softcap)
+    args = (causal, scale, backend, rope_cos, rope_sin, num_prefix, deterministic, attn_mask,
+            window, softcap)
+    if _untracked(qkv):
+        return _fwd_run(*unpacked(qkv), *args)[:2]
+    return _PackedAttention.apply(qkv, *args)
+
+
+def _untracked(*tensors: torch.Tensor) -> bool:
+    """Whether a call on ``tensors`` records no autograd graph (grad mode off, or no tensor that
+    requires grad) and runs plain eager (``_plain_eager``): it then calls the forward itself,
+    without an ``autograd.Function`` node (microseconds of host time a call)."""
+    return ((not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors))
+            and _plain_eager(tensors[0]))
 
 
 def _distinct(*tensors: torch.Tensor) -> list[torch.Tensor]:

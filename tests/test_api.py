@@ -199,3 +199,35 @@ def test_one_tensor_as_q_k_and_v_compiles_fullgraph() -> None:
         return flashduo.attention(x, x, x, causal=True, backend="reference").square().sum()
 
     assert_compiled_matches_eager(loss, (x,), "aot_eager")
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["qkv", "packed"])
+def test_untracked_calls_skip_the_autograd_node(packed: bool, monkeypatch) -> None:
+    """A call that records no graph (no_grad, or no input that requires grad) runs the forward
+    without the autograd.Function and gives the tracked call's out and lse bit for bit; a
+    tracked call still goes through it, and both are validated by the backend."""
+    from flashduo import ops
+
+    backend = "triton" if ON_GPU else "reference"
+    q, k, v = qkv(torch.bfloat16 if ON_GPU else torch.float32, n=48, d=64, grad=True)
+    applied = []
+    for cls in (ops._Attention, ops._PackedAttention):
+        monkeypatch.setattr(cls, "apply", lambda *a, f=cls.apply: applied.append(1) or f(*a))
+
+    def call(*t: torch.Tensor) -> torch.Tensor:
+        if packed:
+            return flashduo.attention_qkvpacked(torch.stack(t, 2).transpose(1, 3), True,
+                                                backend=backend)
+        return flashduo.attention(*t, causal=True, backend=backend)
+
+    tracked = call(q, k, v)
+    assert applied == [1] and tracked.grad_fn is not None
+    with torch.no_grad():
+        untracked = call(q, k, v)
+    detached = call(q.detach(), k.detach(), v.detach())
+    assert applied == [1], "an untracked call built an autograd node"
+    for out in (untracked, detached):
+        assert out.grad_fn is None and not out.requires_grad
+        assert torch.equal(out, tracked.detach())
+    with torch.no_grad(), pytest.raises(ValueError, match="cannot run these inputs"):
+        flashduo.attention(q.double(), k.double(), v.double(), backend="triton")

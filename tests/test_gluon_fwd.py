@@ -127,3 +127,17 @@ def test_gluon_forward_then_backward_through_the_front_door(
         for name, got, ref, base in zip(("dq", "dk", "dv"), grads, truth[2:], baseline[2:]):
             assert_close(f"{layout} causal={causal} {name}", got, ref, base, "grad",
                          torch.bfloat16, "triton")
+
+
+def test_descriptor_without_checks_equals_the_constructor() -> None:
+    """``_descriptor`` fills a TensorDescriptor without its constructor's checks where the fields
+    allow it: the same fields as the constructor's, which must still accept them."""
+    from triton_impl import gluon_fwd
+
+    if gluon_fwd.gluon is None:
+        pytest.skip("this Triton has no Gluon Hopper API")
+    t = torch.randn(4, 256, 128, dtype=torch.bfloat16)
+    fast = gluon_fwd._descriptor(t, 1024, 128, 128, (64, 128))
+    checked = gluon_fwd.TensorDescriptor(t, [1024, 128], [128, 1], [64, 128], fast.layout)
+    assert gluon_fwd._bare_descriptors()
+    assert fast == checked and type(fast) is type(checked)

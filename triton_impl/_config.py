@@ -187,8 +187,8 @@ _CHOSEN: dict[tuple, triton.Config] = {}
 _LAUNCHED: dict[str, triton.Config] = {}
 # (kernel and shape class, device, argument signature, constexprs and options)
 #   -> (compiled kernel, values of the parameters after the positional arguments: constexprs and
-#       config options from meta, defaults for the rest)
-_COMPILED: dict[tuple, tuple[object, tuple]] = {}
+#       config options from meta, defaults for the rest, the descriptor layouts of the signature)
+_COMPILED: dict[tuple, tuple[object, tuple, tuple]] = {}
 # Entries kept before ``_COMPILED`` starts afresh: its signatures hold exact sizes, so a caller
 # whose shapes keep changing would otherwise grow it without bound.
 COMPILED_LIMIT = 4096
@@ -199,17 +199,25 @@ def _signature(args: tuple) -> tuple:
     """What a launch's compiled kernel depends on, for each positional argument, or finer: a
     tensor's dtype and 16-byte alignment; an int's or a float's exact value (finer than Triton's
     specialization on == 1 and divisibility by 16, and much cheaper to form); a host tensor
-    descriptor's block shape, layout and dtype; other values' type."""
+    descriptor's block shape, dtype and layout (by identity: hashing a layout dataclass costs
+    microseconds a launch, and ``_COMPILED`` keeps the layouts of its keys alive, so an id is
+    never reused while it is a key); other values' type."""
     return tuple([a if a.__class__ in _PLAIN else
-                  (a.dtype, a.data_ptr() & 15 == 0) if isinstance(a, torch.Tensor) else
-                  _descriptor_signature(a) for a in args])
+                  (a.dtype, a.data_ptr() & 15 == 0) if a.__class__ is torch.Tensor
+                  or isinstance(a, torch.Tensor) else _descriptor_signature(a) for a in args])
 
 
 def _descriptor_signature(a: object) -> object:
     block = getattr(a, "block_shape", None)
     if block is None:
         return type(a)
-    return type(a), tuple(block), getattr(a, "layout", None), a.base.dtype
+    return type(a), *block, id(getattr(a, "layout", None)), a.base.dtype
+
+
+def _layouts(args: tuple) -> tuple:
+    """The descriptor layouts among ``args``, kept with a ``_COMPILED`` entry whose key holds
+    their ids."""
+    return tuple(getattr(a, "layout", None) for a in args if hasattr(a, "block_shape"))
 
 
 def direct_launch() -> bool:
@@ -251,9 +259,9 @@ def _launch_compiled(fn, grid, key: tuple, args: tuple, meta: dict) -> None:
                 _COMPILED.clear()
             tail = tuple(meta[p.name] if p.name in meta else p.default
                          for p in fn.params[len(args):])
-            _COMPILED[sig] = (compiled, tail)
+            _COMPILED[sig] = (compiled, tail, _layouts(args))
         return
-    compiled, tail = hit
+    compiled, tail, _ = hit
     stream = driver.active.get_current_stream(device)
     try:
         compiled.run(size[0], size[1], size[2], stream, compiled.function,

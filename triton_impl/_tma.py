@@ -35,15 +35,16 @@ def tma_usable(*tensors: torch.Tensor) -> bool:
     9.0 or later (not the interpreter, not with ``FLASHDUO_TMA=0``), each base address and each
     stride but the last (which is 1) a multiple of 16 bytes."""
     first = tensors[0]
-    if (_allocation is None or interpreting() or not first.is_cuda
+    if (_allocation is None or not first.is_cuda or interpreting()
             or os.environ.get("FLASHDUO_TMA", "1") == "0"
             or not _capable_device(first.device.index or 0)):
         return False
+    bits = 0  # every address and byte stride OR-ed: aligned iff its low four bits are clear
     for t in tensors:
         elt = t.element_size()
-        if t.data_ptr() % ALIGN or any((s * elt) % ALIGN for s in t.stride()[:-1]):
-            return False
-    return True
+        sb, sh, sn = t.stride()[:3]
+        bits |= t.data_ptr() | sb * elt | sh * elt | sn * elt
+    return bits % ALIGN == 0
 
 
 def _scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
