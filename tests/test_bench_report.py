@@ -16,6 +16,7 @@ from flashduo.bench.facts import (
 )
 from flashduo.bench.records import NOROPE, OOM, SKIP, Check, Row, attention_flops, tflops
 from flashduo.bench.report import (
+    format_host_bound_table,
     format_scaling_table,
     format_sweep_table,
     format_tiles_table,
@@ -202,3 +203,16 @@ def test_vit_host_table_lists_host_time_per_mode() -> None:
     assert "| 256 | 6 | 197 | triton | 61 | 180 |" in table
     assert "| 256 | 6 | 197 | torch-cudnn | 20 | 35 |" in table
     assert "fastest" not in table and " / " not in table.split("\n", 2)[2]
+
+
+def test_host_bound_table_lists_the_cells_whose_host_time_nears_their_time() -> None:
+    rows = [_row("sweep", impl, n, ms) for impl, n, ms in
+            (("triton", 1024, 0.40), ("torch-cudnn", 1024, 0.23), ("triton", 2048, 0.60))]
+    assert format_host_bound_table(rows, BACKENDS) == "(host time is measured on a CUDA GPU only)"
+    for r, us in zip(rows, (373.0, 72.0, 200.0), strict=True):
+        r.host_us = us
+    table = format_host_bound_table(rows, BACKENDS)
+    assert "| bfloat16 | 64 | 0 | fwd | 1024 | triton | 0.400 | 373 |" in table
+    assert "torch-cudnn" not in table and "| 2048 |" not in table
+    rows[0].host_us = 319.0  # just under 80 % of 0.4 ms
+    assert "every sweep cell reads its kernels" in format_host_bound_table(rows, BACKENDS)

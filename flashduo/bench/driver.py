@@ -109,6 +109,8 @@ def _sections(rows: list, backends: list[str]) -> list[tuple[str, str, str | Non
     every = [
         ("sweep", f"Sweep: {unit} vs N", lambda: report.format_sweep_table(rows, backends),
          "sweep_"),
+        ("sweep", "Sweep: host-bound cells",
+         lambda: report.format_host_bound_table(rows, backends), None),
         ("vit", "ViT shapes", lambda: report.format_vit_table(rows, backends), None),
         ("vit", "ViT shapes: host time", lambda: report.format_vit_host_table(rows, backends),
          None),

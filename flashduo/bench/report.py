@@ -1,8 +1,9 @@
 """Markdown tables of benchmark results, one per suite (the numbers come from the suites).
 
-Tables: the sweep (TFLOPS per N, or ms per call where TFLOPS would read 0.0, as on the CPU), the
-ViT shapes and the ViT-with-RoPE rows (ms per mode), the scaling suite (ms and MB per N), the
-tiles heatmap (TFLOPS per BLOCK_M x BLOCK_N) and the tuned tiles ``triton`` ran with per cell.
+Tables: the sweep (TFLOPS per N, or ms per call where TFLOPS would read 0.0, as on the CPU) and
+its cells that may read host time, the ViT shapes and the ViT-with-RoPE rows (ms per mode), the
+scaling suite (ms and MB per N), the tiles heatmap (TFLOPS per BLOCK_M x BLOCK_N) and the tuned
+tiles ``triton`` ran with per cell.
 Each configuration's provider rows are followed by the speed-ratio rows of every flashduo backend
 over each baseline and over the fastest baseline (``flashduo.bench.facts``: baseline ms / backend
 ms, > 1 means the backend is faster), then by the fastest provider. A cell that did not measure
@@ -114,6 +115,36 @@ def format_sweep_table(rows: Sequence[Row], backends: Sequence[str]) -> str:
         return _titled("ms per call (TFLOPS would read 0.0 at these sizes)", table,
                        "(no sweep results)")
     return "\n".join(table) or "(no sweep results)"
+
+
+# a cell whose host time is at least this share of its measured time may read host time
+HOST_BOUND_SHARE = 0.8
+
+
+def host_bound(row: Row) -> bool:
+    """Whether a measured cell's host time (``host_us``) is at least ``HOST_BOUND_SHARE`` of its
+    measured time: ``do_bench`` then reads host time rather than the kernels' (``timing``)."""
+    return row.status == OK and row.host_us >= HOST_BOUND_SHARE * 1000 * row.ms
+
+
+def format_host_bound_table(rows: Sequence[Row], backends: Sequence[str]) -> str:
+    """Markdown table of the sweep cells that may read host time (``host_bound``): ms and host
+    µs of each; a sentence where none is (or host time was not measured)."""
+    sweep = [r for r in rows if r.tag == "sweep"]
+    if all(math.isnan(r.host_us) for r in sweep):
+        return "(host time is measured on a CUDA GPU only)"
+    bound = [r for r in sweep if host_bound(r)]
+    if not bound:
+        return (f"No sweep cell's host time reached {HOST_BOUND_SHARE:.0%} of its measured time: "
+                "every sweep cell reads its kernels.")
+    rank = {name: i for i, name in enumerate(order((r.impl for r in bound), backends))}
+    bound.sort(key=lambda r: (r.dtype, r.D, r.causal, r.mode, r.N, rank[r.impl]))
+    body = [[r.dtype, str(r.D), str(int(r.causal)), r.mode, str(r.N), r.impl, fmt(r.ms, "ms"),
+             fmt(r.host_us, "us")] for r in bound]
+    table = md_table(["dtype", "D", "causal", "mode", "N", "impl", "ms", "host µs"], body, 6)
+    return _titled(f"Sweep cells whose host time of one call (µs, median of calls issued without "
+                   f"synchronizing) is at least {HOST_BOUND_SHARE:.0%} of the time measured above: "
+                   "their readings may be host time, and their ratios with them", table, "")
 
 
 def _ms_table(rows: Sequence[Row], backends: Sequence[str], baselines: Sequence[str]) -> list[str]:
