@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 
 import torch
+from torch.autograd import forward_ad
 
 import reference
 from flashduo import registry
@@ -452,9 +453,11 @@ def attention_qkvpacked(
 
 def _untracked(*tensors: torch.Tensor) -> bool:
     """Whether a call on ``tensors`` records no autograd graph (grad mode off, or no tensor that
-    requires grad) and runs plain eager (``_plain_eager``): it then calls the forward itself,
-    without an ``autograd.Function`` node (microseconds of host time a call)."""
+    requires grad), runs plain eager (``_plain_eager``) and outside forward-mode AD and functorch
+    transforms (which the ``autograd.Function`` refuses by name rather than dropping tangents):
+    it then calls the forward itself, without the node (microseconds of host time a call)."""
     return ((not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors))
+            and forward_ad._current_level < 0 and not torch._C._are_functorch_transforms_active()
             and _plain_eager(tensors[0]))
 
 

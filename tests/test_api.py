@@ -231,3 +231,16 @@ def test_untracked_calls_skip_the_autograd_node(packed: bool, monkeypatch) -> No
         assert torch.equal(out, tracked.detach())
     with torch.no_grad(), pytest.raises(ValueError, match="cannot run these inputs"):
         flashduo.attention(q.double(), k.double(), v.double(), backend="triton")
+
+
+def test_forward_mode_ad_is_refused_not_dropped() -> None:
+    """Dual tensors (forward-mode AD) and functorch transforms take the autograd.Function, which
+    refuses them, instead of the untracked path, which would drop their tangents."""
+    import torch.autograd.forward_ad as fwd_ad
+
+    q, k, v = qkv(torch.float32, n=16, d=16)
+    with fwd_ad.dual_level(), pytest.raises(NotImplementedError, match="jvp"):
+        flashduo.attention(fwd_ad.make_dual(q, torch.randn_like(q)), k, v, backend="reference")
+    with pytest.raises(RuntimeError, match="functorch transforms"):
+        torch.func.jvp(lambda x: flashduo.attention(x, k, v, backend="reference"), (q,),
+                       (torch.randn_like(q),))
