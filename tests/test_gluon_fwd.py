@@ -17,8 +17,8 @@ from tests.helpers import run_reference
 HOPPER = ON_GPU and torch.cuda.get_device_capability() == (9, 0)
 needs_hopper = pytest.mark.skipif(not HOPPER, reason="the Gluon forward runs on Hopper GPUs only")
 
-# (B, Hq, Hkv, N, layout, D); the causal grids' sections hold 16 heads at N = 1024, so (3, 7, 7,
-# 1024) ends with a section of 5 heads
+# (B, Hq, Hkv, N, layout, D); the causal grids' sections hold 16 heads at N = 1024 (2 with
+# persistent programs), so (3, 7, 7, 1024) ends with a section of 5 heads (of 1)
 SHAPES = [(2, 2, 2, 128, "bhnd", 128), (1, 4, 2, 384, "bnhd", 128), (2, 3, 3, 256, "qkv", 128),
           (1, 2, 1, 1024, "bhnd", 128), (2, 2, 2, 128, "bhnd", 64), (1, 4, 2, 384, "bnhd", 64),
           (2, 3, 3, 256, "qkv", 64), (3, 7, 7, 1024, "bhnd", 64)]
@@ -60,6 +60,17 @@ def test_gluon_forward_matches_reference(shape: tuple, causal: bool, dtype: torc
     truth, baseline = run_reference(q, k, v, causal, dout)
     assert_close("gluon out", out, truth[0], baseline[0], "out", dtype)
     assert_close("gluon lse", lse, truth[1], baseline[1], "lse", dtype)
+
+
+def test_causal_sections() -> None:
+    """Heads a causal section: about SECTION_CTAS query tiles with one program a tile, about
+    PERSISTENT_SECTION_CTAS with persistent programs; at least one head, at most all of them."""
+    from triton_impl import gluon_fwd
+
+    assert gluon_fwd._section(1024, 256, False) == gluon_fwd.SECTION_CTAS // 8
+    assert gluon_fwd._section(1024, 256, True) == gluon_fwd.PERSISTENT_SECTION_CTAS // 8
+    assert gluon_fwd._section(1024, 3, False) == 3
+    assert gluon_fwd._section(65536, 4, True) == gluon_fwd._section(65536, 4, False) == 1
 
 
 @needs_hopper

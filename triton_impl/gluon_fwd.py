@@ -48,6 +48,7 @@ except ImportError:  # a Triton without Gluon's Hopper API: the Triton kernel ru
 
 HEAD_DIMS = (64, 128)
 SECTION_CTAS = 128  # causal: about one wave of CTAs a section of heads (``_section``)
+PERSISTENT_SECTION_CTAS = 16  # the same for persistent programs (``_section``)
 WG_M = 64  # query rows of one consumer warpgroup
 CTA_M = 2 * WG_M  # query rows of one CTA
 BLOCK_N = 128  # keys of one K / V tile
@@ -381,11 +382,14 @@ def usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
 _GL_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
-def _section(n: int, heads: int) -> int:
+def _section(n: int, heads: int, persistent: bool) -> int:
     """Heads of one section of a causal grid: about ``SECTION_CTAS`` query tiles, so that the
     tiles running at once share the K and V of a few heads in L2 (16 heads of 8 tiles at N =
-    1024, one head from N = 16384 on) while the longest of them start first."""
-    return max(1, min(heads, SECTION_CTAS // (n // CTA_M)))
+    1024, one head from N = 16384 on) while the longest of them start first. Persistent programs
+    take ``PERSISTENT_SECTION_CTAS``: their static rounds then mix long and short tiles in every
+    program (measured in docs/perf-notes.md, Triton v1.11)."""
+    ctas = PERSISTENT_SECTION_CTAS if persistent else SECTION_CTAS
+    return max(1, min(heads, ctas // (n // CTA_M)))
 
 
 @functools.cache
@@ -451,5 +455,6 @@ def attention_fwd(
     if persistent is not False:
         programs = min(tiles, _sm_count(q.device.index or 0) if persistent is True else persistent)
     launch_jit(_fwd_kernel, (programs,), *descs, lse, h, h // hkv, n, b * h, scale * _LOG2E,
-               *maps, _section(n, b * h), CAUSAL=causal, num_warps=4, maxnreg=LAUNCH_REGS)
+               *maps, _section(n, b * h, programs < tiles), CAUSAL=causal, num_warps=4,
+               maxnreg=LAUNCH_REGS)
     return out_bnhd.transpose(1, 2), lse
