@@ -54,10 +54,10 @@ def _triton_limits(q, k, v, causal) -> list[str]:
     return reasons
 
 
-def _triton_fwd(q, k, v, causal, scale):
+def _triton_fwd(q, k, v, causal, scale, window=None, softcap=None):
     from triton_impl.fwd import attention_fwd
 
-    return attention_fwd(q, k, v, causal, scale)
+    return attention_fwd(q, k, v, causal, scale, window=window, softcap=softcap)
 
 
 def _triton_rotate(q, k, rope):
@@ -66,10 +66,12 @@ def _triton_rotate(q, k, rope):
     return rotate_qk(q, k, rope)
 
 
-def _triton_bwd(dout, q, k, v, out, lse, causal, scale, rope=None, packed=None):
+def _triton_bwd(dout, q, k, v, out, lse, causal, scale, rope=None, packed=None, window=None,
+                softcap=None):
     from triton_impl.bwd import attention_bwd
 
-    return attention_bwd(dout, q, k, v, out, lse, causal, scale, rope=rope, packed=packed)
+    return attention_bwd(dout, q, k, v, out, lse, causal, scale, rope=rope, packed=packed,
+                         window=window, softcap=softcap)
 
 
 def _unfused_fwd(q, k, v, causal, scale):
@@ -225,6 +227,7 @@ register_backend(
         unrotates_grads=True,
         packed_grads=True,
         bnhd_out=True,
+        masks=frozenset({"window", "softcap"}),
     )
 )
 

@@ -86,12 +86,14 @@ def case_inputs(case: Case, seed: int = 0, device: str = "cpu"):
 
 
 def truth_and_baseline(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
-                       dout: torch.Tensor, scale: float | None = None) -> tuple[Results, Results]:
-    """(float64 truth, PyTorch-in-input-dtype baseline), each as (out, lse, dq, dk, dv)."""
-    out, lse = attention_ref(q, k, v, causal, scale, upcast=True)
-    truth = (out, lse, *attention_bwd_ref(dout, q, k, v, causal, scale))
+                       dout: torch.Tensor, scale: float | None = None, **masks
+                       ) -> tuple[Results, Results]:
+    """(float64 truth, PyTorch-in-input-dtype baseline), each as (out, lse, dq, dk, dv);
+    ``masks``: the masking keywords of ``attention_ref`` (attn_mask, window, softcap)."""
+    out, lse = attention_ref(q, k, v, causal, scale, upcast=True, **masks)
+    truth = (out, lse, *attention_bwd_ref(dout, q, k, v, causal, scale, **masks))
     qb, kb, vb = (t.detach().requires_grad_() for t in (q, k, v))
-    out_b, lse_b = attention_ref(qb, kb, vb, causal, scale, upcast=False)
+    out_b, lse_b = attention_ref(qb, kb, vb, causal, scale, upcast=False, **masks)
     grads_b = torch.autograd.grad(out_b, (qb, kb, vb), dout)
     return truth, (out_b, lse_b, *grads_b)
 
@@ -103,8 +105,10 @@ def tolerance(kind: str, baseline_err: float, dtype: torch.dtype, factor: float 
 
 
 def max_err(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """Max abs difference in float64; NaN anywhere counts as infinite error."""
-    diff = (x.double() - ref.double()).abs()
+    """Max abs difference in float64; equal values (the -inf lse of a row that sees no key) are
+    exact; NaN anywhere counts as infinite error."""
+    x, ref = x.double(), ref.double()
+    diff = torch.where(x == ref, 0.0, (x - ref).abs())
     if diff.numel() == 0:
         return 0.0
     if torch.isnan(diff).any():

@@ -32,11 +32,12 @@ def skip_if_unrunnable(backend: str, case: Case) -> None:
 
 
 def run_backend(backend: str, q, k, v, causal: bool, dout: torch.Tensor,
-                deterministic: bool | None = None):
-    """out, lse, dq, dk, dv from ``backend``, with NaN-poisoned output buffers."""
+                deterministic: bool | None = None, **masks):
+    """out, lse, dq, dk, dv from ``backend``, with NaN-poisoned output buffers; ``masks``: the
+    masking keywords (attn_mask, window, softcap)."""
     poison_allocator((q.shape, q.dtype), (q.shape[:3], torch.float32))
     out, lse = flashduo.attention_with_lse(q, k, v, causal=causal, backend=backend,
-                                           deterministic=deterministic)
+                                           deterministic=deterministic, **masks)
     poison_allocator(
         (q.shape, q.dtype), (k.shape, k.dtype), (v.shape, v.dtype), (q.shape[:3], torch.float32)
     )
@@ -44,9 +45,10 @@ def run_backend(backend: str, q, k, v, causal: bool, dout: torch.Tensor,
     return out, lse, dq, dk, dv
 
 
-def run_reference(q, k, v, causal: bool, dout: torch.Tensor):
-    """(float64 truth, PyTorch-in-input-dtype baseline), each as (out, lse, dq, dk, dv)."""
-    return passrule.truth_and_baseline(q, k, v, causal, dout)
+def run_reference(q, k, v, causal: bool, dout: torch.Tensor, **masks):
+    """(float64 truth, PyTorch-in-input-dtype baseline), each as (out, lse, dq, dk, dv), with
+    the masking keywords ``masks``."""
+    return passrule.truth_and_baseline(q, k, v, causal, dout, **masks)
 
 
 def case_inputs(case: Case, seed: int = 0):

@@ -1,7 +1,8 @@
 """The masking arguments through the front door (``attn_mask``, ``window``, ``softcap``): the
 ``reference`` backend takes them in forward and backward, eager, through the ops (opcheck) and
-under ``torch.compile``; every other backend refuses them with a ValueError naming the argument;
-bad values are refused by the validation gate. Runs on the CPU."""
+under ``torch.compile``; a backend that does not take one (``Backend.masks``) refuses it with a
+ValueError naming the argument and the backends that do; bad values are refused by the
+validation gate. Runs on the CPU (the kernels' masks: ``test_triton_masks``)."""
 
 from __future__ import annotations
 
@@ -73,19 +74,22 @@ def test_reference_backend_takes_every_mask_forward_and_backward(name: str) -> N
         assert (grads[0][0, 1, 2] == 0).all()
 
 
-@pytest.mark.parametrize("backend", [b for b in flashduo.registered_backends()
-                                     if b != "reference"])
-@pytest.mark.parametrize("keyword, value", [("attn_mask", _key_padding()), ("window", (2, 2)),
-                                            ("softcap", 3.0)])
-def test_backends_without_masks_refuse_them_by_name(backend: str, keyword: str,
-                                                    value: object) -> None:
+MASK_VALUES = {"attn_mask": _key_padding(), "window": (2, 2), "softcap": 3.0}
+
+
+@pytest.mark.parametrize("backend, keyword", [
+    (b, kw) for b in flashduo.registered_backends() for kw in MASK_VALUES
+    if kw not in flashduo.get_backend(b).masks])
+def test_backends_without_a_mask_refuse_it_by_name(backend: str, keyword: str) -> None:
     why = flashduo.get_backend(backend).unavailable()
     if why:
         pytest.skip(why)
+    takers = ", ".join(b for b in flashduo.registered_backends()
+                       if keyword in flashduo.get_backend(b).masks)
     q, k, v = (t.detach().half() for t in _inputs())
     with pytest.raises(ValueError, match=rf"{keyword} is not supported \(backends that take it: "
-                                         r"reference\)"):
-        flashduo.attention(q, k, v, backend=backend, **{keyword: value})
+                                         rf"{takers}\)"):
+        flashduo.attention(q, k, v, backend=backend, **{keyword: MASK_VALUES[keyword]})
 
 
 def test_an_unbounded_window_is_no_window() -> None:

@@ -126,3 +126,57 @@ def rope_tile(
         s = -s
     even, odd = tl.split(tl.reshape(x, (ROWS, BLOCK_D // 2, 2)))
     return tl.reshape(tl.join(even * c - odd * s, odd * c + even * s), (ROWS, BLOCK_D))
+
+
+@triton.jit
+def in_window(rows, cols, LEFT, RIGHT):
+    """Which (row, col) pairs of the ``rows`` x ``cols`` tile lie in the band of the sliding
+    window: query i sees key j iff i - LEFT <= j <= i + RIGHT, a negative bound unbounded."""
+    r = rows[:, None]
+    c = cols[None, :]
+    return ((LEFT < 0) | (c >= r - LEFT)) & ((RIGHT < 0) | (c <= r + RIGHT))
+
+
+@triton.jit
+def window_keys(start_m, NK, LEFT, RIGHT, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key bounds (lo, full_lo, full_hi, hi) of query tile start_m under the window: key tiles
+    in [full_lo, full_hi) are seen by every row of the tile and lie inside [0, NK) (no mask);
+    [lo, full_lo) and [full_hi, hi) need the mask; keys outside [lo, hi) are never visited."""
+    first = start_m * BLOCK_M
+    last = first + BLOCK_M - 1
+    lo_key = tl.where(LEFT < 0, 0, tl.maximum(first - LEFT, 0))
+    hi_key = tl.where(RIGHT < 0, NK, tl.minimum(last + RIGHT + 1, NK))
+    full_lo_key = tl.where(LEFT < 0, 0, tl.maximum(last - LEFT, 0))
+    full_hi_key = tl.where(RIGHT < 0, NK, tl.minimum(first + RIGHT + 1, NK))
+    lo = (lo_key // BLOCK_N) * BLOCK_N
+    hi = tl.maximum(hi_key, lo)
+    hi_tiles = tl.cdiv(hi, BLOCK_N) * BLOCK_N
+    full_lo = tl.minimum(tl.maximum(tl.cdiv(full_lo_key, BLOCK_N) * BLOCK_N, lo), hi_tiles)
+    full_hi = tl.minimum(tl.maximum((full_hi_key // BLOCK_N) * BLOCK_N, full_lo), hi_tiles)
+    return lo, full_lo, full_hi, hi
+
+
+@triton.jit
+def window_queries(start_n, NQ, LEFT, RIGHT, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Query bounds (lo, full_lo, full_hi, hi), multiples of BLOCK_M but hi, for the key tile
+    from start_n under the window (key j is seen by rows j - RIGHT .. j + LEFT): query tiles in
+    [full_lo, full_hi) see every key of the tile, [lo, full_lo) and [full_hi, hi) need the
+    mask, rows outside [lo, hi) see none of these keys."""
+    last = start_n + BLOCK_N - 1
+    lo_row = tl.where(RIGHT < 0, 0, tl.maximum(start_n - RIGHT, 0))
+    hi_row = tl.where(LEFT < 0, NQ, tl.minimum(last + LEFT + 1, NQ))
+    full_lo_row = tl.where(RIGHT < 0, 0, tl.maximum(last - RIGHT, 0))
+    full_hi_row = tl.where(LEFT < 0, NQ, tl.minimum(start_n + LEFT + 1, NQ))
+    lo = (lo_row // BLOCK_M) * BLOCK_M
+    hi = tl.maximum(hi_row, lo)
+    hi_tiles = tl.cdiv(hi, BLOCK_M) * BLOCK_M
+    full_lo = tl.minimum(tl.maximum(tl.cdiv(full_lo_row, BLOCK_M) * BLOCK_M, lo), hi_tiles)
+    full_hi = tl.minimum(tl.maximum((full_hi_row // BLOCK_M) * BLOCK_M, full_lo), hi_tiles)
+    return lo, full_lo, full_hi, hi
+
+
+@triton.jit
+def capped(qk, cap_in):
+    """tanh(qk * cap_in) in float32 (the softcap's tanh(s / c) of raw scores qk, cap_in = scale
+    / c), as 2 sigmoid(2x) - 1."""
+    return 2.0 * tl.sigmoid(2.0 * cap_in * qk) - 1.0

@@ -27,14 +27,18 @@ import triton.language as tl
 from reference import RopeTables
 from triton_impl import _traced
 from triton_impl._common import (
+    capped,
     dot,
     dot_acc,
+    in_window,
     key_ranges,
     load_tile,
     query_tile,
     rope_tile,
     row_tiles,
     rows_tile,
+    window_keys,
+    window_queries,
 )
 from triton_impl._config import (
     BWD_DKDV,
@@ -48,7 +52,7 @@ from triton_impl._config import (
     launch_jit,
 )
 from triton_impl._tma import ensure_allocator, tma_usable
-from triton_impl.fwd import LOG2E
+from triton_impl.fwd import LOG2E, _mask_args
 
 PREPROCESS_BLOCK = 64
 # A multiple of every query tile in the tuning tables: Nq % EVEN_ROWS == 0 lets the dK/dV loop
@@ -78,7 +82,8 @@ def _preprocess_kernel(
 
 
 @triton.jit
-def _one_key_rows(rows, NK, CAUSAL: tl.constexpr):
+def _one_key_rows(rows, NK, CAUSAL: tl.constexpr, WINDOW: tl.constexpr = False, LEFT=-1,
+                  RIGHT=-1):
     """Which query rows see exactly one key: all of them when NK == 1 and, under the top-left
     causal mask (row i sees keys j <= i), row 0.
 
@@ -89,10 +94,15 @@ def _one_key_rows(rows, NK, CAUSAL: tl.constexpr):
     exponent leave P an ulp off 1. No way of forming P and delta from O cancels bit for bit on
     every GPU and dtype (the 3xTF32 float32 forward does not even give O == V exactly), so the
     kernels zero by this rule what it makes zero: a one-key row's dQ, and dK when every row is
-    one. The rule is exact: it only zeroes what is zero in exact arithmetic.
+    one. The rule is exact: it only zeroes what is zero in exact arithmetic. Under a window
+    (LEFT, RIGHT as in the forward) a row is one-key where its band meets [0, NK) in one key.
     """
     if CAUSAL:
         one = tl.minimum(rows + 1, NK) == 1
+    elif WINDOW:  # the band of row i within [0, NK) holds one key
+        first = tl.where(LEFT < 0, 0, tl.maximum(rows - LEFT, 0))
+        last = tl.where(RIGHT < 0, NK - 1, tl.minimum(rows + RIGHT, NK - 1))
+        one = last == first
     else:
         one = (rows >= 0) & (NK == 1)  # rows >= 0 only gives the answer the shape of rows
     return one
@@ -101,13 +111,18 @@ def _one_key_rows(rows, NK, CAUSAL: tl.constexpr):
 @triton.jit
 def _dkdv_inner(
     dk, dv, k, v, q_tiles, do_tiles, lse_base, delta_base, stride_qm, stride_dm,
-    offs_n, offs_d, lo, hi, NQ, qk_scale,
+    offs_n, offs_d, lo, hi, NQ, qk_scale, LEFT, RIGHT, cap_in,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     CAUSAL_MASK: tl.constexpr, ROW_CHECK: tl.constexpr, TMA: tl.constexpr,
+    WINDOW_MASK: tl.constexpr = False, CAPPED: tl.constexpr = False,
+    WINDOW: tl.constexpr = False,
 ):
     """Accumulate dK, dV of one key tile over query tiles [lo, hi) of one query head (q_tiles,
     do_tiles: ``row_tiles`` of its Q and dO). ROW_CHECK: tiles may hold rows past NQ (the masks
-    cost registers, so only the tail tile and the diagonal's tiles have them)."""
+    cost registers, so only the tail tile and the diagonal's tiles have them). WINDOW_MASK
+    applies the window's band, CAPPED differentiates through the softcap (dS on the raw scores
+    is dS on the capped ones times 1 - tanh^2); under WINDOW a row that saw no key (lse -inf)
+    gets probabilities 0."""
     for start_m in range(lo, hi, BLOCK_M):
         rows = start_m + tl.arange(0, BLOCK_M)
         q = rows_tile(q_tiles, start_m, NQ, stride_qm, offs_d, BLOCK_M, HEAD_DIM, BLOCK_D,
@@ -120,12 +135,21 @@ def _dkdv_inner(
         else:
             lse2 = tl.load(lse_base + rows) * _LOG2E
             delta = tl.load(delta_base + rows)
-        p_t = tl.exp2(dot(k, tl.trans(q)) * qk_scale - lse2[None, :])
+        if WINDOW:
+            lse2 = tl.where(lse2 == float("-inf"), float("inf"), lse2)
+        s_t = dot(k, tl.trans(q))
+        if CAPPED:
+            s_t = capped(s_t, cap_in)
+        p_t = tl.exp2(s_t * qk_scale - lse2[None, :])
         if CAUSAL_MASK:
             p_t = tl.where(rows[None, :] >= offs_n[:, None], p_t, 0.0)
+        if WINDOW_MASK:  # the band seen from the keys: bounds swapped
+            p_t = tl.where(in_window(offs_n, rows, RIGHT, LEFT), p_t, 0.0)
         dv = dot_acc(p_t.to(do.dtype), do, dv)
         dp_t = dot(v, tl.trans(do))
         ds_t = p_t * (dp_t - delta[None, :])
+        if CAPPED:
+            ds_t = ds_t * (1.0 - s_t * s_t)
         dk = dot_acc(ds_t.to(q.dtype), q, dk)
     return dk, dv
 
@@ -138,9 +162,10 @@ def _dkdv_program(
     stride_vb, stride_vh, stride_vn,
     stride_db, stride_dh, stride_dm,
     stride_gb, stride_gh, stride_gn,
-    H, HKV, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX,
+    H, HKV, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX, LEFT, RIGHT, cap_in,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_Q: tl.constexpr, TMA: tl.constexpr,
+    WINDOW: tl.constexpr, CAPPED: tl.constexpr,
 ):
     """dK, dV of key tile ``pid`` (key tiles fastest; with causal the first carry the most work):
     BLOCK_N keys resident, BLOCK_M query rows per step (through descriptors with TMA). EVEN_Q:
@@ -167,6 +192,8 @@ def _dkdv_program(
         # Query tiles before lo see none of these keys; tiles in [lo, mid) cross the diagonal.
         lo = (start_n // BLOCK_M) * BLOCK_M
         mid = tl.minimum(tl.cdiv(start_n + BLOCK_N, BLOCK_M) * BLOCK_M, q_end)
+    elif WINDOW:  # masked [lo, mid) and [full_hi, q_end) around the rows that see every key
+        lo, mid, full_hi, q_end = window_queries(start_n, NQ, LEFT, RIGHT, BLOCK_M, BLOCK_N)
     else:
         lo = 0
         mid = 0
@@ -178,24 +205,39 @@ def _dkdv_program(
                              HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
         row_base = (b * H + h) * NQ
         lse_base, delta_base = Lse + row_base, Delta + row_base
-        if CAUSAL:
+        if CAUSAL or WINDOW:
             dk, dv = _dkdv_inner(
                 dk, dv, k, v, q_tiles, do_tiles, lse_base, delta_base, stride_qm, stride_dm,
-                offs_n, offs_d, lo, mid, NQ, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, True,
-                not EVEN_Q, TMA,
+                offs_n, offs_d, lo, mid, NQ, qk_scale, LEFT, RIGHT, cap_in, HEAD_DIM, BLOCK_D,
+                BLOCK_M, CAUSAL, not EVEN_Q, TMA, WINDOW, CAPPED, WINDOW,
             )
-        dk, dv = _dkdv_inner(
-            dk, dv, k, v, q_tiles, do_tiles, lse_base, delta_base, stride_qm, stride_dm,
-            offs_n, offs_d, mid, q_end, NQ, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, False,
-            not EVEN_Q, TMA,
-        )
+        if WINDOW:
+            dk, dv = _dkdv_inner(
+                dk, dv, k, v, q_tiles, do_tiles, lse_base, delta_base, stride_qm, stride_dm,
+                offs_n, offs_d, mid, full_hi, NQ, qk_scale, LEFT, RIGHT, cap_in, HEAD_DIM,
+                BLOCK_D, BLOCK_M, False, not EVEN_Q, TMA, False, CAPPED, WINDOW,
+            )
+            dk, dv = _dkdv_inner(
+                dk, dv, k, v, q_tiles, do_tiles, lse_base, delta_base, stride_qm, stride_dm,
+                offs_n, offs_d, full_hi, q_end, NQ, qk_scale, LEFT, RIGHT, cap_in, HEAD_DIM,
+                BLOCK_D, BLOCK_M, False, not EVEN_Q, TMA, True, CAPPED, WINDOW,
+            )
+        else:
+            dk, dv = _dkdv_inner(
+                dk, dv, k, v, q_tiles, do_tiles, lse_base, delta_base, stride_qm, stride_dm,
+                offs_n, offs_d, mid, q_end, NQ, qk_scale, LEFT, RIGHT, cap_in, HEAD_DIM,
+                BLOCK_D, BLOCK_M, False, not EVEN_Q, TMA, False, CAPPED,
+            )
 
     # The last query row sees the most keys: when it is a one-key row, so is every row, and dK, a
     # sum of their dS, is exactly 0. Otherwise every key is seen by some row that sees several
     # (key 0 by all rows, key j > 0 only by rows that also see 0..j - 1); a one-key row's term is
     # then one of many, its residue far below dK's rounding, and is left in rather than tested for
     # in the loop.
-    dk = tl.where(_one_key_rows(NQ - 1, NK, CAUSAL), 0.0, dk)
+    if WINDOW:  # every row sees one key (or none) only with a band of one key
+        dk = tl.where((NK == 1) | ((LEFT == 0) & (RIGHT == 0)), 0.0, dk)
+    else:
+        dk = tl.where(_one_key_rows(NQ - 1, NK, CAUSAL), 0.0, dk)
     out_off = b * stride_gb + hk * stride_gh + offs_n[:, None] * stride_gn + offs_d[None, :]
     ok = (offs_n[:, None] < NK) & (offs_d[None, :] < HEAD_DIM)
     if ROPE:  # dK was taken against the rotated keys: turn it back to the unrotated ones
@@ -214,9 +256,11 @@ def _dkdv_kernel(
     stride_db, stride_dh, stride_dm,
     stride_gb, stride_gh, stride_gn,
     H, HKV, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET, N_POS, PREFIX, PACK_STRIDE,
+    LEFT, RIGHT, cap_in,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
-    EVEN_Q: tl.constexpr, TMA_OK: tl.constexpr, PACKED: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, TMA: tl.constexpr = False,
+    EVEN_Q: tl.constexpr, TMA_OK: tl.constexpr, PACKED: tl.constexpr, WINDOW: tl.constexpr,
+    CAPPED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    TMA: tl.constexpr = False,
 ):
     tl.static_assert(TMA_OK or not TMA, "a TMA config for tensors a descriptor cannot describe")
     if PACKED:  # DK is the packed gradient (see _bwd_kernel); DV is not written through
@@ -227,34 +271,43 @@ def _dkdv_kernel(
         stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
         stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
         stride_gb, stride_gh, stride_gn,
-        H, HKV, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX,
-        HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_M, BLOCK_N, EVEN_Q, TMA,
+        H, HKV, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX, LEFT, RIGHT, cap_in,
+        HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_M, BLOCK_N, EVEN_Q, TMA, WINDOW, CAPPED,
     )
 
 
 @triton.jit
 def _dq_inner(
     dq, q, do, lse2, delta, k_tiles, v_tiles, stride_kn, stride_vn,
-    offs_m, offs_d, lo, hi, NK, qk_scale,
+    offs_m, offs_d, lo, hi, NK, qk_scale, LEFT, RIGHT, cap_in,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr,
+    WINDOW: tl.constexpr = False, CAPPED: tl.constexpr = False,
 ):
     """Accumulate dQ of one query tile over key tiles [lo, hi) (k_tiles, v_tiles: ``row_tiles``
-    of its head's K and V)."""
+    of its head's K and V); MASKED applies the key-tail, causal and window masks, CAPPED
+    differentiates through the softcap."""
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + tl.arange(0, BLOCK_N)
         k = rows_tile(k_tiles, start_n, NK, stride_kn, offs_d, BLOCK_N, HEAD_DIM, BLOCK_D, MASKED,
                       TMA)
         v = rows_tile(v_tiles, start_n, NK, stride_vn, offs_d, BLOCK_N, HEAD_DIM, BLOCK_D, MASKED,
                       TMA)
-        p = tl.exp2(dot(q, tl.trans(k)) * qk_scale - lse2[:, None])
+        s = dot(q, tl.trans(k))
+        if CAPPED:
+            s = capped(s, cap_in)
+        p = tl.exp2(s * qk_scale - lse2[:, None])
         if MASKED:
             keep = cols[None, :] < NK
             if CAUSAL:
                 keep = keep & (cols[None, :] <= offs_m[:, None])
+            if WINDOW:
+                keep = keep & in_window(offs_m, cols, LEFT, RIGHT)
             p = tl.where(keep, p, 0.0)
         dp = dot(do, tl.trans(v))
         ds = p * (dp - delta[:, None])
+        if CAPPED:
+            ds = ds * (1.0 - s * s)
         dq = dot_acc(ds.to(k.dtype), k, dq)
     return dq
 
@@ -267,9 +320,10 @@ def _dq_program(
     stride_vb, stride_vh, stride_vn,
     stride_db, stride_dh, stride_dm,
     stride_gb, stride_gh, stride_gm,
-    H, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX,
+    H, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX, LEFT, RIGHT, cap_in,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr, WINDOW: tl.constexpr,
+    CAPPED: tl.constexpr,
 ):
     """dQ of query tile ``pid`` (see ``query_tile``): BLOCK_M query rows resident, BLOCK_N keys
     per step (through descriptors with TMA)."""
@@ -292,12 +346,22 @@ def _dq_program(
                         HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    full_hi, hi = key_ranges(start_m, NK, BLOCK_M, BLOCK_N, CAUSAL)
+    if WINDOW:  # a row that saw no key (lse -inf) gets probabilities 0
+        lse2 = tl.where(lse2 == float("-inf"), float("inf"), lse2)
+        lo, full_lo, full_hi, hi = window_keys(start_m, NK, LEFT, RIGHT, BLOCK_M, BLOCK_N)
+        dq = _dq_inner(dq, q, do, lse2, delta, k_tiles, v_tiles, stride_kn, stride_vn, offs_m,
+                       offs_d, lo, full_lo, NK, qk_scale, LEFT, RIGHT, cap_in, HEAD_DIM,
+                       BLOCK_D, BLOCK_N, CAUSAL, True, TMA, WINDOW, CAPPED)
+    else:
+        full_lo = 0
+        full_hi, hi = key_ranges(start_m, NK, BLOCK_M, BLOCK_N, CAUSAL)
     dq = _dq_inner(dq, q, do, lse2, delta, k_tiles, v_tiles, stride_kn, stride_vn, offs_m, offs_d,
-                   0, full_hi, NK, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, False, TMA)
+                   full_lo, full_hi, NK, qk_scale, LEFT, RIGHT, cap_in, HEAD_DIM, BLOCK_D, BLOCK_N,
+                   CAUSAL, False, TMA, WINDOW, CAPPED)
     dq = _dq_inner(dq, q, do, lse2, delta, k_tiles, v_tiles, stride_kn, stride_vn, offs_m, offs_d,
-                   full_hi, hi, NK, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, True, TMA)
-    dq = tl.where(_one_key_rows(offs_m, NK, CAUSAL)[:, None], 0.0, dq)
+                   full_hi, hi, NK, qk_scale, LEFT, RIGHT, cap_in, HEAD_DIM, BLOCK_D, BLOCK_N,
+                   CAUSAL, True, TMA, WINDOW, CAPPED)
+    dq = tl.where(_one_key_rows(offs_m, NK, CAUSAL, WINDOW, LEFT, RIGHT)[:, None], 0.0, dq)
 
     if ROPE:  # dQ was taken against the rotated queries: turn it back to the unrotated ones
         dq = rope_tile(dq, offs_m, Cos, Sin, N_POS, PREFIX, BLOCK_M, HEAD_DIM // 2, BLOCK_D, True)
@@ -315,10 +379,10 @@ def _dq_kernel(
     stride_vb, stride_vh, stride_vn,
     stride_db, stride_dh, stride_dm,
     stride_gb, stride_gh, stride_gm,
-    H, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET, N_POS, PREFIX,
+    H, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET, N_POS, PREFIX, LEFT, RIGHT, cap_in,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
-    EVEN_Q: tl.constexpr, TMA_OK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    TMA: tl.constexpr = False,
+    EVEN_Q: tl.constexpr, TMA_OK: tl.constexpr, WINDOW: tl.constexpr, CAPPED: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr = False,
 ):
     tl.static_assert(TMA_OK or not TMA, "a TMA config for tensors a descriptor cannot describe")
     _dq_program(
@@ -326,8 +390,8 @@ def _dq_kernel(
         stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
         stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
         stride_gb, stride_gh, stride_gm,
-        H, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX,
-        HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_M, BLOCK_N, TMA,
+        H, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX, LEFT, RIGHT, cap_in,
+        HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_M, BLOCK_N, TMA, WINDOW, CAPPED,
     )
 
 
@@ -342,9 +406,11 @@ def _bwd_kernel(
     stride_gqb, stride_gqh, stride_gqm,
     stride_gkb, stride_gkh, stride_gkn,
     H, HKV, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET, N_POS, PREFIX, PACK_STRIDE,
+    LEFT, RIGHT, cap_in,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
-    EVEN_Q: tl.constexpr, TMA_OK: tl.constexpr, PACKED: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, TMA: tl.constexpr = False,
+    EVEN_Q: tl.constexpr, TMA_OK: tl.constexpr, PACKED: tl.constexpr, WINDOW: tl.constexpr,
+    CAPPED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    TMA: tl.constexpr = False,
 ):
     tl.static_assert(TMA_OK or not TMA, "a TMA config for tensors a descriptor cannot describe")
     # PACKED: DQ is one (B, N, 3, H, D) gradient, dk and dv PACK_STRIDE and twice that elements
@@ -368,8 +434,8 @@ def _bwd_kernel(
             stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
             stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
             stride_gkb, stride_gkh, stride_gkn,
-            H, HKV, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX,
-            HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_M, BLOCK_N, EVEN_Q, TMA,
+            H, HKV, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX, LEFT, RIGHT, cap_in,
+            HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_M, BLOCK_N, EVEN_Q, TMA, WINDOW, CAPPED,
         )
     else:
         _dq_program(
@@ -377,8 +443,8 @@ def _bwd_kernel(
             stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
             stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
             stride_gqb, stride_gqh, stride_gqm,
-            H, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX,
-            HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_N, BLOCK_M, TMA,
+            H, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX, LEFT, RIGHT, cap_in,
+            HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_N, BLOCK_M, TMA, WINDOW, CAPPED,
         )
 
 
@@ -410,6 +476,8 @@ def attention_bwd(
     one_launch: bool | None = None,
     config: triton.Config | None = None,
     packed: torch.Tensor | None = None,
+    window: tuple[int, int] | None = None,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch preprocess, then dK/dV and dQ (one kernel or two).
 
@@ -427,6 +495,8 @@ def attention_bwd(
         packed: a (B, N, 3, H, D) tensor in q's dtype with last-dim stride 1 (Hq == Hkv == H,
             Nq == Nk == N) to write dq, dk, dv into, as its slices 0, 1, 2 (the gradient of a
             packed qkv projection); None allocates them apart.
+        window, softcap: the forward's (``triton_impl.fwd.attention_fwd``); a window runs the
+            two-kernel backward, each pass visiting only the tiles of the band.
 
     Returns:
         dq (B, Hq, Nq, D), dk and dv (B, Hkv, Nk, D) in the inputs' dtype: contiguous, or the
@@ -455,31 +525,32 @@ def attention_bwd(
     tma = not _traced.active() and tma_usable(q, k, v, dout)
     if tma:
         ensure_allocator()
+    causal, (qk_scale, *window_args), flags = _mask_args(causal, scale, window, softcap)
     common = dict(HEAD_DIM=d, BLOCK_D=bd, CAUSAL=causal, ROPE=rope is not None,
-                  EVEN_Q=nq % EVEN_ROWS == 0, TMA_OK=tma)
+                  EVEN_Q=nq % EVEN_ROWS == 0, TMA_OK=tma, **flags)
     qb, kb = bucket(nq), bucket(nk)
-    shape_class = (qb, kb, d, causal, q.dtype, rope is not None, tma)
+    shape_class = (qb, kb, d, causal, q.dtype, rope is not None, tma, *flags.values())
     cos, sin, n_pos, prefix = _rope_args(rope, q)
     ins = (q, k, v, dout, lse, delta)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3])
-    tail = (nq, nk, scale * LOG2E, scale, qb, kb, n_pos, prefix)
-    if one_launch_bwd(d, causal) if one_launch is None else one_launch:
+    tail = (nq, nk, qk_scale, scale, qb, kb, n_pos, prefix)
+    if window is None and (one_launch_bwd(d, causal) if one_launch is None else one_launch):
         def grid(meta: dict) -> tuple[int]:
             return ((cdiv(nk, meta["BLOCK_N"]) * hkv
                      + cdiv(nq, meta["BLOCK_N"]) * h) * b,)  # per K/V head, see the kernel
 
         launch(_bwd_kernel, grid, shape_class, *ins, *grad_args, cos, sin, *strides,
                *dq.stride()[:3], *dk.stride()[:3], h, hkv, h // hkv, *tail, pack_stride,
-               config=config, PACKED=packed is not None, **common)
+               *window_args, config=config, PACKED=packed is not None, **common)
         return dq, dk, dv
     launch(
         _dkdv_kernel, lambda meta: (cdiv(nk, meta["BLOCK_N"]) * b * hkv,), shape_class,
         *ins, *grad_args[1:], cos, sin, *strides, *dk.stride()[:3], h, hkv, h // hkv, *tail,
-        pack_stride, config=config, PACKED=packed is not None, **common,
+        pack_stride, *window_args, config=config, PACKED=packed is not None, **common,
     )
     launch(
         _dq_kernel, lambda meta: (cdiv(nq, meta["BLOCK_M"]) * b * h,), shape_class,
         *ins, grad_args[0], cos, sin, *strides, *dq.stride()[:3], h, h // hkv, *tail,
-        config=config, **common,
+        *window_args, config=config, **common,
     )
     return dq, dk, dv

@@ -17,7 +17,17 @@ import triton
 import triton.language as tl
 
 from triton_impl import _traced, gluon_fwd
-from triton_impl._common import dot, dot_acc, key_ranges, query_tile, row_tiles, rows_tile
+from triton_impl._common import (
+    capped,
+    dot,
+    dot_acc,
+    in_window,
+    key_ranges,
+    query_tile,
+    row_tiles,
+    rows_tile,
+    window_keys,
+)
 from triton_impl._config import (
     FWD,
     autotuned,
@@ -37,29 +47,39 @@ LOG2E = 1.4426950408889634
 @triton.jit
 def _fwd_inner(
     acc, l_i, m_i, q, k_tiles, v_tiles, stride_kn, stride_vn,
-    offs_m, offs_d, lo, hi, NK, qk_scale,
+    offs_m, offs_d, lo, hi, NK, qk_scale, LEFT, RIGHT, cap_in,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr, WINDOW: tl.constexpr,
+    CAPPED: tl.constexpr,
 ):
-    """Fold key tiles [lo, hi) into (acc, l_i, m_i); MASKED applies the key-tail and causal masks,
-    TMA loads through tensor descriptors.
+    """Fold key tiles [lo, hi) into (acc, l_i, m_i); MASKED applies the key-tail, causal and
+    window masks, TMA loads through tensor descriptors, CAPPED turns raw scores into
+    tanh(qk * cap_in) (qk_scale then holds softcap * log2(e)).
 
     The running max is taken over the unscaled scores (qk_scale > 0), so the scaling and the
-    subtraction of the max are one multiply-add per score."""
+    subtraction of the max are one multiply-add per score. Under a window a row may see no key
+    of a masked tile, or none at all: its max stays -inf and is read as 0 in the exponents."""
     offs_n = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         k = rows_tile(k_tiles, start_n, NK, stride_kn, offs_d, BLOCK_N, HEAD_DIM, BLOCK_D,
                       MASKED, TMA)
         qk = dot(q, tl.trans(k))
+        if CAPPED:
+            qk = capped(qk, cap_in)
         if MASKED:
             keep = cols[None, :] < NK
             if CAUSAL:
                 keep = keep & (cols[None, :] <= offs_m[:, None])
+            if WINDOW:
+                keep = keep & in_window(offs_m, cols, LEFT, RIGHT)
             qk = tl.where(keep, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        p = tl.exp2(qk * qk_scale - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
+        m_use = m_new
+        if WINDOW:
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(qk * qk_scale - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = rows_tile(v_tiles, start_n, NK, stride_vn, offs_d, BLOCK_N, HEAD_DIM, BLOCK_D,
                       MASKED, TMA)
@@ -76,9 +96,10 @@ def _fwd_kernel(
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_om,
-    H, GROUP, NQ, NK, qk_scale, Q_BUCKET, K_BUCKET,
+    H, GROUP, NQ, NK, qk_scale, Q_BUCKET, K_BUCKET, LEFT, RIGHT, cap_in,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, TMA_OK: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr = False,
+    WINDOW: tl.constexpr, CAPPED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    TMA: tl.constexpr = False,
 ):
     tl.static_assert(TMA_OK or not TMA, "a TMA config for tensors a descriptor cannot describe")
     qk_scale = tl.cast(qk_scale, tl.float32)  # a float argument Inductor would pass as float64
@@ -99,16 +120,31 @@ def _fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    full_hi, hi = key_ranges(start_m, NK, BLOCK_M, BLOCK_N, CAUSAL)
+    if WINDOW:  # the band's masked edges around the tiles every row sees in full
+        lo, full_lo, full_hi, hi = window_keys(start_m, NK, LEFT, RIGHT, BLOCK_M, BLOCK_N)
+        acc, l_i, m_i = _fwd_inner(
+            acc, l_i, m_i, q, k_tiles, v_tiles, stride_kn, stride_vn, offs_m, offs_d,
+            lo, full_lo, NK, qk_scale, LEFT, RIGHT, cap_in, HEAD_DIM, BLOCK_D, BLOCK_N,
+            CAUSAL, True, TMA, WINDOW, CAPPED,
+        )
+    else:
+        full_lo = 0
+        full_hi, hi = key_ranges(start_m, NK, BLOCK_M, BLOCK_N, CAUSAL)
     acc, l_i, m_i = _fwd_inner(
         acc, l_i, m_i, q, k_tiles, v_tiles, stride_kn, stride_vn, offs_m, offs_d,
-        0, full_hi, NK, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, False, TMA,
+        full_lo, full_hi, NK, qk_scale, LEFT, RIGHT, cap_in, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL,
+        False, TMA, WINDOW, CAPPED,
     )
     acc, l_i, m_i = _fwd_inner(
         acc, l_i, m_i, q, k_tiles, v_tiles, stride_kn, stride_vn, offs_m, offs_d,
-        full_hi, hi, NK, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, True, TMA,
+        full_hi, hi, NK, qk_scale, LEFT, RIGHT, cap_in, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL,
+        True, TMA, WINDOW, CAPPED,
     )
 
+    if WINDOW:  # a row that saw no key: out 0, lse -inf
+        seen = l_i > 0
+        l_i = tl.where(seen, l_i, 1.0)
+        m_i = tl.where(seen, m_i, float("-inf"))
     out = (acc / l_i[:, None]).to(Out.dtype.element_ty)
     o_base = Out + b * stride_ob + h * stride_oh
     if TMA:
@@ -158,9 +194,26 @@ def _gluon_chosen(shape_class: tuple, q: torch.Tensor, k: torch.Tensor, v: torch
     return _GLUON_CHOSEN[shape_class]
 
 
+def _mask_args(causal: bool, scale: float, window: tuple[int, int] | None,
+               softcap: float | None) -> tuple[bool, tuple, dict]:
+    """The kernels' view of the masking arguments: (causal, (qk_scale, LEFT, RIGHT, cap_in),
+    constexprs WINDOW and CAPPED). A window takes the causal mask in as its right bound 0;
+    with softcap c the raw scores become tanh(qk * scale / c), scaled by c * log2(e)."""
+    left = right = -1
+    if window is not None:
+        left, right = window
+        if causal:
+            right, causal = 0, False
+    cap_in = 0.0 if softcap is None else scale / softcap
+    qk_scale = (scale if softcap is None else softcap) * LOG2E
+    flags = {"WINDOW": window is not None, "CAPPED": softcap is not None}
+    return causal, (qk_scale, left, right, cap_in), flags
+
+
 def attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
     config: triton.Config | None = None, gluon: bool | None = None,
+    window: tuple[int, int] | None = None, softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel: the Triton one below, or at head dims 64 and 128 on Hopper the
     Gluon one (``triton_impl.gluon_fwd``) where it is usable and faster.
@@ -174,27 +227,34 @@ def attention_fwd(
             instead of the tuned one, e.g. ``triton.Config({"BLOCK_M": 64, "BLOCK_N": 32},
             num_warps=4, num_stages=3)`` (the benchmark's tile sweep); the tuned choice is untouched.
         gluon: True runs the persistent Gluon kernel (a ValueError where ``gluon_fwd.usable``
-            says no), False the Triton kernel; None chooses (the Triton kernel with a ``config``, inside
-            torch.compile and wherever the Gluon kernel is not usable).
+            says no, or with a window or softcap), False the Triton kernel; None chooses (the
+            Triton kernel with a ``config``, a window or softcap, inside torch.compile and
+            wherever the Gluon kernel is not usable).
+        window: (left, right), query i sees key j iff i - left <= j <= i + right (-1
+            unbounded), top-left aligned; key tiles outside the band are never visited.
+        softcap: c > 0: each scaled score s becomes c * tanh(s / c) before the masks.
 
     Returns:
         out (B, Hq, Nq, D) in q's dtype, laid out in memory as (B, Nq, Hq, D) like SDPA's output
         (so ``out.transpose(1, 2).reshape(B, Nq, Hq * D)`` is a view); lse (B, Hq, Nq) float32,
-        natural log.
+        natural log; a row that sees no key gets out 0 and lse -inf.
     """
     b, h, nq, d = q.shape
     hkv, nk = k.shape[1], k.shape[2]
     qb, kb = bucket(nq), bucket(nk)
-    if gluon and not gluon_fwd.usable(q, k, v):
+    masked = window is not None or softcap is not None
+    if gluon and (masked or not gluon_fwd.usable(q, k, v)):
         raise ValueError("gluon=True: the Gluon forward cannot take these inputs "
-                         "(see triton_impl.gluon_fwd.usable)")
+                         "(see triton_impl.gluon_fwd.usable; it takes no window or softcap)")
     mode = "persistent" if gluon else None
-    if gluon is None and config is None and not _traced.active() and gluon_fwd.usable(q, k, v):
+    if (gluon is None and config is None and not masked and not _traced.active()
+            and gluon_fwd.usable(q, k, v)):
         mode = _gluon_chosen((qb, d, causal, q.dtype), q, k, v, causal, scale)
     if mode is not None:
         persistent = mode == "persistent"
         record_launch("fwd", GLUON_PERSISTENT_CONFIG if persistent else GLUON_CONFIG)
         return gluon_fwd.attention_fwd(q, k, v, causal, scale, persistent)
+    causal, mask_args, flags = _mask_args(causal, scale, window, softcap)
     out_bnhd = torch.empty((b, nq, h, d), dtype=q.dtype, device=q.device)
     out = out_bnhd.transpose(1, 2)
     lse = torch.empty((b, h, nq), dtype=torch.float32, device=q.device)
@@ -208,10 +268,10 @@ def attention_fwd(
     if tma:  # the tuner may pick a TMA config, whose descriptors need scratch memory
         ensure_allocator()
     launch(
-        _fwd_kernel, grid, (qb, kb, d, causal, q.dtype, tma),
+        _fwd_kernel, grid, (qb, kb, d, causal, q.dtype, tma, *flags.values()),
         q, k, v, out_bnhd, lse,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-        h, h // hkv, nq, nk, scale * LOG2E, qb, kb,
-        HEAD_DIM=d, BLOCK_D=block_d(d), CAUSAL=causal, TMA_OK=tma, config=config,
+        h, h // hkv, nq, nk, mask_args[0], qb, kb, *mask_args[1:],
+        HEAD_DIM=d, BLOCK_D=block_d(d), CAUSAL=causal, TMA_OK=tma, **flags, config=config,
     )
     return out, lse
