@@ -60,8 +60,8 @@ def attention_with_lse(
             aligned like ``causal`` (which is (-1, 0)); -1 is unbounded, so (-1, -1) is no window.
         softcap: c > 0 turns each scaled score s into c * tanh(s / c) before masking.
             The masking arguments run on the backends whose ``Backend.masks`` name them (today
-            ``reference`` all three, ``triton`` window and softcap); others refuse them with a
-            ``ValueError`` naming the argument.
+            ``reference`` and ``triton``); others refuse them with a ``ValueError`` naming the
+            argument.
 
     Under ``torch.autocast`` on q's device, float32 q, k, v run in the autocast dtype (as SDPA
     does): out comes back in that dtype and the gradients in float32.

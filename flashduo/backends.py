@@ -54,10 +54,11 @@ def _triton_limits(q, k, v, causal) -> list[str]:
     return reasons
 
 
-def _triton_fwd(q, k, v, causal, scale, window=None, softcap=None):
+def _triton_fwd(q, k, v, causal, scale, window=None, softcap=None, attn_mask=None):
     from triton_impl.fwd import attention_fwd
 
-    return attention_fwd(q, k, v, causal, scale, window=window, softcap=softcap)
+    return attention_fwd(q, k, v, causal, scale, window=window, softcap=softcap,
+                         attn_mask=attn_mask)
 
 
 def _triton_rotate(q, k, rope):
@@ -67,11 +68,11 @@ def _triton_rotate(q, k, rope):
 
 
 def _triton_bwd(dout, q, k, v, out, lse, causal, scale, rope=None, packed=None, window=None,
-                softcap=None):
+                softcap=None, attn_mask=None):
     from triton_impl.bwd import attention_bwd
 
     return attention_bwd(dout, q, k, v, out, lse, causal, scale, rope=rope, packed=packed,
-                         window=window, softcap=softcap)
+                         window=window, softcap=softcap, attn_mask=attn_mask)
 
 
 def _unfused_fwd(q, k, v, causal, scale):
@@ -227,7 +228,7 @@ register_backend(
         unrotates_grads=True,
         packed_grads=True,
         bnhd_out=True,
-        masks=frozenset({"window", "softcap"}),
+        masks=frozenset(MASKS),
     )
 )
 

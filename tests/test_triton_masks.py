@@ -40,7 +40,19 @@ LARGE = [
     (1, 4, 2, 777, 1100, 64, True, {"softcap": 20.0}),
     (1, 4, 4, 1024, 512, 64, False, {"window": (64, 64)}),  # rows past Nk + 64 see no key
 ]
+# (b, hq, hkv, nq, nk, d, causal, mask kind): attention masks made per case (``_attn_mask``)
+MASKED = [
+    (2, 2, 2, 40, 75, 32, False, "key-padding"),  # (B, 1, 1, Nk) bool: padded keys, skipped tiles
+    (1, 4, 2, 33, 33, 32, True, "rows"),  # (B, Hq, Nq, Nk) bool with rows left without a key
+    (2, 2, 1, 50, 50, 16, False, "additive"),  # (Hq, Nq, Nk) float, -inf entries
+    (1, 2, 2, 70, 70, 32, True, "additive-keys"),  # (Nk,) float
+]
+MASKED_LARGE = [
+    (4, 8, 8, 1024, 1024, 64, False, "key-padding"),
+    (1, 8, 2, 512, 512, 128, True, "additive"),
+]
 SHAPES = SMALL + (LARGE if ON_GPU else [])
+MASK_SHAPES = MASKED + (MASKED_LARGE if ON_GPU else [])
 DTYPES = [torch.float16, torch.bfloat16] if ON_GPU else [torch.float16, torch.float32]
 
 
@@ -80,3 +92,41 @@ def test_masked_triton_call_compiles_fullgraph(compiler: str) -> None:
         return out.float().square().sum()
 
     assert_compiled_matches_eager(loss, (q, k, v), compiler)
+
+
+def _attn_mask(kind: str, b: int, hq: int, nq: int, nk: int, device: str) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(7)
+    if kind == "key-padding":  # the last keys of each batch entry but the first left out
+        keep = torch.ones(b, 1, 1, nk, dtype=torch.bool)
+        for i in range(1, b):
+            keep[i, ..., nk * (3 + i) // (4 + i):] = False
+        return keep.to(device)
+    if kind == "rows":
+        keep = torch.rand(b, hq, nq, nk, generator=gen) > 0.5
+        keep[:, :, 3] = False  # a row that sees no key
+        return keep.to(device)
+    if kind == "additive":
+        bias = torch.randn(hq, nq, nk, generator=gen)
+        bias[0, 5, :] = float("-inf")  # a row that sees no key
+        bias[1, :, 7] = float("-inf")
+        return bias.to(device)
+    return torch.randn(nk, generator=gen).to(device)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", MASK_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_attention_masks_follow_the_reference(shape: tuple, dtype: torch.dtype) -> None:
+    b, hq, hkv, nq, nk, d, causal, kind = shape
+    case = Case(b, hq, hkv, nq, nk, d, dtype, causal)
+    skip_if_unrunnable("triton", case)
+    q, k, v, dout = case_inputs(case)
+    mask = _attn_mask(kind, b, hq, nq, nk, q.device.type)
+    got = run_backend("triton", q, k, v, causal, dout, attn_mask=mask)
+    truth, baseline = run_reference(q.detach(), k.detach(), v.detach(), causal, dout,
+                                    attn_mask=mask)
+    for name, kind_, x, ref, base in zip(NAMES, KINDS, got, truth, baseline, strict=True):
+        assert_close(f"{kind} {name}", x, ref, base, kind_, dtype, "triton")
+    empty = torch.isinf(truth[1])
+    if empty.any():
+        assert (got[0][empty] == 0).all() and (got[1][empty] == float("-inf")).all()
+        assert (got[2][empty] == 0).all()

@@ -180,3 +180,49 @@ def capped(qk, cap_in):
     """tanh(qk * cap_in) in float32 (the softcap's tanh(s / c) of raw scores qk, cap_in = scale
     / c), as 2 sigmoid(2x) - 1."""
     return 2.0 * tl.sigmoid(2.0 * cap_in * qk) - 1.0
+
+
+@triton.jit
+def mask_tile(mask_base, rows, cols, NQ, NK, stride_mm, stride_mn, MASK_ROWS: tl.constexpr):
+    """The attention mask on the (rows, cols) tile, 0 (bool: left out) past NQ or NK: a full
+    tile where the mask varies over query rows (MASK_ROWS), else one (1, cols) row of it."""
+    if MASK_ROWS:
+        ok = (rows[:, None] < NQ) & (cols[None, :] < NK)
+        m = tl.load(mask_base + rows[:, None] * stride_mm + cols[None, :] * stride_mn, mask=ok,
+                    other=0)
+    else:
+        m = tl.load(mask_base + cols * stride_mn, mask=cols < NK, other=0)[None, :]
+    return m
+
+
+@triton.jit
+def mask_tile_t(mask_base, keys, rows, NQ, NK, stride_mm, stride_mn, MASK_ROWS: tl.constexpr):
+    """:func:`mask_tile` transposed, on the (keys, rows) tile of the backward's dK/dV pass."""
+    if MASK_ROWS:
+        ok = (keys[:, None] < NK) & (rows[None, :] < NQ)
+        m = tl.load(mask_base + rows[None, :] * stride_mm + keys[:, None] * stride_mn, mask=ok,
+                    other=0)
+    else:
+        m = tl.load(mask_base + keys * stride_mn, mask=keys < NK, other=0)[:, None]
+    return m
+
+
+@triton.jit
+def masked_scores(s, m, bias_in, MASK: tl.constexpr):
+    """Scores s with the attention mask tile m applied: MASK 1 (bool) sets left-out pairs to
+    -inf, MASK 2 (float) adds m * bias_in (the mask in units of s); MASK 0 leaves s."""
+    if MASK == 1:
+        s = tl.where(m != 0, s, float("-inf"))
+    elif MASK == 2:
+        s = s + m.to(tl.float32) * bias_in
+    return s
+
+
+@triton.jit
+def any_kept(m, MASK: tl.constexpr):
+    """Whether a bool mask tile keeps any pair (a tile it leaves out whole is skipped); True for
+    the other kinds."""
+    keep = True
+    if MASK == 1:
+        keep = tl.max(tl.max(m.to(tl.int32), 1), 0) != 0
+    return keep

@@ -33,6 +33,9 @@ from triton_impl._common import (
     in_window,
     key_ranges,
     load_tile,
+    mask_tile,
+    mask_tile_t,
+    masked_scores,
     query_tile,
     rope_tile,
     row_tiles,
@@ -52,7 +55,7 @@ from triton_impl._config import (
     launch_jit,
 )
 from triton_impl._tma import ensure_allocator, tma_usable
-from triton_impl.fwd import LOG2E, _mask_args
+from triton_impl.fwd import LOG2E, _mask_args, attn_mask_args
 
 PREPROCESS_BLOCK = 64
 # A multiple of every query tile in the tuning tables: Nq % EVEN_ROWS == 0 lets the dK/dV loop
@@ -111,18 +114,20 @@ def _one_key_rows(rows, NK, CAUSAL: tl.constexpr, WINDOW: tl.constexpr = False, 
 @triton.jit
 def _dkdv_inner(
     dk, dv, k, v, q_tiles, do_tiles, lse_base, delta_base, stride_qm, stride_dm,
-    offs_n, offs_d, lo, hi, NQ, qk_scale, LEFT, RIGHT, cap_in,
+    offs_n, offs_d, lo, hi, NQ, NK, qk_scale, LEFT, RIGHT, cap_in,
+    mask_base, stride_mm, stride_mn, bias_in,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     CAUSAL_MASK: tl.constexpr, ROW_CHECK: tl.constexpr, TMA: tl.constexpr,
-    WINDOW_MASK: tl.constexpr = False, CAPPED: tl.constexpr = False,
-    WINDOW: tl.constexpr = False,
+    WINDOW_MASK: tl.constexpr, CAPPED: tl.constexpr, EMPTY: tl.constexpr, MASK: tl.constexpr,
+    MASK_ROWS: tl.constexpr,
 ):
     """Accumulate dK, dV of one key tile over query tiles [lo, hi) of one query head (q_tiles,
     do_tiles: ``row_tiles`` of its Q and dO). ROW_CHECK: tiles may hold rows past NQ (the masks
     cost registers, so only the tail tile and the diagonal's tiles have them). WINDOW_MASK
     applies the window's band, CAPPED differentiates through the softcap (dS on the raw scores
-    is dS on the capped ones times 1 - tanh^2); under WINDOW a row that saw no key (lse -inf)
-    gets probabilities 0."""
+    is dS on the capped ones times 1 - tanh^2), MASK applies the attention mask (as in the
+    forward); with EMPTY (a window or a mask) a row that saw no key (lse -inf) gets
+    probabilities 0."""
     for start_m in range(lo, hi, BLOCK_M):
         rows = start_m + tl.arange(0, BLOCK_M)
         q = rows_tile(q_tiles, start_m, NQ, stride_qm, offs_d, BLOCK_M, HEAD_DIM, BLOCK_D,
@@ -135,12 +140,16 @@ def _dkdv_inner(
         else:
             lse2 = tl.load(lse_base + rows) * _LOG2E
             delta = tl.load(delta_base + rows)
-        if WINDOW:
+        if EMPTY:
             lse2 = tl.where(lse2 == float("-inf"), float("inf"), lse2)
         s_t = dot(k, tl.trans(q))
         if CAPPED:
             s_t = capped(s_t, cap_in)
-        p_t = tl.exp2(s_t * qk_scale - lse2[None, :])
+        e_t = s_t
+        if MASK != 0:
+            am = mask_tile_t(mask_base, offs_n, rows, NQ, NK, stride_mm, stride_mn, MASK_ROWS)
+            e_t = masked_scores(s_t, am, bias_in, MASK)
+        p_t = tl.exp2(e_t * qk_scale - lse2[None, :])
         if CAUSAL_MASK:
             p_t = tl.where(rows[None, :] >= offs_n[:, None], p_t, 0.0)
         if WINDOW_MASK:  # the band seen from the keys: bounds swapped
@@ -163,9 +172,10 @@ def _dkdv_program(
     stride_db, stride_dh, stride_dm,
     stride_gb, stride_gh, stride_gn,
     H, HKV, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX, LEFT, RIGHT, cap_in,
+    Mask, stride_mb, stride_mh, stride_mm, stride_mn, bias_in,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_Q: tl.constexpr, TMA: tl.constexpr,
-    WINDOW: tl.constexpr, CAPPED: tl.constexpr,
+    WINDOW: tl.constexpr, CAPPED: tl.constexpr, MASK: tl.constexpr, MASK_ROWS: tl.constexpr,
 ):
     """dK, dV of key tile ``pid`` (key tiles fastest; with causal the first carry the most work):
     BLOCK_N keys resident, BLOCK_M query rows per step (through descriptors with TMA). EVEN_Q:
@@ -187,6 +197,7 @@ def _dkdv_program(
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
+    EMPTY: tl.constexpr = WINDOW or MASK != 0
     q_end = tl.cdiv(NQ, BLOCK_M) * BLOCK_M
     if CAUSAL:
         # Query tiles before lo see none of these keys; tiles in [lo, mid) cross the diagonal.
@@ -205,28 +216,33 @@ def _dkdv_program(
                              HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
         row_base = (b * H + h) * NQ
         lse_base, delta_base = Lse + row_base, Delta + row_base
+        mask_base = Mask + b * stride_mb + h * stride_mh
         if CAUSAL or WINDOW:
             dk, dv = _dkdv_inner(
                 dk, dv, k, v, q_tiles, do_tiles, lse_base, delta_base, stride_qm, stride_dm,
-                offs_n, offs_d, lo, mid, NQ, qk_scale, LEFT, RIGHT, cap_in, HEAD_DIM, BLOCK_D,
-                BLOCK_M, CAUSAL, not EVEN_Q, TMA, WINDOW, CAPPED, WINDOW,
+                offs_n, offs_d, lo, mid, NQ, NK, qk_scale, LEFT, RIGHT, cap_in, mask_base,
+                stride_mm, stride_mn, bias_in, HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, not EVEN_Q,
+                TMA, WINDOW, CAPPED, EMPTY, MASK, MASK_ROWS,
             )
         if WINDOW:
             dk, dv = _dkdv_inner(
                 dk, dv, k, v, q_tiles, do_tiles, lse_base, delta_base, stride_qm, stride_dm,
-                offs_n, offs_d, mid, full_hi, NQ, qk_scale, LEFT, RIGHT, cap_in, HEAD_DIM,
-                BLOCK_D, BLOCK_M, False, not EVEN_Q, TMA, False, CAPPED, WINDOW,
+                offs_n, offs_d, mid, full_hi, NQ, NK, qk_scale, LEFT, RIGHT, cap_in, mask_base,
+                stride_mm, stride_mn, bias_in, HEAD_DIM, BLOCK_D, BLOCK_M, False, not EVEN_Q,
+                TMA, False, CAPPED, EMPTY, MASK, MASK_ROWS,
             )
             dk, dv = _dkdv_inner(
                 dk, dv, k, v, q_tiles, do_tiles, lse_base, delta_base, stride_qm, stride_dm,
-                offs_n, offs_d, full_hi, q_end, NQ, qk_scale, LEFT, RIGHT, cap_in, HEAD_DIM,
-                BLOCK_D, BLOCK_M, False, not EVEN_Q, TMA, True, CAPPED, WINDOW,
+                offs_n, offs_d, full_hi, q_end, NQ, NK, qk_scale, LEFT, RIGHT, cap_in, mask_base,
+                stride_mm, stride_mn, bias_in, HEAD_DIM, BLOCK_D, BLOCK_M, False, not EVEN_Q,
+                TMA, True, CAPPED, EMPTY, MASK, MASK_ROWS,
             )
         else:
             dk, dv = _dkdv_inner(
                 dk, dv, k, v, q_tiles, do_tiles, lse_base, delta_base, stride_qm, stride_dm,
-                offs_n, offs_d, mid, q_end, NQ, qk_scale, LEFT, RIGHT, cap_in, HEAD_DIM,
-                BLOCK_D, BLOCK_M, False, not EVEN_Q, TMA, False, CAPPED,
+                offs_n, offs_d, mid, q_end, NQ, NK, qk_scale, LEFT, RIGHT, cap_in, mask_base,
+                stride_mm, stride_mn, bias_in, HEAD_DIM, BLOCK_D, BLOCK_M, False, not EVEN_Q,
+                TMA, False, CAPPED, EMPTY, MASK, MASK_ROWS,
             )
 
     # The last query row sees the most keys: when it is a one-key row, so is every row, and dK, a
@@ -236,7 +252,7 @@ def _dkdv_program(
     # in the loop.
     if WINDOW:  # every row sees one key (or none) only with a band of one key
         dk = tl.where((NK == 1) | ((LEFT == 0) & (RIGHT == 0)), 0.0, dk)
-    else:
+    else:  # (a mask only takes keys away: one-key rows stay at most one)
         dk = tl.where(_one_key_rows(NQ - 1, NK, CAUSAL), 0.0, dk)
     out_off = b * stride_gb + hk * stride_gh + offs_n[:, None] * stride_gn + offs_d[None, :]
     ok = (offs_n[:, None] < NK) & (offs_d[None, :] < HEAD_DIM)
@@ -249,18 +265,18 @@ def _dkdv_program(
 @autotuned(BWD_DKDV, "n")
 @triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET", "N_POS", "PREFIX"])
 def _dkdv_kernel(
-    Q, K, V, DO, Lse, Delta, DK, DV, Cos, Sin,
+    Q, K, V, DO, Lse, Delta, DK, DV, Cos, Sin, Mask,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_db, stride_dh, stride_dm,
     stride_gb, stride_gh, stride_gn,
     H, HKV, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET, N_POS, PREFIX, PACK_STRIDE,
-    LEFT, RIGHT, cap_in,
+    LEFT, RIGHT, cap_in, stride_mb, stride_mh, stride_mm, stride_mn, bias_in,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
     EVEN_Q: tl.constexpr, TMA_OK: tl.constexpr, PACKED: tl.constexpr, WINDOW: tl.constexpr,
-    CAPPED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    TMA: tl.constexpr = False,
+    CAPPED: tl.constexpr, MASK: tl.constexpr, MASK_ROWS: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, TMA: tl.constexpr = False,
 ):
     tl.static_assert(TMA_OK or not TMA, "a TMA config for tensors a descriptor cannot describe")
     if PACKED:  # DK is the packed gradient (see _bwd_kernel); DV is not written through
@@ -272,21 +288,24 @@ def _dkdv_kernel(
         stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
         stride_gb, stride_gh, stride_gn,
         H, HKV, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX, LEFT, RIGHT, cap_in,
-        HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_M, BLOCK_N, EVEN_Q, TMA, WINDOW, CAPPED,
+        Mask, stride_mb, stride_mh, stride_mm, stride_mn, bias_in,
+        HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_M, BLOCK_N, EVEN_Q, TMA, WINDOW, CAPPED, MASK,
+        MASK_ROWS,
     )
 
 
 @triton.jit
 def _dq_inner(
     dq, q, do, lse2, delta, k_tiles, v_tiles, stride_kn, stride_vn,
-    offs_m, offs_d, lo, hi, NK, qk_scale, LEFT, RIGHT, cap_in,
+    offs_m, offs_d, lo, hi, NQ, NK, qk_scale, LEFT, RIGHT, cap_in,
+    mask_base, stride_mm, stride_mn, bias_in,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr,
-    WINDOW: tl.constexpr = False, CAPPED: tl.constexpr = False,
+    WINDOW: tl.constexpr, CAPPED: tl.constexpr, MASK: tl.constexpr, MASK_ROWS: tl.constexpr,
 ):
     """Accumulate dQ of one query tile over key tiles [lo, hi) (k_tiles, v_tiles: ``row_tiles``
     of its head's K and V); MASKED applies the key-tail, causal and window masks, CAPPED
-    differentiates through the softcap."""
+    differentiates through the softcap, MASK applies the attention mask."""
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + tl.arange(0, BLOCK_N)
         k = rows_tile(k_tiles, start_n, NK, stride_kn, offs_d, BLOCK_N, HEAD_DIM, BLOCK_D, MASKED,
@@ -296,7 +315,11 @@ def _dq_inner(
         s = dot(q, tl.trans(k))
         if CAPPED:
             s = capped(s, cap_in)
-        p = tl.exp2(s * qk_scale - lse2[:, None])
+        e = s
+        if MASK != 0:
+            am = mask_tile(mask_base, offs_m, cols, NQ, NK, stride_mm, stride_mn, MASK_ROWS)
+            e = masked_scores(s, am, bias_in, MASK)
+        p = tl.exp2(e * qk_scale - lse2[:, None])
         if MASKED:
             keep = cols[None, :] < NK
             if CAUSAL:
@@ -321,9 +344,10 @@ def _dq_program(
     stride_db, stride_dh, stride_dm,
     stride_gb, stride_gh, stride_gm,
     H, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX, LEFT, RIGHT, cap_in,
+    Mask, stride_mb, stride_mh, stride_mm, stride_mn, bias_in,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr, WINDOW: tl.constexpr,
-    CAPPED: tl.constexpr,
+    CAPPED: tl.constexpr, MASK: tl.constexpr, MASK_ROWS: tl.constexpr,
 ):
     """dQ of query tile ``pid`` (see ``query_tile``): BLOCK_M query rows resident, BLOCK_N keys
     per step (through descriptors with TMA)."""
@@ -346,21 +370,26 @@ def _dq_program(
                         HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    if WINDOW:  # a row that saw no key (lse -inf) gets probabilities 0
+    if WINDOW or MASK != 0:  # a row that saw no key (lse -inf) gets probabilities 0
         lse2 = tl.where(lse2 == float("-inf"), float("inf"), lse2)
+    mask_base = Mask + b * stride_mb + h * stride_mh
+    if WINDOW:
         lo, full_lo, full_hi, hi = window_keys(start_m, NK, LEFT, RIGHT, BLOCK_M, BLOCK_N)
         dq = _dq_inner(dq, q, do, lse2, delta, k_tiles, v_tiles, stride_kn, stride_vn, offs_m,
-                       offs_d, lo, full_lo, NK, qk_scale, LEFT, RIGHT, cap_in, HEAD_DIM,
-                       BLOCK_D, BLOCK_N, CAUSAL, True, TMA, WINDOW, CAPPED)
+                       offs_d, lo, full_lo, NQ, NK, qk_scale, LEFT, RIGHT, cap_in, mask_base,
+                       stride_mm, stride_mn, bias_in, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, True,
+                       TMA, WINDOW, CAPPED, MASK, MASK_ROWS)
     else:
         full_lo = 0
         full_hi, hi = key_ranges(start_m, NK, BLOCK_M, BLOCK_N, CAUSAL)
     dq = _dq_inner(dq, q, do, lse2, delta, k_tiles, v_tiles, stride_kn, stride_vn, offs_m, offs_d,
-                   full_lo, full_hi, NK, qk_scale, LEFT, RIGHT, cap_in, HEAD_DIM, BLOCK_D, BLOCK_N,
-                   CAUSAL, False, TMA, WINDOW, CAPPED)
+                   full_lo, full_hi, NQ, NK, qk_scale, LEFT, RIGHT, cap_in, mask_base, stride_mm,
+                   stride_mn, bias_in, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, False, TMA, WINDOW,
+                   CAPPED, MASK, MASK_ROWS)
     dq = _dq_inner(dq, q, do, lse2, delta, k_tiles, v_tiles, stride_kn, stride_vn, offs_m, offs_d,
-                   full_hi, hi, NK, qk_scale, LEFT, RIGHT, cap_in, HEAD_DIM, BLOCK_D, BLOCK_N,
-                   CAUSAL, True, TMA, WINDOW, CAPPED)
+                   full_hi, hi, NQ, NK, qk_scale, LEFT, RIGHT, cap_in, mask_base, stride_mm,
+                   stride_mn, bias_in, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, True, TMA, WINDOW,
+                   CAPPED, MASK, MASK_ROWS)
     dq = tl.where(_one_key_rows(offs_m, NK, CAUSAL, WINDOW, LEFT, RIGHT)[:, None], 0.0, dq)
 
     if ROPE:  # dQ was taken against the rotated queries: turn it back to the unrotated ones
@@ -373,16 +402,18 @@ def _dq_program(
 @autotuned(BWD_DQ, "m")
 @triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET", "N_POS", "PREFIX"])
 def _dq_kernel(
-    Q, K, V, DO, Lse, Delta, DQ, Cos, Sin,
+    Q, K, V, DO, Lse, Delta, DQ, Cos, Sin, Mask,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_db, stride_dh, stride_dm,
     stride_gb, stride_gh, stride_gm,
     H, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET, N_POS, PREFIX, LEFT, RIGHT, cap_in,
+    stride_mb, stride_mh, stride_mm, stride_mn, bias_in,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
     EVEN_Q: tl.constexpr, TMA_OK: tl.constexpr, WINDOW: tl.constexpr, CAPPED: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr = False,
+    MASK: tl.constexpr, MASK_ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    TMA: tl.constexpr = False,
 ):
     tl.static_assert(TMA_OK or not TMA, "a TMA config for tensors a descriptor cannot describe")
     _dq_program(
@@ -391,14 +422,15 @@ def _dq_kernel(
         stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
         stride_gb, stride_gh, stride_gm,
         H, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX, LEFT, RIGHT, cap_in,
-        HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_M, BLOCK_N, TMA, WINDOW, CAPPED,
+        Mask, stride_mb, stride_mh, stride_mm, stride_mn, bias_in,
+        HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_M, BLOCK_N, TMA, WINDOW, CAPPED, MASK, MASK_ROWS,
     )
 
 
 @autotuned(BWD_ONE_LAUNCH, "n")
 @triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET", "N_POS", "PREFIX"])
 def _bwd_kernel(
-    Q, K, V, DO, Lse, Delta, DQ, DK, DV, Cos, Sin,
+    Q, K, V, DO, Lse, Delta, DQ, DK, DV, Cos, Sin, Mask,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -406,11 +438,11 @@ def _bwd_kernel(
     stride_gqb, stride_gqh, stride_gqm,
     stride_gkb, stride_gkh, stride_gkn,
     H, HKV, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET, N_POS, PREFIX, PACK_STRIDE,
-    LEFT, RIGHT, cap_in,
+    LEFT, RIGHT, cap_in, stride_mb, stride_mh, stride_mm, stride_mn, bias_in,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
     EVEN_Q: tl.constexpr, TMA_OK: tl.constexpr, PACKED: tl.constexpr, WINDOW: tl.constexpr,
-    CAPPED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    TMA: tl.constexpr = False,
+    CAPPED: tl.constexpr, MASK: tl.constexpr, MASK_ROWS: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, TMA: tl.constexpr = False,
 ):
     tl.static_assert(TMA_OK or not TMA, "a TMA config for tensors a descriptor cannot describe")
     # PACKED: DQ is one (B, N, 3, H, D) gradient, dk and dv PACK_STRIDE and twice that elements
@@ -435,7 +467,9 @@ def _bwd_kernel(
             stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
             stride_gkb, stride_gkh, stride_gkn,
             H, HKV, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX, LEFT, RIGHT, cap_in,
-            HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_M, BLOCK_N, EVEN_Q, TMA, WINDOW, CAPPED,
+            Mask, stride_mb, stride_mh, stride_mm, stride_mn, bias_in,
+            HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_M, BLOCK_N, EVEN_Q, TMA, WINDOW, CAPPED, MASK,
+            MASK_ROWS,
         )
     else:
         _dq_program(
@@ -444,7 +478,9 @@ def _bwd_kernel(
             stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
             stride_gqb, stride_gqh, stride_gqm,
             H, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX, LEFT, RIGHT, cap_in,
-            HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_N, BLOCK_M, TMA, WINDOW, CAPPED,
+            Mask, stride_mb, stride_mh, stride_mm, stride_mn, bias_in,
+            HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_N, BLOCK_M, TMA, WINDOW, CAPPED, MASK,
+            MASK_ROWS,
         )
 
 
@@ -478,6 +514,7 @@ def attention_bwd(
     packed: torch.Tensor | None = None,
     window: tuple[int, int] | None = None,
     softcap: float | None = None,
+    attn_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch preprocess, then dK/dV and dQ (one kernel or two).
 
@@ -495,8 +532,9 @@ def attention_bwd(
         packed: a (B, N, 3, H, D) tensor in q's dtype with last-dim stride 1 (Hq == Hkv == H,
             Nq == Nk == N) to write dq, dk, dv into, as its slices 0, 1, 2 (the gradient of a
             packed qkv projection); None allocates them apart.
-        window, softcap: the forward's (``triton_impl.fwd.attention_fwd``); a window runs the
-            two-kernel backward, each pass visiting only the tiles of the band.
+        window, softcap, attn_mask: the forward's (``triton_impl.fwd.attention_fwd``); a window
+            or a mask runs the two-kernel backward, each pass visiting only the tiles of the
+            band.
 
     Returns:
         dq (B, Hq, Nq, D), dk and dv (B, Hkv, Nk, D) in the inputs' dtype: contiguous, or the
@@ -526,6 +564,9 @@ def attention_bwd(
     if tma:
         ensure_allocator()
     causal, (qk_scale, *window_args), flags = _mask_args(causal, scale, window, softcap)
+    am, am_strides, bias_in, am_flags = attn_mask_args(attn_mask, q, nk, qk_scale)
+    flags.update(am_flags)
+    window_args = (*window_args, *am_strides, bias_in)
     common = dict(HEAD_DIM=d, BLOCK_D=bd, CAUSAL=causal, ROPE=rope is not None,
                   EVEN_Q=nq % EVEN_ROWS == 0, TMA_OK=tma, **flags)
     qb, kb = bucket(nq), bucket(nk)
@@ -534,23 +575,24 @@ def attention_bwd(
     ins = (q, k, v, dout, lse, delta)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3])
     tail = (nq, nk, qk_scale, scale, qb, kb, n_pos, prefix)
-    if window is None and (one_launch_bwd(d, causal) if one_launch is None else one_launch):
+    if (window is None and attn_mask is None
+            and (one_launch_bwd(d, causal) if one_launch is None else one_launch)):
         def grid(meta: dict) -> tuple[int]:
             return ((cdiv(nk, meta["BLOCK_N"]) * hkv
                      + cdiv(nq, meta["BLOCK_N"]) * h) * b,)  # per K/V head, see the kernel
 
-        launch(_bwd_kernel, grid, shape_class, *ins, *grad_args, cos, sin, *strides,
+        launch(_bwd_kernel, grid, shape_class, *ins, *grad_args, cos, sin, am, *strides,
                *dq.stride()[:3], *dk.stride()[:3], h, hkv, h // hkv, *tail, pack_stride,
                *window_args, config=config, PACKED=packed is not None, **common)
         return dq, dk, dv
     launch(
         _dkdv_kernel, lambda meta: (cdiv(nk, meta["BLOCK_N"]) * b * hkv,), shape_class,
-        *ins, *grad_args[1:], cos, sin, *strides, *dk.stride()[:3], h, hkv, h // hkv, *tail,
+        *ins, *grad_args[1:], cos, sin, am, *strides, *dk.stride()[:3], h, hkv, h // hkv, *tail,
         pack_stride, *window_args, config=config, PACKED=packed is not None, **common,
     )
     launch(
         _dq_kernel, lambda meta: (cdiv(nq, meta["BLOCK_M"]) * b * h,), shape_class,
-        *ins, grad_args[0], cos, sin, *strides, *dq.stride()[:3], h, h // hkv, *tail,
+        *ins, grad_args[0], cos, sin, am, *strides, *dq.stride()[:3], h, h // hkv, *tail,
         *window_args, config=config, **common,
     )
     return dq, dk, dv

@@ -18,11 +18,14 @@ import triton.language as tl
 
 from triton_impl import _traced, gluon_fwd
 from triton_impl._common import (
+    any_kept,
     capped,
     dot,
     dot_acc,
     in_window,
     key_ranges,
+    mask_tile,
+    masked_scores,
     query_tile,
     row_tiles,
     rows_tile,
@@ -45,61 +48,92 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _fwd_inner(
-    acc, l_i, m_i, q, k_tiles, v_tiles, stride_kn, stride_vn,
-    offs_m, offs_d, lo, hi, NK, qk_scale, LEFT, RIGHT, cap_in,
+def _fwd_tile(
+    acc, l_i, m_i, q, k_tiles, v_tiles, stride_kn, stride_vn, offs_m, offs_d, start_n, cols,
+    NK, qk_scale, LEFT, RIGHT, cap_in, am, bias_in,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr, WINDOW: tl.constexpr,
-    CAPPED: tl.constexpr,
+    CAPPED: tl.constexpr, MASK: tl.constexpr, EMPTY: tl.constexpr,
+):
+    """Fold the key tile from start_n into (acc, l_i, m_i) (see ``_fwd_inner``)."""
+    k = rows_tile(k_tiles, start_n, NK, stride_kn, offs_d, BLOCK_N, HEAD_DIM, BLOCK_D,
+                  MASKED, TMA)
+    qk = dot(q, tl.trans(k))
+    if CAPPED:
+        qk = capped(qk, cap_in)
+    qk = masked_scores(qk, am, bias_in, MASK)
+    if MASKED:
+        keep = cols[None, :] < NK
+        if CAUSAL:
+            keep = keep & (cols[None, :] <= offs_m[:, None])
+        if WINDOW:
+            keep = keep & in_window(offs_m, cols, LEFT, RIGHT)
+        qk = tl.where(keep, qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    m_use = m_new
+    if EMPTY:
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(qk * qk_scale - m_use[:, None])
+    alpha = tl.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = rows_tile(v_tiles, start_n, NK, stride_vn, offs_d, BLOCK_N, HEAD_DIM, BLOCK_D,
+                  MASKED, TMA)
+    acc = dot_acc(p.to(v.dtype), v, acc * alpha[:, None])
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _fwd_inner(
+    acc, l_i, m_i, q, k_tiles, v_tiles, stride_kn, stride_vn,
+    offs_m, offs_d, lo, hi, NQ, NK, qk_scale, LEFT, RIGHT, cap_in,
+    mask_base, stride_mm, stride_mn, bias_in,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr, WINDOW: tl.constexpr,
+    CAPPED: tl.constexpr, MASK: tl.constexpr, MASK_ROWS: tl.constexpr,
 ):
     """Fold key tiles [lo, hi) into (acc, l_i, m_i); MASKED applies the key-tail, causal and
     window masks, TMA loads through tensor descriptors, CAPPED turns raw scores into
-    tanh(qk * cap_in) (qk_scale then holds softcap * log2(e)).
+    tanh(qk * cap_in) (qk_scale then holds softcap * log2(e)), MASK applies the attention mask
+    at ``mask_base`` (1 bool, 2 float added as m * bias_in; a key tile a bool mask leaves out
+    whole is skipped).
 
     The running max is taken over the unscaled scores (qk_scale > 0), so the scaling and the
-    subtraction of the max are one multiply-add per score. Under a window a row may see no key
-    of a masked tile, or none at all: its max stays -inf and is read as 0 in the exponents."""
+    subtraction of the max are one multiply-add per score. Under a window or a mask a row may see
+    no key of a tile, or none at all: its max stays -inf and is read as 0 in the exponents."""
+    EMPTY: tl.constexpr = WINDOW or MASK != 0
     offs_n = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        k = rows_tile(k_tiles, start_n, NK, stride_kn, offs_d, BLOCK_N, HEAD_DIM, BLOCK_D,
-                      MASKED, TMA)
-        qk = dot(q, tl.trans(k))
-        if CAPPED:
-            qk = capped(qk, cap_in)
-        if MASKED:
-            keep = cols[None, :] < NK
-            if CAUSAL:
-                keep = keep & (cols[None, :] <= offs_m[:, None])
-            if WINDOW:
-                keep = keep & in_window(offs_m, cols, LEFT, RIGHT)
-            qk = tl.where(keep, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        m_use = m_new
-        if WINDOW:
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(qk * qk_scale - m_use[:, None])
-        alpha = tl.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = rows_tile(v_tiles, start_n, NK, stride_vn, offs_d, BLOCK_N, HEAD_DIM, BLOCK_D,
-                      MASKED, TMA)
-        acc = dot_acc(p.to(v.dtype), v, acc * alpha[:, None])
-        m_i = m_new
+        am = 0.0
+        if MASK != 0:
+            am = mask_tile(mask_base, offs_m, cols, NQ, NK, stride_mm, stride_mn, MASK_ROWS)
+        if MASK == 1:
+            if any_kept(am, MASK):
+                acc, l_i, m_i = _fwd_tile(
+                    acc, l_i, m_i, q, k_tiles, v_tiles, stride_kn, stride_vn, offs_m, offs_d,
+                    start_n, cols, NK, qk_scale, LEFT, RIGHT, cap_in, am, bias_in, HEAD_DIM,
+                    BLOCK_D, BLOCK_N, CAUSAL, MASKED, TMA, WINDOW, CAPPED, MASK, EMPTY)
+        else:
+            acc, l_i, m_i = _fwd_tile(
+                acc, l_i, m_i, q, k_tiles, v_tiles, stride_kn, stride_vn, offs_m, offs_d,
+                start_n, cols, NK, qk_scale, LEFT, RIGHT, cap_in, am, bias_in, HEAD_DIM,
+                BLOCK_D, BLOCK_N, CAUSAL, MASKED, TMA, WINDOW, CAPPED, MASK, EMPTY)
     return acc, l_i, m_i
 
 
 @autotuned(FWD, "m")
 @triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET"])
 def _fwd_kernel(
-    Q, K, V, Out, Lse,
+    Q, K, V, Out, Lse, Mask,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_om,
-    H, GROUP, NQ, NK, qk_scale, Q_BUCKET, K_BUCKET, LEFT, RIGHT, cap_in,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    H, GROUP, NQ, NK, qk_scale, Q_BUCKET, K_BUCKET, LEFT, RIGHT, cap_in, bias_in,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, TMA_OK: tl.constexpr,
-    WINDOW: tl.constexpr, CAPPED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    TMA: tl.constexpr = False,
+    WINDOW: tl.constexpr, CAPPED: tl.constexpr, MASK: tl.constexpr, MASK_ROWS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr = False,
 ):
     tl.static_assert(TMA_OK or not TMA, "a TMA config for tensors a descriptor cannot describe")
     qk_scale = tl.cast(qk_scale, tl.float32)  # a float argument Inductor would pass as float64
@@ -120,28 +154,30 @@ def _fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
+    mask_base = Mask + b * stride_mb + h * stride_mh
     if WINDOW:  # the band's masked edges around the tiles every row sees in full
         lo, full_lo, full_hi, hi = window_keys(start_m, NK, LEFT, RIGHT, BLOCK_M, BLOCK_N)
         acc, l_i, m_i = _fwd_inner(
-            acc, l_i, m_i, q, k_tiles, v_tiles, stride_kn, stride_vn, offs_m, offs_d,
-            lo, full_lo, NK, qk_scale, LEFT, RIGHT, cap_in, HEAD_DIM, BLOCK_D, BLOCK_N,
-            CAUSAL, True, TMA, WINDOW, CAPPED,
+            acc, l_i, m_i, q, k_tiles, v_tiles, stride_kn, stride_vn, offs_m, offs_d, lo,
+            full_lo, NQ, NK, qk_scale, LEFT, RIGHT, cap_in, mask_base, stride_mm, stride_mn,
+            bias_in, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, True, TMA, WINDOW, CAPPED, MASK,
+            MASK_ROWS,
         )
     else:
         full_lo = 0
         full_hi, hi = key_ranges(start_m, NK, BLOCK_M, BLOCK_N, CAUSAL)
     acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, k_tiles, v_tiles, stride_kn, stride_vn, offs_m, offs_d,
-        full_lo, full_hi, NK, qk_scale, LEFT, RIGHT, cap_in, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL,
-        False, TMA, WINDOW, CAPPED,
+        acc, l_i, m_i, q, k_tiles, v_tiles, stride_kn, stride_vn, offs_m, offs_d, full_lo,
+        full_hi, NQ, NK, qk_scale, LEFT, RIGHT, cap_in, mask_base, stride_mm, stride_mn, bias_in,
+        HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, False, TMA, WINDOW, CAPPED, MASK, MASK_ROWS,
     )
     acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, k_tiles, v_tiles, stride_kn, stride_vn, offs_m, offs_d,
-        full_hi, hi, NK, qk_scale, LEFT, RIGHT, cap_in, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL,
-        True, TMA, WINDOW, CAPPED,
+        acc, l_i, m_i, q, k_tiles, v_tiles, stride_kn, stride_vn, offs_m, offs_d, full_hi, hi,
+        NQ, NK, qk_scale, LEFT, RIGHT, cap_in, mask_base, stride_mm, stride_mn, bias_in,
+        HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, True, TMA, WINDOW, CAPPED, MASK, MASK_ROWS,
     )
 
-    if WINDOW:  # a row that saw no key: out 0, lse -inf
+    if WINDOW or MASK != 0:  # a row that saw no key: out 0, lse -inf
         seen = l_i > 0
         l_i = tl.where(seen, l_i, 1.0)
         m_i = tl.where(seen, m_i, float("-inf"))
@@ -196,7 +232,7 @@ def _gluon_chosen(shape_class: tuple, q: torch.Tensor, k: torch.Tensor, v: torch
 
 def _mask_args(causal: bool, scale: float, window: tuple[int, int] | None,
                softcap: float | None) -> tuple[bool, tuple, dict]:
-    """The kernels' view of the masking arguments: (causal, (qk_scale, LEFT, RIGHT, cap_in),
+    """The kernels' view of the window and softcap: (causal, (qk_scale, LEFT, RIGHT, cap_in),
     constexprs WINDOW and CAPPED). A window takes the causal mask in as its right bound 0;
     with softcap c the raw scores become tanh(qk * scale / c), scaled by c * log2(e)."""
     left = right = -1
@@ -210,10 +246,29 @@ def _mask_args(causal: bool, scale: float, window: tuple[int, int] | None,
     return causal, (qk_scale, left, right, cap_in), flags
 
 
+def attn_mask_args(attn_mask: torch.Tensor | None, q: torch.Tensor, nk: int,
+                   qk_scale: float) -> tuple[torch.Tensor, tuple, float, dict]:
+    """The kernels' view of an attention mask broadcastable to (B, Hq, Nq, Nk): (tensor, its
+    (b, h, m, n) strides, 0 where it broadcasts, bias_in, constexprs MASK and MASK_ROWS). A bool
+    mask is read as bytes (MASK 1); a float one (MASK 2) is added to the raw scores times
+    bias_in = log2(e) / qk_scale, which is the mask in their units. MASK_ROWS: it varies over
+    query rows (else each key tile reads one row of it)."""
+    if attn_mask is None:
+        return q, (0, 0, 0, 0), 0.0, {"MASK": 0, "MASK_ROWS": False}
+    b, h, nq = q.shape[:3]
+    m = attn_mask.expand(b, h, nq, nk)
+    kind = 1 if m.dtype == torch.bool else 2
+    if kind == 1:
+        m = m.view(torch.uint8)
+    rows = nq > 1 and m.stride(2) != 0
+    return m, m.stride(), LOG2E / qk_scale, {"MASK": kind, "MASK_ROWS": rows}
+
+
 def attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
     config: triton.Config | None = None, gluon: bool | None = None,
     window: tuple[int, int] | None = None, softcap: float | None = None,
+    attn_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel: the Triton one below, or at head dims 64 and 128 on Hopper the
     Gluon one (``triton_impl.gluon_fwd``) where it is usable and faster.
@@ -227,12 +282,15 @@ def attention_fwd(
             instead of the tuned one, e.g. ``triton.Config({"BLOCK_M": 64, "BLOCK_N": 32},
             num_warps=4, num_stages=3)`` (the benchmark's tile sweep); the tuned choice is untouched.
         gluon: True runs the persistent Gluon kernel (a ValueError where ``gluon_fwd.usable``
-            says no, or with a window or softcap), False the Triton kernel; None chooses (the
-            Triton kernel with a ``config``, a window or softcap, inside torch.compile and
+            says no, or with a masking argument), False the Triton kernel; None chooses (the
+            Triton kernel with a ``config``, with a masking argument, inside torch.compile and
             wherever the Gluon kernel is not usable).
         window: (left, right), query i sees key j iff i - left <= j <= i + right (-1
             unbounded), top-left aligned; key tiles outside the band are never visited.
         softcap: c > 0: each scaled score s becomes c * tanh(s / c) before the masks.
+        attn_mask: bool (True: the key takes part) or float (added to the scaled scores),
+            broadcastable to (B, Hq, Nq, Nk); one that varies over keys only is read a row a key
+            tile, and key tiles a bool mask leaves out whole are skipped.
 
     Returns:
         out (B, Hq, Nq, D) in q's dtype, laid out in memory as (B, Nq, Hq, D) like SDPA's output
@@ -242,10 +300,10 @@ def attention_fwd(
     b, h, nq, d = q.shape
     hkv, nk = k.shape[1], k.shape[2]
     qb, kb = bucket(nq), bucket(nk)
-    masked = window is not None or softcap is not None
+    masked = window is not None or softcap is not None or attn_mask is not None
     if gluon and (masked or not gluon_fwd.usable(q, k, v)):
         raise ValueError("gluon=True: the Gluon forward cannot take these inputs "
-                         "(see triton_impl.gluon_fwd.usable; it takes no window or softcap)")
+                         "(see triton_impl.gluon_fwd.usable; it takes no masking arguments)")
     mode = "persistent" if gluon else None
     if (gluon is None and config is None and not masked and not _traced.active()
             and gluon_fwd.usable(q, k, v)):
@@ -255,6 +313,8 @@ def attention_fwd(
         record_launch("fwd", GLUON_PERSISTENT_CONFIG if persistent else GLUON_CONFIG)
         return gluon_fwd.attention_fwd(q, k, v, causal, scale, persistent)
     causal, mask_args, flags = _mask_args(causal, scale, window, softcap)
+    am, am_strides, bias_in, am_flags = attn_mask_args(attn_mask, q, nk, mask_args[0])
+    flags.update(am_flags)
     out_bnhd = torch.empty((b, nq, h, d), dtype=q.dtype, device=q.device)
     out = out_bnhd.transpose(1, 2)
     lse = torch.empty((b, h, nq), dtype=torch.float32, device=q.device)
@@ -269,9 +329,9 @@ def attention_fwd(
         ensure_allocator()
     launch(
         _fwd_kernel, grid, (qb, kb, d, causal, q.dtype, tma, *flags.values()),
-        q, k, v, out_bnhd, lse,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-        h, h // hkv, nq, nk, mask_args[0], qb, kb, *mask_args[1:],
+        q, k, v, out_bnhd, lse, am,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *am_strides,
+        h, h // hkv, nq, nk, mask_args[0], qb, kb, *mask_args[1:], bias_in,
         HEAD_DIM=d, BLOCK_D=block_d(d), CAUSAL=causal, TMA_OK=tma, **flags, config=config,
     )
     return out, lse

@@ -6,8 +6,9 @@ and ``EvaAttention``) through ``flashduo.attention`` with the 2D RoPE passed as 
 
 Each patched module keeps its weights, norms and projections; only q·kᵀ → softmax → ·v (and the
 rotation of q and k) change hands. Calls flashduo cannot serve as-is fall back to the module's
-own forward: an attention mask, attention dropout while training, per-head ('mixed') rope
-embeddings, rotate-half rope, or separate q/k/v projections.
+own forward: an attention mask where the backend does not take one (``Backend.masks``; timm's
+masks have SDPA's meaning, as flashduo's ``attn_mask`` does), attention dropout while training,
+per-head ('mixed') rope embeddings, rotate-half rope, or separate q/k/v projections.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import weakref
 import torch
 
 import flashduo
+from flashduo import registry
 from reference.rope import CosSinTable
 
 PATCHED_CLASSES = ("AttentionRope", "EvaAttention")
@@ -41,6 +43,11 @@ def _table(emb: torch.Tensor) -> CosSinTable:
     return table
 
 
+def _takes_attn_mask(backend: str | None) -> bool:
+    """Whether the backend the patched call would use runs ``attn_mask`` (``Backend.masks``)."""
+    return "attn_mask" in flashduo.get_backend(registry.resolve_backend(backend)).masks
+
+
 def _identity(module: torch.nn.Module, name: str) -> bool:
     """Whether the module's ``name`` layer is absent or does nothing (timm's default)."""
     layer = getattr(module, name, None)
@@ -53,7 +60,8 @@ def _flash_forward(self, x: torch.Tensor, rope: torch.Tensor | None = None,
     """x (B, N, C) -> (B, N, C), like the timm module's forward."""
     attn_drop = getattr(self, "attn_drop", None)
     dropping = self.training and attn_drop is not None and attn_drop.p > 0
-    if (attn_mask is not None or dropping or kwargs or rope is None or rope.dim() != 2
+    if ((attn_mask is not None and not _takes_attn_mask(self._flashduo_backend)) or dropping
+            or kwargs or rope is None or rope.dim() != 2
             or getattr(self, "rotate_half", False) or getattr(self, "qkv", None) is None):
         return self._flashduo_original_forward(x, rope=rope, attn_mask=attn_mask,
                                                is_causal=is_causal, **kwargs)
@@ -64,7 +72,8 @@ def _flash_forward(self, x: torch.Tensor, rope: torch.Tensor | None = None,
         qkv = qkv + torch.cat((self.q_bias, self.k_bias, self.v_bias))
     qkv = qkv.reshape(b, n, 3, self.num_heads, -1)
     options = dict(causal=is_causal, scale=self.scale, backend=self._flashduo_backend,
-                   rope=_table(rope), num_prefix_tokens=self.num_prefix_tokens)
+                   rope=_table(rope), num_prefix_tokens=self.num_prefix_tokens,
+                   attn_mask=attn_mask)
     if _identity(self, "q_norm") and _identity(self, "k_norm"):
         out = flashduo.attention_qkvpacked(qkv, **options)  # one packed gradient, no stack
     else:
