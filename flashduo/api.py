@@ -199,8 +199,8 @@ def attention_varlen(
         deterministic: as in ``attention``.
         return_lse: also return lse (Hq, total_q) float32, natural log (no gradient).
 
-    Runs on the backends with ``Backend.fwd_varlen`` (today ``reference``); others refuse the
-    call with a ``ValueError``.
+    Runs on the backends with ``Backend.fwd_varlen`` (today ``reference`` and ``triton``); others
+    refuse the call with a ``ValueError``.
 
     Returns:
         out (total_q, Hq, D) in q's dtype, or (out, lse) with ``return_lse``.

@@ -61,6 +61,22 @@ def _triton_fwd(q, k, v, causal, scale, window=None, softcap=None, attn_mask=Non
                          attn_mask=attn_mask)
 
 
+def _triton_fwd_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, window=None,
+                       softcap=None):
+    from triton_impl.fwd import attention_fwd_varlen
+
+    return attention_fwd_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale,
+                                window=window, softcap=softcap)
+
+
+def _triton_bwd_varlen(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, causal, scale,
+                       window=None, softcap=None):
+    from triton_impl.bwd import attention_bwd_varlen
+
+    return attention_bwd_varlen(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, causal,
+                                scale, window=window, softcap=softcap)
+
+
 def _triton_rotate(q, k, rope):
     from triton_impl.rope import rotate_qk
 
@@ -229,6 +245,8 @@ register_backend(
         packed_grads=True,
         bnhd_out=True,
         masks=frozenset(MASKS),
+        fwd_varlen=_triton_fwd_varlen,
+        bwd_varlen=_triton_bwd_varlen,
     )
 )
 

@@ -2,7 +2,7 @@
 each sequence alone with ``flashduo.attention`` (forward, lse, gradients), with the causal mask,
 windows, softcap, GQA, empty sequences and per-image 2D RoPE (``CosSinTable.for_grids`` against
 each image's own table); refusals by name, opcheck and ``torch.compile``. Runs on the CPU with the
-``reference`` backend, the one that takes packed sequences today."""
+``reference`` backend (the Triton kernels' packed sequences: ``test_triton_varlen``)."""
 
 from __future__ import annotations
 
@@ -121,14 +121,16 @@ def test_rope_tables_that_do_not_fit_are_refused() -> None:
 
 
 @pytest.mark.parametrize("backend", [b for b in flashduo.registered_backends()
-                                     if b != "reference"])
+                                     if flashduo.get_backend(b).fwd_varlen is None])
 def test_backends_without_packed_sequences_refuse_them_by_name(backend: str) -> None:
     why = flashduo.get_backend(backend).unavailable()
     if why:
         pytest.skip(why)
+    takers = ", ".join(b for b in flashduo.registered_backends()
+                       if flashduo.get_backend(b).fwd_varlen is not None)
     q, k, v = (t.detach().half() for t in _packed([3, 5], [3, 5]))
     with pytest.raises(ValueError, match=r"packed sequences \(attention_varlen\) are not "
-                                         r"supported \(backends that take them: reference\)"):
+                                         rf"supported \(backends that take them: {takers}\)"):
         flashduo.attention_varlen(q, k, v, _cu([3, 5]), _cu([3, 5]), 5, 5, backend=backend)
 
 

@@ -226,3 +226,21 @@ def any_kept(m, MASK: tl.constexpr):
     if MASK == 1:
         keep = tl.max(tl.max(m.to(tl.int32), 1), 0) != 0
     return keep
+
+
+@triton.jit
+def sequence(b, NQ, NK, CuQ, CuK, VARLEN: tl.constexpr):
+    """(q0, nq, k0, nk): the first row (int64) and the length of batch entry b's queries and
+    keys: 0 and NQ, NK in a batch of equal lengths; with VARLEN, packed sequence b of the
+    cumulative lengths CuQ, CuK (int32, batch + 1)."""
+    if VARLEN:
+        q0 = tl.load(CuQ + b).to(tl.int64)
+        nq = (tl.load(CuQ + b + 1) - q0).to(tl.int32)
+        k0 = tl.load(CuK + b).to(tl.int64)
+        nk = (tl.load(CuK + b + 1) - k0).to(tl.int32)
+    else:
+        q0 = 0
+        nq = NQ
+        k0 = 0
+        nk = NK
+    return q0, nq, k0, nk

@@ -41,7 +41,7 @@ TRITON_RELEASE = tuple(int(x) for x in triton.__version__.split(".")[:2])
 SMEM_BUDGET = 200 * 1024
 TUNE_WARMUP_MS, TUNE_REP_MS = 10, 25
 TUNE_KEY = ["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "CAUSAL", "ROPE", "TMA_OK", "WINDOW", "CAPPED",
-            "MASK", "MASK_ROWS"]
+            "MASK", "MASK_ROWS", "VARLEN"]
 COMPILE_THREADS = min(16, os.cpu_count() or 1)
 
 

@@ -40,6 +40,7 @@ from triton_impl._common import (
     rope_tile,
     row_tiles,
     rows_tile,
+    sequence,
     window_keys,
     window_queries,
 )
@@ -165,21 +166,23 @@ def _dkdv_inner(
 
 @triton.jit
 def _dkdv_program(
-    pid, Q, K, V, DO, Lse, Delta, DK, DV, Cos, Sin,
+    pid, Q, K, V, DO, Lse, Delta, DK, DV, Cos, Sin, CuQ, CuK,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_db, stride_dh, stride_dm,
     stride_gb, stride_gh, stride_gn,
     H, HKV, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX, LEFT, RIGHT, cap_in,
-    Mask, stride_mb, stride_mh, stride_mm, stride_mn, bias_in,
+    Mask, stride_mb, stride_mh, stride_mm, stride_mn, bias_in, TOTAL_Q,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_Q: tl.constexpr, TMA: tl.constexpr,
     WINDOW: tl.constexpr, CAPPED: tl.constexpr, MASK: tl.constexpr, MASK_ROWS: tl.constexpr,
+    VARLEN: tl.constexpr,
 ):
     """dK, dV of key tile ``pid`` (key tiles fastest; with causal the first carry the most work):
     BLOCK_N keys resident, BLOCK_M query rows per step (through descriptors with TMA). EVEN_Q:
-    NQ is a multiple of BLOCK_M, so no query tile needs row masks (which cost registers)."""
+    NQ is a multiple of BLOCK_M, so no query tile needs row masks (which cost registers). With
+    VARLEN, batch entry b is packed sequence b (see ``triton_impl.fwd._fwd_kernel``)."""
     qk_scale = tl.cast(qk_scale, tl.float32)  # float arguments Inductor would pass as float64
     scale = tl.cast(scale, tl.float32)
     num_n = tl.cdiv(NK, BLOCK_N)
@@ -187,60 +190,69 @@ def _dkdv_program(
     start_n = (pid % num_n) * BLOCK_N
     b = (bh // HKV).to(tl.int64)
     hk = (bh % HKV).to(tl.int64)
+    q0, nq, k0, nk = sequence(b, NQ, NK, CuQ, CuK, VARLEN)
+    if VARLEN:
+        if start_n >= nk:
+            return
 
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    k = load_tile(K + b * stride_kb + hk * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
-                  offs_n, NK, offs_d, HEAD_DIM, BLOCK_D, True)
-    v = load_tile(V + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :],
-                  offs_n, NK, offs_d, HEAD_DIM, BLOCK_D, True)
+    k_base = K + b * stride_kb + hk * stride_kh + k0 * stride_kn
+    v_base = V + b * stride_vb + hk * stride_vh + k0 * stride_vn
+    k = load_tile(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], offs_n, nk, offs_d,
+                  HEAD_DIM, BLOCK_D, True)
+    v = load_tile(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], offs_n, nk, offs_d,
+                  HEAD_DIM, BLOCK_D, True)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
     EMPTY: tl.constexpr = WINDOW or MASK != 0
-    q_end = tl.cdiv(NQ, BLOCK_M) * BLOCK_M
+    q_end = tl.cdiv(nq, BLOCK_M) * BLOCK_M
     if CAUSAL:
         # Query tiles before lo see none of these keys; tiles in [lo, mid) cross the diagonal.
         lo = (start_n // BLOCK_M) * BLOCK_M
         mid = tl.minimum(tl.cdiv(start_n + BLOCK_N, BLOCK_M) * BLOCK_M, q_end)
     elif WINDOW:  # masked [lo, mid) and [full_hi, q_end) around the rows that see every key
-        lo, mid, full_hi, q_end = window_queries(start_n, NQ, LEFT, RIGHT, BLOCK_M, BLOCK_N)
+        lo, mid, full_hi, q_end = window_queries(start_n, nq, LEFT, RIGHT, BLOCK_M, BLOCK_N)
     else:
         lo = 0
         mid = 0
     for g in range(GROUP):
         h = hk * GROUP + g
-        q_tiles = row_tiles(Q + b * stride_qb + h * stride_qh, NQ, stride_qm,
+        q_tiles = row_tiles(Q + b * stride_qb + h * stride_qh + q0 * stride_qm, nq, stride_qm,
                             HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
-        do_tiles = row_tiles(DO + b * stride_db + h * stride_dh, NQ, stride_dm,
+        do_tiles = row_tiles(DO + b * stride_db + h * stride_dh + q0 * stride_dm, nq, stride_dm,
                              HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
-        row_base = (b * H + h) * NQ
+        if VARLEN:
+            row_base = h * TOTAL_Q + q0
+        else:
+            row_base = (b * H + h) * NQ
         lse_base, delta_base = Lse + row_base, Delta + row_base
         mask_base = Mask + b * stride_mb + h * stride_mh
         if CAUSAL or WINDOW:
             dk, dv = _dkdv_inner(
                 dk, dv, k, v, q_tiles, do_tiles, lse_base, delta_base, stride_qm, stride_dm,
-                offs_n, offs_d, lo, mid, NQ, NK, qk_scale, LEFT, RIGHT, cap_in, mask_base,
+                offs_n, offs_d, lo, mid, nq, nk, qk_scale, LEFT, RIGHT, cap_in, mask_base,
                 stride_mm, stride_mn, bias_in, HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, not EVEN_Q,
                 TMA, WINDOW, CAPPED, EMPTY, MASK, MASK_ROWS,
             )
         if WINDOW:
             dk, dv = _dkdv_inner(
                 dk, dv, k, v, q_tiles, do_tiles, lse_base, delta_base, stride_qm, stride_dm,
-                offs_n, offs_d, mid, full_hi, NQ, NK, qk_scale, LEFT, RIGHT, cap_in, mask_base,
+                offs_n, offs_d, mid, full_hi, nq, nk, qk_scale, LEFT, RIGHT, cap_in, mask_base,
                 stride_mm, stride_mn, bias_in, HEAD_DIM, BLOCK_D, BLOCK_M, False, not EVEN_Q,
                 TMA, False, CAPPED, EMPTY, MASK, MASK_ROWS,
             )
             dk, dv = _dkdv_inner(
                 dk, dv, k, v, q_tiles, do_tiles, lse_base, delta_base, stride_qm, stride_dm,
-                offs_n, offs_d, full_hi, q_end, NQ, NK, qk_scale, LEFT, RIGHT, cap_in, mask_base,
+                offs_n, offs_d, full_hi, q_end, nq, nk, qk_scale, LEFT, RIGHT, cap_in, mask_base,
                 stride_mm, stride_mn, bias_in, HEAD_DIM, BLOCK_D, BLOCK_M, False, not EVEN_Q,
                 TMA, True, CAPPED, EMPTY, MASK, MASK_ROWS,
             )
         else:
             dk, dv = _dkdv_inner(
                 dk, dv, k, v, q_tiles, do_tiles, lse_base, delta_base, stride_qm, stride_dm,
-                offs_n, offs_d, mid, q_end, NQ, NK, qk_scale, LEFT, RIGHT, cap_in, mask_base,
+                offs_n, offs_d, mid, q_end, nq, nk, qk_scale, LEFT, RIGHT, cap_in, mask_base,
                 stride_mm, stride_mn, bias_in, HEAD_DIM, BLOCK_D, BLOCK_M, False, not EVEN_Q,
                 TMA, False, CAPPED, EMPTY, MASK, MASK_ROWS,
             )
@@ -251,11 +263,12 @@ def _dkdv_program(
     # then one of many, its residue far below dK's rounding, and is left in rather than tested for
     # in the loop.
     if WINDOW:  # every row sees one key (or none) only with a band of one key
-        dk = tl.where((NK == 1) | ((LEFT == 0) & (RIGHT == 0)), 0.0, dk)
+        dk = tl.where((nk == 1) | ((LEFT == 0) & (RIGHT == 0)), 0.0, dk)
     else:  # (a mask only takes keys away: one-key rows stay at most one)
-        dk = tl.where(_one_key_rows(NQ - 1, NK, CAUSAL), 0.0, dk)
-    out_off = b * stride_gb + hk * stride_gh + offs_n[:, None] * stride_gn + offs_d[None, :]
-    ok = (offs_n[:, None] < NK) & (offs_d[None, :] < HEAD_DIM)
+        dk = tl.where(_one_key_rows(nq - 1, nk, CAUSAL), 0.0, dk)
+    out_off = (b * stride_gb + hk * stride_gh + k0 * stride_gn + offs_n[:, None] * stride_gn
+               + offs_d[None, :])
+    ok = (offs_n[:, None] < nk) & (offs_d[None, :] < HEAD_DIM)
     if ROPE:  # dK was taken against the rotated keys: turn it back to the unrotated ones
         dk = rope_tile(dk, offs_n, Cos, Sin, N_POS, PREFIX, BLOCK_N, HEAD_DIM // 2, BLOCK_D, True)
     tl.store(DK + out_off, (dk * scale).to(DK.dtype.element_ty), mask=ok)
@@ -265,32 +278,32 @@ def _dkdv_program(
 @autotuned(BWD_DKDV, "n")
 @triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET", "N_POS", "PREFIX"])
 def _dkdv_kernel(
-    Q, K, V, DO, Lse, Delta, DK, DV, Cos, Sin, Mask,
+    Q, K, V, DO, Lse, Delta, DK, DV, Cos, Sin, Mask, CuQ, CuK,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_db, stride_dh, stride_dm,
     stride_gb, stride_gh, stride_gn,
     H, HKV, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET, N_POS, PREFIX, PACK_STRIDE,
-    LEFT, RIGHT, cap_in, stride_mb, stride_mh, stride_mm, stride_mn, bias_in,
+    LEFT, RIGHT, cap_in, stride_mb, stride_mh, stride_mm, stride_mn, bias_in, TOTAL_Q,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
     EVEN_Q: tl.constexpr, TMA_OK: tl.constexpr, PACKED: tl.constexpr, WINDOW: tl.constexpr,
-    CAPPED: tl.constexpr, MASK: tl.constexpr, MASK_ROWS: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, TMA: tl.constexpr = False,
+    CAPPED: tl.constexpr, MASK: tl.constexpr, MASK_ROWS: tl.constexpr, VARLEN: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr = False,
 ):
     tl.static_assert(TMA_OK or not TMA, "a TMA config for tensors a descriptor cannot describe")
     if PACKED:  # DK is the packed gradient (see _bwd_kernel); DV is not written through
         DV = DK + 2 * PACK_STRIDE
         DK = DK + PACK_STRIDE
     _dkdv_program(
-        tl.program_id(0), Q, K, V, DO, Lse, Delta, DK, DV, Cos, Sin,
+        tl.program_id(0), Q, K, V, DO, Lse, Delta, DK, DV, Cos, Sin, CuQ, CuK,
         stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
         stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
         stride_gb, stride_gh, stride_gn,
         H, HKV, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX, LEFT, RIGHT, cap_in,
-        Mask, stride_mb, stride_mh, stride_mm, stride_mn, bias_in,
+        Mask, stride_mb, stride_mh, stride_mm, stride_mn, bias_in, TOTAL_Q,
         HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_M, BLOCK_N, EVEN_Q, TMA, WINDOW, CAPPED, MASK,
-        MASK_ROWS,
+        MASK_ROWS, VARLEN,
     )
 
 
@@ -337,64 +350,75 @@ def _dq_inner(
 
 @triton.jit
 def _dq_program(
-    pid, Q, K, V, DO, Lse, Delta, DQ, Cos, Sin,
+    pid, Q, K, V, DO, Lse, Delta, DQ, Cos, Sin, CuQ, CuK,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_db, stride_dh, stride_dm,
     stride_gb, stride_gh, stride_gm,
     H, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX, LEFT, RIGHT, cap_in,
-    Mask, stride_mb, stride_mh, stride_mm, stride_mn, bias_in,
+    Mask, stride_mb, stride_mh, stride_mm, stride_mn, bias_in, TOTAL_Q,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr, WINDOW: tl.constexpr,
-    CAPPED: tl.constexpr, MASK: tl.constexpr, MASK_ROWS: tl.constexpr,
+    CAPPED: tl.constexpr, MASK: tl.constexpr, MASK_ROWS: tl.constexpr, VARLEN: tl.constexpr,
 ):
     """dQ of query tile ``pid`` (see ``query_tile``): BLOCK_M query rows resident, BLOCK_N keys
-    per step (through descriptors with TMA)."""
+    per step (through descriptors with TMA); with VARLEN, of packed sequence b (see
+    ``triton_impl.fwd._fwd_kernel``)."""
     qk_scale = tl.cast(qk_scale, tl.float32)  # float arguments Inductor would pass as float64
     scale = tl.cast(scale, tl.float32)
     bh, b, h, hk, start_m = query_tile(pid, NQ, H, GROUP, BLOCK_M, CAUSAL)
+    q0, nq, k0, nk = sequence(b, NQ, NK, CuQ, CuK, VARLEN)
+    if VARLEN:
+        if start_m * BLOCK_M >= nq:
+            return
+        row0 = h * TOTAL_Q + q0
+    else:
+        row0 = bh.to(tl.int64) * NQ
 
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    q = load_tile(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
-                  offs_m, NQ, offs_d, HEAD_DIM, BLOCK_D, True)
-    do = load_tile(DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dm + offs_d[None, :],
-                   offs_m, NQ, offs_d, HEAD_DIM, BLOCK_D, True)
-    row_ok = offs_m < NQ
-    lse2 = tl.load(Lse + bh.to(tl.int64) * NQ + offs_m, mask=row_ok, other=0.0) * _LOG2E
-    delta = tl.load(Delta + bh.to(tl.int64) * NQ + offs_m, mask=row_ok, other=0.0)
-    k_tiles = row_tiles(K + b * stride_kb + hk * stride_kh, NK, stride_kn,
+    q_base = Q + b * stride_qb + h * stride_qh + q0 * stride_qm
+    do_base = DO + b * stride_db + h * stride_dh + q0 * stride_dm
+    q = load_tile(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], offs_m, nq, offs_d,
+                  HEAD_DIM, BLOCK_D, True)
+    do = load_tile(do_base + offs_m[:, None] * stride_dm + offs_d[None, :], offs_m, nq, offs_d,
+                   HEAD_DIM, BLOCK_D, True)
+    row_ok = offs_m < nq
+    lse2 = tl.load(Lse + row0 + offs_m, mask=row_ok, other=0.0) * _LOG2E
+    delta = tl.load(Delta + row0 + offs_m, mask=row_ok, other=0.0)
+    k_tiles = row_tiles(K + b * stride_kb + hk * stride_kh + k0 * stride_kn, nk, stride_kn,
                         HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
-    v_tiles = row_tiles(V + b * stride_vb + hk * stride_vh, NK, stride_vn,
+    v_tiles = row_tiles(V + b * stride_vb + hk * stride_vh + k0 * stride_vn, nk, stride_vn,
                         HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    if WINDOW or MASK != 0:  # a row that saw no key (lse -inf) gets probabilities 0
+    if WINDOW or MASK != 0 or VARLEN:  # a row that saw no key (lse -inf) gets probabilities 0
         lse2 = tl.where(lse2 == float("-inf"), float("inf"), lse2)
     mask_base = Mask + b * stride_mb + h * stride_mh
     if WINDOW:
-        lo, full_lo, full_hi, hi = window_keys(start_m, NK, LEFT, RIGHT, BLOCK_M, BLOCK_N)
+        lo, full_lo, full_hi, hi = window_keys(start_m, nk, LEFT, RIGHT, BLOCK_M, BLOCK_N)
         dq = _dq_inner(dq, q, do, lse2, delta, k_tiles, v_tiles, stride_kn, stride_vn, offs_m,
-                       offs_d, lo, full_lo, NQ, NK, qk_scale, LEFT, RIGHT, cap_in, mask_base,
+                       offs_d, lo, full_lo, nq, nk, qk_scale, LEFT, RIGHT, cap_in, mask_base,
                        stride_mm, stride_mn, bias_in, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, True,
                        TMA, WINDOW, CAPPED, MASK, MASK_ROWS)
     else:
         full_lo = 0
-        full_hi, hi = key_ranges(start_m, NK, BLOCK_M, BLOCK_N, CAUSAL)
+        full_hi, hi = key_ranges(start_m, nk, BLOCK_M, BLOCK_N, CAUSAL)
     dq = _dq_inner(dq, q, do, lse2, delta, k_tiles, v_tiles, stride_kn, stride_vn, offs_m, offs_d,
-                   full_lo, full_hi, NQ, NK, qk_scale, LEFT, RIGHT, cap_in, mask_base, stride_mm,
+                   full_lo, full_hi, nq, nk, qk_scale, LEFT, RIGHT, cap_in, mask_base, stride_mm,
                    stride_mn, bias_in, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, False, TMA, WINDOW,
                    CAPPED, MASK, MASK_ROWS)
     dq = _dq_inner(dq, q, do, lse2, delta, k_tiles, v_tiles, stride_kn, stride_vn, offs_m, offs_d,
-                   full_hi, hi, NQ, NK, qk_scale, LEFT, RIGHT, cap_in, mask_base, stride_mm,
+                   full_hi, hi, nq, nk, qk_scale, LEFT, RIGHT, cap_in, mask_base, stride_mm,
                    stride_mn, bias_in, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, True, TMA, WINDOW,
                    CAPPED, MASK, MASK_ROWS)
-    dq = tl.where(_one_key_rows(offs_m, NK, CAUSAL, WINDOW, LEFT, RIGHT)[:, None], 0.0, dq)
+    dq = tl.where(_one_key_rows(offs_m, nk, CAUSAL, WINDOW, LEFT, RIGHT)[:, None], 0.0, dq)
 
     if ROPE:  # dQ was taken against the rotated queries: turn it back to the unrotated ones
         dq = rope_tile(dq, offs_m, Cos, Sin, N_POS, PREFIX, BLOCK_M, HEAD_DIM // 2, BLOCK_D, True)
-    out_off = b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gm + offs_d[None, :]
+    out_off = (b * stride_gb + h * stride_gh + q0 * stride_gm + offs_m[:, None] * stride_gm
+               + offs_d[None, :])
     tl.store(DQ + out_off, (dq * scale).to(DQ.dtype.element_ty),
              mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
 
@@ -402,35 +426,36 @@ def _dq_program(
 @autotuned(BWD_DQ, "m")
 @triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET", "N_POS", "PREFIX"])
 def _dq_kernel(
-    Q, K, V, DO, Lse, Delta, DQ, Cos, Sin, Mask,
+    Q, K, V, DO, Lse, Delta, DQ, Cos, Sin, Mask, CuQ, CuK,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_db, stride_dh, stride_dm,
     stride_gb, stride_gh, stride_gm,
     H, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET, N_POS, PREFIX, LEFT, RIGHT, cap_in,
-    stride_mb, stride_mh, stride_mm, stride_mn, bias_in,
+    stride_mb, stride_mh, stride_mm, stride_mn, bias_in, TOTAL_Q,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
     EVEN_Q: tl.constexpr, TMA_OK: tl.constexpr, WINDOW: tl.constexpr, CAPPED: tl.constexpr,
-    MASK: tl.constexpr, MASK_ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    TMA: tl.constexpr = False,
+    MASK: tl.constexpr, MASK_ROWS: tl.constexpr, VARLEN: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, TMA: tl.constexpr = False,
 ):
     tl.static_assert(TMA_OK or not TMA, "a TMA config for tensors a descriptor cannot describe")
     _dq_program(
-        tl.program_id(0), Q, K, V, DO, Lse, Delta, DQ, Cos, Sin,
+        tl.program_id(0), Q, K, V, DO, Lse, Delta, DQ, Cos, Sin, CuQ, CuK,
         stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
         stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
         stride_gb, stride_gh, stride_gm,
         H, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX, LEFT, RIGHT, cap_in,
-        Mask, stride_mb, stride_mh, stride_mm, stride_mn, bias_in,
+        Mask, stride_mb, stride_mh, stride_mm, stride_mn, bias_in, TOTAL_Q,
         HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_M, BLOCK_N, TMA, WINDOW, CAPPED, MASK, MASK_ROWS,
+        VARLEN,
     )
 
 
 @autotuned(BWD_ONE_LAUNCH, "n")
 @triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET", "N_POS", "PREFIX"])
 def _bwd_kernel(
-    Q, K, V, DO, Lse, Delta, DQ, DK, DV, Cos, Sin, Mask,
+    Q, K, V, DO, Lse, Delta, DQ, DK, DV, Cos, Sin, Mask, CuQ, CuK,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -438,11 +463,11 @@ def _bwd_kernel(
     stride_gqb, stride_gqh, stride_gqm,
     stride_gkb, stride_gkh, stride_gkn,
     H, HKV, GROUP, NQ, NK, qk_scale, scale, Q_BUCKET, K_BUCKET, N_POS, PREFIX, PACK_STRIDE,
-    LEFT, RIGHT, cap_in, stride_mb, stride_mh, stride_mm, stride_mn, bias_in,
+    LEFT, RIGHT, cap_in, stride_mb, stride_mh, stride_mm, stride_mn, bias_in, TOTAL_Q,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
     EVEN_Q: tl.constexpr, TMA_OK: tl.constexpr, PACKED: tl.constexpr, WINDOW: tl.constexpr,
-    CAPPED: tl.constexpr, MASK: tl.constexpr, MASK_ROWS: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, TMA: tl.constexpr = False,
+    CAPPED: tl.constexpr, MASK: tl.constexpr, MASK_ROWS: tl.constexpr, VARLEN: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr = False,
 ):
     tl.static_assert(TMA_OK or not TMA, "a TMA config for tensors a descriptor cannot describe")
     # PACKED: DQ is one (B, N, 3, H, D) gradient, dk and dv PACK_STRIDE and twice that elements
@@ -462,25 +487,26 @@ def _bwd_kernel(
     local = pid % per_head
     if local < num_n:
         _dkdv_program(
-            head * num_n + local, Q, K, V, DO, Lse, Delta, DK, DV, Cos, Sin,
+            head * num_n + local, Q, K, V, DO, Lse, Delta, DK, DV, Cos, Sin, CuQ, CuK,
             stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
             stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
             stride_gkb, stride_gkh, stride_gkn,
             H, HKV, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX, LEFT, RIGHT, cap_in,
-            Mask, stride_mb, stride_mh, stride_mm, stride_mn, bias_in,
+            Mask, stride_mb, stride_mh, stride_mm, stride_mn, bias_in, TOTAL_Q,
             HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_M, BLOCK_N, EVEN_Q, TMA, WINDOW, CAPPED, MASK,
-            MASK_ROWS,
+            MASK_ROWS, VARLEN,
         )
     else:
         _dq_program(
-            head * (per_head - num_n) + local - num_n, Q, K, V, DO, Lse, Delta, DQ, Cos, Sin,
+            head * (per_head - num_n) + local - num_n, Q, K, V, DO, Lse, Delta, DQ, Cos, Sin, CuQ,
+            CuK,
             stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
             stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
             stride_gqb, stride_gqh, stride_gqm,
             H, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX, LEFT, RIGHT, cap_in,
-            Mask, stride_mb, stride_mh, stride_mm, stride_mn, bias_in,
+            Mask, stride_mb, stride_mh, stride_mm, stride_mn, bias_in, TOTAL_Q,
             HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_N, BLOCK_M, TMA, WINDOW, CAPPED, MASK,
-            MASK_ROWS,
+            MASK_ROWS, VARLEN,
         )
 
 
@@ -563,36 +589,85 @@ def attention_bwd(
     tma = not _traced.active() and tma_usable(q, k, v, dout)
     if tma:
         ensure_allocator()
+    one = (window is None and attn_mask is None
+           and (one_launch_bwd(d, causal) if one_launch is None else one_launch))
+    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3])
+    _launch_passes((q, k, v, dout, lse, delta), grad_args, pack_stride, strides,
+                   (*dq.stride()[:3], *dk.stride()[:3]), b, h, hkv, nq, nk, causal, scale, rope,
+                   tma, nq % EVEN_ROWS == 0, one, window, softcap, attn_mask, config)
+    return dq, dk, dv
+
+
+def _launch_passes(ins: tuple, grad_args: tuple, pack_stride: int, strides: tuple,
+                   grad_strides: tuple, batch: int, h: int, hkv: int, nq: int, nk: int,
+                   causal: bool, scale: float, rope, tma: bool, even_q: bool, one: bool, window,
+                   softcap, attn_mask, config,
+                   cu_seqlens: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    """Launch the dK/dV and dQ passes (``one``: as one kernel) over ``batch`` entries: ``ins``
+    (q, k, v, dout, lse, delta), the gradients to write (``grad_args``: dq, dk, dv, or the
+    packed tensor three times), (b, h, row) strides of q, k, v, dout and of dq, dk; ``nq``,
+    ``nk`` the lengths (with ``cu_seqlens`` the longest packed sequences)."""
+    q = ins[0]
+    d = q.shape[-1]
     causal, (qk_scale, *window_args), flags = _mask_args(causal, scale, window, softcap)
     am, am_strides, bias_in, am_flags = attn_mask_args(attn_mask, q, nk, qk_scale)
-    flags.update(am_flags)
-    window_args = (*window_args, *am_strides, bias_in)
-    common = dict(HEAD_DIM=d, BLOCK_D=bd, CAUSAL=causal, ROPE=rope is not None,
-                  EVEN_Q=nq % EVEN_ROWS == 0, TMA_OK=tma, **flags)
+    flags.update(am_flags, VARLEN=cu_seqlens is not None)
+    cu_q, cu_k = cu_seqlens if cu_seqlens is not None else (ins[4], ins[4])
+    window_args = (*window_args, *am_strides, bias_in, ins[4].shape[-1])
+    common = dict(HEAD_DIM=d, BLOCK_D=block_d(d), CAUSAL=causal, ROPE=rope is not None,
+                  EVEN_Q=even_q, TMA_OK=tma, **flags)
     qb, kb = bucket(nq), bucket(nk)
     shape_class = (qb, kb, d, causal, q.dtype, rope is not None, tma, *flags.values())
     cos, sin, n_pos, prefix = _rope_args(rope, q)
-    ins = (q, k, v, dout, lse, delta)
-    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3])
     tail = (nq, nk, qk_scale, scale, qb, kb, n_pos, prefix)
-    if (window is None and attn_mask is None
-            and (one_launch_bwd(d, causal) if one_launch is None else one_launch)):
+    packed = pack_stride != 0
+    if one:
         def grid(meta: dict) -> tuple[int]:
             return ((cdiv(nk, meta["BLOCK_N"]) * hkv
-                     + cdiv(nq, meta["BLOCK_N"]) * h) * b,)  # per K/V head, see the kernel
+                     + cdiv(nq, meta["BLOCK_N"]) * h) * batch,)  # per K/V head, see the kernel
 
-        launch(_bwd_kernel, grid, shape_class, *ins, *grad_args, cos, sin, am, *strides,
-               *dq.stride()[:3], *dk.stride()[:3], h, hkv, h // hkv, *tail, pack_stride,
-               *window_args, config=config, PACKED=packed is not None, **common)
-        return dq, dk, dv
+        launch(_bwd_kernel, grid, shape_class, *ins, *grad_args, cos, sin, am, cu_q, cu_k,
+               *strides, *grad_strides, h, hkv, h // hkv, *tail, pack_stride, *window_args,
+               config=config, PACKED=packed, **common)
+        return
     launch(
-        _dkdv_kernel, lambda meta: (cdiv(nk, meta["BLOCK_N"]) * b * hkv,), shape_class,
-        *ins, *grad_args[1:], cos, sin, am, *strides, *dk.stride()[:3], h, hkv, h // hkv, *tail,
-        pack_stride, *window_args, config=config, PACKED=packed is not None, **common,
+        _dkdv_kernel, lambda meta: (cdiv(nk, meta["BLOCK_N"]) * batch * hkv,), shape_class,
+        *ins, *grad_args[1:], cos, sin, am, cu_q, cu_k, *strides, *grad_strides[3:], h, hkv,
+        h // hkv, *tail, pack_stride, *window_args, config=config, PACKED=packed, **common,
     )
     launch(
-        _dq_kernel, lambda meta: (cdiv(nq, meta["BLOCK_M"]) * b * h,), shape_class,
-        *ins, grad_args[0], cos, sin, am, *strides, *dq.stride()[:3], h, h // hkv, *tail,
-        *window_args, config=config, **common,
+        _dq_kernel, lambda meta: (cdiv(nq, meta["BLOCK_M"]) * batch * h,), shape_class,
+        *ins, grad_args[0], cos, sin, am, cu_q, cu_k, *strides, *grad_strides[:3], h, h // hkv,
+        *tail, *window_args, config=config, **common,
     )
+
+
+def attention_bwd_varlen(
+    dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+    lse: torch.Tensor, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int, max_seqlen_k: int, causal: bool, scale: float,
+    window: tuple[int, int] | None = None, softcap: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward over packed sequences (``triton_impl.fwd.attention_fwd_varlen``'s forward):
+    dout, q, out (total_q, Hq, D), k, v (total_k, Hkv, D), last-dim stride 1, lse (Hq, total_q)
+    float32. Two passes with pointer loads. Returns contiguous dq like q, dk and dv like k."""
+    total_q, h, d = q.shape
+    hkv = k.shape[1]
+    lse = lse.contiguous()
+    delta = torch.empty((h, total_q), dtype=torch.float32, device=q.device)
+    o4, do4 = out.unsqueeze(0).transpose(1, 2), dout.unsqueeze(0).transpose(1, 2)
+    launch_jit(
+        _preprocess_kernel, (cdiv(total_q, PREPROCESS_BLOCK), h),
+        o4, do4, delta, *o4.stride()[:3], *do4.stride()[:3], h, total_q,
+        HEAD_DIM=d, BLOCK_D=block_d(d), BLOCK_M=PREPROCESS_BLOCK,
+    )
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    def rows(*tensors: torch.Tensor) -> tuple[int, ...]:  # (b, h, row): b is the sequence
+        return tuple(x for t in tensors for x in (0, t.stride(1), t.stride(0)))
+
+    _launch_passes((q, k, v, dout, lse, delta), (dq, dk, dv), 0, rows(q, k, v, dout),
+                   rows(dq, dk), cu_seqlens_q.numel() - 1, h, hkv, max_seqlen_q, max_seqlen_k,
+                   causal, scale, None, False, False, False, window, softcap, None, None,
+                   (cu_seqlens_q, cu_seqlens_k))
     return dq, dk, dv

@@ -29,6 +29,7 @@ from triton_impl._common import (
     query_tile,
     row_tiles,
     rows_tile,
+    sequence,
     window_keys,
 )
 from triton_impl._config import (
@@ -122,32 +123,44 @@ def _fwd_inner(
 
 
 @autotuned(FWD, "m")
-@triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET"])
+@triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET", "LEFT", "RIGHT", "TOTAL_Q"])
 def _fwd_kernel(
-    Q, K, V, Out, Lse, Mask,
+    Q, K, V, Out, Lse, Mask, CuQ, CuK,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_om,
     stride_mb, stride_mh, stride_mm, stride_mn,
-    H, GROUP, NQ, NK, qk_scale, Q_BUCKET, K_BUCKET, LEFT, RIGHT, cap_in, bias_in,
+    H, GROUP, NQ, NK, qk_scale, Q_BUCKET, K_BUCKET, LEFT, RIGHT, cap_in, bias_in, TOTAL_Q,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, TMA_OK: tl.constexpr,
     WINDOW: tl.constexpr, CAPPED: tl.constexpr, MASK: tl.constexpr, MASK_ROWS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr = False,
+    VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    TMA: tl.constexpr = False,
 ):
+    """One BLOCK_M query tile of one (batch entry, head). With VARLEN, batch entry b is packed
+    sequence b (rows CuQ[b]:CuQ[b + 1] of q, out and of each head's lse row of TOTAL_Q, keys
+    CuK[b]:CuK[b + 1]), NQ and NK are the longest lengths, and tiles past a sequence's end
+    exit at once."""
     tl.static_assert(TMA_OK or not TMA, "a TMA config for tensors a descriptor cannot describe")
     qk_scale = tl.cast(qk_scale, tl.float32)  # a float argument Inductor would pass as float64
     bh, b, h, hk, start_m = query_tile(tl.program_id(0), NQ, H, GROUP, BLOCK_M, CAUSAL)
+    q0, nq, k0, nk = sequence(b, NQ, NK, CuQ, CuK, VARLEN)
+    if VARLEN:
+        if start_m * BLOCK_M >= nq:
+            return
+        lse_row0 = h * TOTAL_Q + q0
+    else:
+        lse_row0 = bh.to(tl.int64) * NQ
 
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    q_tiles = row_tiles(Q + b * stride_qb + h * stride_qh, NQ, stride_qm,
+    q_tiles = row_tiles(Q + b * stride_qb + h * stride_qh + q0 * stride_qm, nq, stride_qm,
                         HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
-    q = rows_tile(q_tiles, start_m * BLOCK_M, NQ, stride_qm, offs_d, BLOCK_M, HEAD_DIM, BLOCK_D,
+    q = rows_tile(q_tiles, start_m * BLOCK_M, nq, stride_qm, offs_d, BLOCK_M, HEAD_DIM, BLOCK_D,
                   True, TMA)
-    k_tiles = row_tiles(K + b * stride_kb + hk * stride_kh, NK, stride_kn,
+    k_tiles = row_tiles(K + b * stride_kb + hk * stride_kh + k0 * stride_kn, nk, stride_kn,
                         HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
-    v_tiles = row_tiles(V + b * stride_vb + hk * stride_vh, NK, stride_vn,
+    v_tiles = row_tiles(V + b * stride_vb + hk * stride_vh + k0 * stride_vn, nk, stride_vn,
                         HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -156,41 +169,41 @@ def _fwd_kernel(
 
     mask_base = Mask + b * stride_mb + h * stride_mh
     if WINDOW:  # the band's masked edges around the tiles every row sees in full
-        lo, full_lo, full_hi, hi = window_keys(start_m, NK, LEFT, RIGHT, BLOCK_M, BLOCK_N)
+        lo, full_lo, full_hi, hi = window_keys(start_m, nk, LEFT, RIGHT, BLOCK_M, BLOCK_N)
         acc, l_i, m_i = _fwd_inner(
             acc, l_i, m_i, q, k_tiles, v_tiles, stride_kn, stride_vn, offs_m, offs_d, lo,
-            full_lo, NQ, NK, qk_scale, LEFT, RIGHT, cap_in, mask_base, stride_mm, stride_mn,
+            full_lo, nq, nk, qk_scale, LEFT, RIGHT, cap_in, mask_base, stride_mm, stride_mn,
             bias_in, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, True, TMA, WINDOW, CAPPED, MASK,
             MASK_ROWS,
         )
     else:
         full_lo = 0
-        full_hi, hi = key_ranges(start_m, NK, BLOCK_M, BLOCK_N, CAUSAL)
+        full_hi, hi = key_ranges(start_m, nk, BLOCK_M, BLOCK_N, CAUSAL)
     acc, l_i, m_i = _fwd_inner(
         acc, l_i, m_i, q, k_tiles, v_tiles, stride_kn, stride_vn, offs_m, offs_d, full_lo,
-        full_hi, NQ, NK, qk_scale, LEFT, RIGHT, cap_in, mask_base, stride_mm, stride_mn, bias_in,
+        full_hi, nq, nk, qk_scale, LEFT, RIGHT, cap_in, mask_base, stride_mm, stride_mn, bias_in,
         HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, False, TMA, WINDOW, CAPPED, MASK, MASK_ROWS,
     )
     acc, l_i, m_i = _fwd_inner(
         acc, l_i, m_i, q, k_tiles, v_tiles, stride_kn, stride_vn, offs_m, offs_d, full_hi, hi,
-        NQ, NK, qk_scale, LEFT, RIGHT, cap_in, mask_base, stride_mm, stride_mn, bias_in,
+        nq, nk, qk_scale, LEFT, RIGHT, cap_in, mask_base, stride_mm, stride_mn, bias_in,
         HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, True, TMA, WINDOW, CAPPED, MASK, MASK_ROWS,
     )
 
-    if WINDOW or MASK != 0:  # a row that saw no key: out 0, lse -inf
+    if WINDOW or MASK != 0 or VARLEN:  # a row that saw no key: out 0, lse -inf
         seen = l_i > 0
         l_i = tl.where(seen, l_i, 1.0)
         m_i = tl.where(seen, m_i, float("-inf"))
     out = (acc / l_i[:, None]).to(Out.dtype.element_ty)
-    o_base = Out + b * stride_ob + h * stride_oh
+    o_base = Out + b * stride_ob + h * stride_oh + q0 * stride_om
     if TMA:
-        o_tiles = row_tiles(o_base, NQ, stride_om, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
+        o_tiles = row_tiles(o_base, nq, stride_om, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
         o_tiles.store([start_m * BLOCK_M, 0], out)
     else:
         o_ptrs = o_base + offs_m[:, None] * stride_om + offs_d[None, :]
-        tl.store(o_ptrs, out, mask=(offs_m[:, None] < NQ) & (offs_d[None, :] < HEAD_DIM))
+        tl.store(o_ptrs, out, mask=(offs_m[:, None] < nq) & (offs_d[None, :] < HEAD_DIM))
     lse = (m_i + tl.log2(l_i)) * 0.6931471805599453
-    tl.store(Lse + bh.to(tl.int64) * NQ + offs_m, lse, mask=offs_m < NQ)
+    tl.store(Lse + lse_row0 + offs_m, lse, mask=offs_m < nq)
 
 
 # The Gluon kernel as ``launched_configs`` names it: 128 query rows by 128 keys, three warpgroups;
@@ -299,7 +312,7 @@ def attention_fwd(
     """
     b, h, nq, d = q.shape
     hkv, nk = k.shape[1], k.shape[2]
-    qb, kb = bucket(nq), bucket(nk)
+    qb = bucket(nq)
     masked = window is not None or softcap is not None or attn_mask is not None
     if gluon and (masked or not gluon_fwd.usable(q, k, v)):
         raise ValueError("gluon=True: the Gluon forward cannot take these inputs "
@@ -312,26 +325,65 @@ def attention_fwd(
         persistent = mode == "persistent"
         record_launch("fwd", GLUON_PERSISTENT_CONFIG if persistent else GLUON_CONFIG)
         return gluon_fwd.attention_fwd(q, k, v, causal, scale, persistent)
-    causal, mask_args, flags = _mask_args(causal, scale, window, softcap)
-    am, am_strides, bias_in, am_flags = attn_mask_args(attn_mask, q, nk, mask_args[0])
-    flags.update(am_flags)
     out_bnhd = torch.empty((b, nq, h, d), dtype=q.dtype, device=q.device)
     out = out_bnhd.transpose(1, 2)
     lse = torch.empty((b, h, nq), dtype=torch.float32, device=q.device)
-
-    def grid(meta: dict) -> tuple[int]:
-        return (cdiv(nq, meta["BLOCK_M"]) * b * h,)
-
     # Recorded for torch.compile, the kernel keeps to pointer loads: descriptor scratch memory
     # would have to come from Inductor's allocator.
     tma = not _traced.active() and tma_usable(q, k, v, out)
     if tma:  # the tuner may pick a TMA config, whose descriptors need scratch memory
         ensure_allocator()
+    _launch(q, k, v, out_bnhd, lse, q.stride()[:3], k.stride()[:3], v.stride()[:3],
+            out.stride()[:3], b, h, h // hkv, nq, nk, causal, scale, tma, window, softcap,
+            attn_mask, config)
+    return out, lse
+
+
+def _launch(q, k, v, out, lse, q_strides: tuple, k_strides: tuple, v_strides: tuple,
+            o_strides: tuple, batch: int, h: int, group: int, nq: int, nk: int, causal: bool,
+            scale: float, tma: bool, window, softcap, attn_mask, config,
+            cu_seqlens: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    """Launch ``_fwd_kernel`` over ``batch`` entries of ``h`` heads (``nq``, ``nk``: their
+    lengths, or with ``cu_seqlens`` the longest of the packed sequences), strides (b, h, row)."""
+    d = q.shape[-1]
+    causal, mask_args, flags = _mask_args(causal, scale, window, softcap)
+    am, am_strides, bias_in, am_flags = attn_mask_args(attn_mask, q, nk, mask_args[0])
+    flags.update(am_flags, VARLEN=cu_seqlens is not None)
+    cu_q, cu_k = cu_seqlens if cu_seqlens is not None else (lse, lse)
+    qb, kb = bucket(nq), bucket(nk)
+
+    def grid(meta: dict) -> tuple[int]:
+        return (cdiv(nq, meta["BLOCK_M"]) * batch * h,)
+
     launch(
         _fwd_kernel, grid, (qb, kb, d, causal, q.dtype, tma, *flags.values()),
-        q, k, v, out_bnhd, lse, am,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *am_strides,
-        h, h // hkv, nq, nk, mask_args[0], qb, kb, *mask_args[1:], bias_in,
-        HEAD_DIM=d, BLOCK_D=block_d(d), CAUSAL=causal, TMA_OK=tma, **flags, config=config,
+        q, k, v, out, lse, am, cu_q, cu_k, *q_strides, *k_strides, *v_strides, *o_strides,
+        *am_strides, h, group, nq, nk, mask_args[0], qb, kb, *mask_args[1:], bias_in,
+        lse.shape[-1], HEAD_DIM=d, BLOCK_D=block_d(d), CAUSAL=causal, TMA_OK=tma, **flags,
+        config=config,
     )
+
+
+def attention_fwd_varlen(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool,
+    scale: float, window: tuple[int, int] | None = None, softcap: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward over packed sequences (FlashAttention's varlen layout, ``reference.varlen``):
+    q (total_q, Hq, D), k, v (total_k, Hkv, D), last-dim stride 1; cu_seqlens_q / _k int32
+    (batch + 1,) on q's device; max_seqlen_q / _k at least the longest sequence. causal,
+    window, softcap top-left aligned per sequence. Pointer loads (no TMA), the Triton kernel.
+
+    Returns out (total_q, Hq, D) contiguous in q's dtype, lse (Hq, total_q) float32."""
+    total_q, h, _ = q.shape
+    hkv = k.shape[1]
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty((h, total_q), dtype=torch.float32, device=q.device)
+
+    def strides(t: torch.Tensor) -> tuple[int, int, int]:  # (b, h, row): b is the sequence
+        return 0, t.stride(1), t.stride(0)
+
+    _launch(q, k, v, out, lse, strides(q), strides(k), strides(v), strides(out),
+            cu_seqlens_q.numel() - 1, h, h // hkv, max_seqlen_q, max_seqlen_k, causal, scale,
+            False, window, softcap, None, None, (cu_seqlens_q, cu_seqlens_k))
     return out, lse
