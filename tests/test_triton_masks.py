@@ -130,3 +130,19 @@ def test_attention_masks_follow_the_reference(shape: tuple, dtype: torch.dtype) 
     if empty.any():
         assert (got[0][empty] == 0).all() and (got[1][empty] == float("-inf")).all()
         assert (got[2][empty] == 0).all()
+
+
+def test_masked_triton_ops_pass_opcheck() -> None:
+    """``flashduo::fwd`` / ``bwd`` with every masking argument on the triton backend pass
+    torch.library.opcheck (schema, fake tensors, autograd registration)."""
+    case = Case(1, 2, 2, 24, 24, 16, torch.float16, True)
+    skip_if_unrunnable("triton", case)
+    q, k, v, _ = case_inputs(case)
+    masks = (_attn_mask("rows", 1, 2, 24, 24, q.device.type), [3, 1], 2.0)
+    args = (q, k, v, True, 0.3, "triton", None, None, 0, True, *masks)
+    out, lse, *_ = torch.ops.flashduo.fwd(*args)
+    torch.library.opcheck(torch.ops.flashduo.fwd.default, args)
+    saved = [t.detach() for t in (q, k, v, out, lse)]
+    torch.library.opcheck(torch.ops.flashduo.bwd.default,
+                          (torch.randn_like(out), *saved, True, 0.3, "triton", None, None, 0,
+                           True, False, *masks))
