@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from flashduo.bench.driver import SUITE_NAMES
+from flashduo.bench.driver import OPTIONAL_SUITES, SUITE_NAMES
 from flashduo.bench.providers import PROVIDERS
 from flashduo.bench.timing import FULL_BUDGET
 
@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--suite",
         action="append",
         metavar="NAME[,NAME]",
-        help=f"suites to run; repeat or comma-separate (default: {','.join(SUITE_NAMES)})",
+        help=f"suites to run; repeat or comma-separate (default: {','.join(SUITE_NAMES)}; also "
+             f"{','.join(OPTIONAL_SUITES)}: windows, packed sequences, key padding, softcap)",
     )
     bench.add_argument("--quick", action="store_true",
                        help="small subset of every suite (D=64, no torch-flex, Triton autotuning "

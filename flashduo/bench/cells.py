@@ -27,6 +27,7 @@ from flashduo.bench.records import (
     Row,
     attention_flops,
     dtype_name,
+    pair_flops,
     tflops,
 )
 from flashduo.bench.timing import (
@@ -66,7 +67,9 @@ class Context:
 
 @dataclass(frozen=True)
 class Shape:
-    """One benchmark shape: q, k, v (b, h, n, d) of ``dtype``, timed in ``modes``."""
+    """One benchmark shape: q, k, v (b, h, n, d) of ``dtype``, timed in ``modes``; ``pairs``:
+    the (query, key) pairs that take part, summed over batch and heads, where masks leave some
+    out (the masks suite counts FLOPs on them), else None."""
 
     tag: str
     b: int
@@ -76,6 +79,7 @@ class Shape:
     causal: bool
     dtype: torch.dtype
     modes: tuple[str, ...]
+    pairs: float | None = None
 
     def where(self) -> str:
         return (f"{self.tag} {dtype_name(self.dtype)} B={self.b} H={self.h} N={self.n} D={self.d}"
@@ -84,7 +88,11 @@ class Shape:
     def row(self, impl: str, mode: str, ctx: Context, ms: float = math.nan, status: str = OK,
             note: str = "", mem_mb: float = math.nan) -> Row:
         """The Row of ``impl`` in ``mode`` at this shape (TFLOPS from ms by the FLOP convention)."""
-        tf = tflops(ms, attention_flops(self.b, self.h, self.n, self.n, self.d, self.causal, mode))
+        if self.pairs is None:
+            flops = attention_flops(self.b, self.h, self.n, self.n, self.d, self.causal, mode)
+        else:
+            flops = pair_flops(self.pairs, self.d, mode)
+        tf = tflops(ms, flops)
         return Row(self.tag, impl, self.d, self.causal, mode, self.n, self.b, self.h, ms, tf,
                    dtype_name(self.dtype), status, mem_mb, note=note, env=ctx.env)
 

@@ -17,6 +17,7 @@ import torch
 
 from flashduo.bench import files, plots, report, summary
 from flashduo.bench.cells import Context
+from flashduo.bench.masks import masks_count, run_masks
 from flashduo.bench.progress import Progress
 from flashduo.bench.providers import (
     PROVIDERS,
@@ -39,7 +40,10 @@ from flashduo.bench.timing import (
 )
 from flashduo.registry import registered_backends
 
-SUITE_NAMES = ("sweep", "vit", "scaling", "tiles")
+SUITE_NAMES = ("sweep", "vit", "scaling", "tiles")  # the default run
+OPTIONAL_SUITES = ("masks",)  # run only when named
+KNOWN_SUITES = SUITE_NAMES + OPTIONAL_SUITES
+RUNNERS = {**SUITES, "masks": (run_masks, masks_count)}
 CPU_SIZES = {"tokens": 512, "hidden": 256, "head_dims": (64,), "seqlens": (64, 128)}
 
 
@@ -49,9 +53,9 @@ def check_names(providers: Sequence[str], suites: Sequence[str]) -> None:
     if unknown:
         known = dict.fromkeys([*PROVIDERS, *registered_backends()])
         raise ValueError(f"unknown provider(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    bad = [s for s in suites if s not in SUITE_NAMES]
+    bad = [s for s in suites if s not in KNOWN_SUITES]
     if bad:
-        raise ValueError(f"unknown suite(s) {', '.join(bad)}; known: {', '.join(SUITE_NAMES)}")
+        raise ValueError(f"unknown suite(s) {', '.join(bad)}; known: {', '.join(KNOWN_SUITES)}")
 
 
 def _unavailable(providers: Sequence[str], device: str) -> dict[str, str]:
@@ -119,6 +123,9 @@ def _sections(rows: list, backends: list[str]) -> list[tuple[str, str, str | Non
         ("scaling", "Scaling", lambda: report.format_scaling_table(rows, backends), "scaling"),
         ("tiles", "Tiles", lambda: report.format_tiles_table(rows), "tiles"),
     ]
+    if any(t.startswith("masks-") for t in tags):
+        every.append((next(t for t in tags if t.startswith("masks-")), "Masks and packed sequences",
+                      lambda: report.format_masks_table(rows, backends), None))
     out = [(title, table(), prefix) for tag, title, table, prefix in every if tag in tags]
     if any(r.config and r.tag != "tiles" for r in rows):
         out.append(("Tuned tiles", report.format_tuned_tiles_table(rows), None))
@@ -161,7 +168,7 @@ def run_benchmark(
     print(header_line(env), flush=True)
     plan = make_plan(providers, device, quick, full, head_dims, seqlens, dtypes,
                      materializing_everywhere)
-    total = sum(SUITES[s][1](plan) for s in suites if s in SUITES)
+    total = sum(RUNNERS[s][1](plan) for s in suites if s in RUNNERS)
     total += tiles_count(quick) if "tiles" in suites else 0
     ctx = Context(device, env, Progress(total), budget)
     aborted = None
@@ -174,7 +181,7 @@ def run_benchmark(
                 if tiles_why:
                     ctx.progress.write(f"SKIP suite tiles: {tiles_why}")
             else:
-                SUITES[name][0](plan, ctx)
+                RUNNERS[name][0](plan, ctx)
             suite_s[name] = time.time() - start
     except CudaContextLost as exc:
         aborted = f"ABORTED, the CUDA context is lost after {exc}; the tables hold what ran before"

@@ -19,6 +19,9 @@ import flashduo
 MODES = ("fwd", "fwdbwd")  # the ViT and scaling suites; the sweep adds "bwd"
 SWEEP_MODES = ("fwd", "bwd", "fwdbwd")
 FLEX = "torch-flex"
+SDPA_MASK = "sdpa-mask"  # masks suite: SDPA with the same attn_mask
+SDPA_PADDED = "sdpa-padded"  # masks suite: SDPA on the padded batch, key-padding mask
+DENSE = "dense"  # masks suite: "<backend>-dense", the backend without the window at that N
 NAIVE = "naive"
 MATERIALIZING = ("triton-unfused", "torch-math", NAIVE)  # keep N x N scores in memory
 NOROPE = "torch-cudnn-norope"  # the ViT-with-RoPE rows' cuDNN SDPA without the rotation
@@ -93,6 +96,14 @@ def attention_flops(
         raise ValueError(f"mode must be one of {sorted(_MODE_FACTOR)}, got {mode!r}")
     flops = 4.0 * b * h * nq * nk * d * _MODE_FACTOR[mode]
     return flops / 2 if causal else flops
+
+
+def pair_flops(pairs: float, d: int, mode: str = "fwd") -> float:
+    """FLOPs of one call on the (query, key) pairs that take part (summed over batch and heads):
+    4·pairs·D, x1 fwd, x2.5 bwd, x3.5 both (``attention_flops`` with the masks' pairs)."""
+    if mode not in _MODE_FACTOR:
+        raise ValueError(f"mode must be one of {sorted(_MODE_FACTOR)}, got {mode!r}")
+    return 4.0 * pairs * d * _MODE_FACTOR[mode]
 
 
 def tflops(ms: float, flops: float) -> float:

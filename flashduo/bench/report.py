@@ -17,7 +17,16 @@ import math
 from collections.abc import Callable, Hashable, Iterable, Sequence
 
 from flashduo.bench.facts import FASTEST_BASELINE, fastest, speed_ratio
-from flashduo.bench.records import FLEX, OK, SKIP, Row, sweep_unit
+from flashduo.bench.records import (
+    DENSE,
+    FLEX,
+    OK,
+    SDPA_MASK,
+    SDPA_PADDED,
+    SKIP,
+    Row,
+    sweep_unit,
+)
 
 BASELINES = ("torch-flash", "torch-cudnn", FLEX)  # FA2 (SDPA flash), cuDNN, FlexAttention
 FASTEST = "fastest"  # the label of each configuration's fastest-provider row
@@ -145,6 +154,23 @@ def format_host_bound_table(rows: Sequence[Row], backends: Sequence[str]) -> str
     return _titled(f"Sweep cells whose host time of one call (µs, median of calls issued without "
                    f"synchronizing) is at least {HOST_BOUND_SHARE:.0%} of the time measured above: "
                    "their readings may be host time, and their ratios with them", table, "")
+
+
+def format_masks_table(rows: Sequence[Row], backends: Sequence[str]) -> str:
+    """Markdown table of the masks suite: per case and N, each provider's TFLOPS on the pairs
+    that take part (ms per call where they would read 0.0) in each mode, the ratio rows against
+    FlexAttention, SDPA (with the mask, on the padded batch) and the backend's dense attention."""
+    masks = [r for r in rows if r.tag.startswith("masks-")]
+    unit = sweep_unit(masks)
+    modes = list(dict.fromkeys(r.mode for r in masks))
+    present = {r.impl for r in masks}
+    baselines = [b for b in (FLEX, SDPA_MASK, SDPA_PADDED, *(f"{be}-{DENSE}" for be in backends))
+                 if b in present]
+    body = blocks(masks, lambda r: (r.tag.removeprefix("masks-"), str(r.N)), lambda r: r.mode,
+                  modes, unit, unit, backends, baselines)
+    table = md_table(["case", "N", "impl", *(f"{m} {UNITS[unit]}" for m in modes)], body, 3)
+    return _titled(f"{UNITS[unit]} per mode, FLOPs counted on the (query, key) pairs that take "
+                   "part", table, "(no masks results)")
 
 
 def _ms_table(rows: Sequence[Row], backends: Sequence[str], baselines: Sequence[str]) -> list[str]:
