@@ -70,11 +70,11 @@ def _triton_fwd_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, window=
 
 
 def _triton_bwd_varlen(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, causal, scale,
-                       window=None, softcap=None):
+                       window=None, softcap=None, rope=None):
     from triton_impl.bwd import attention_bwd_varlen
 
     return attention_bwd_varlen(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, causal,
-                                scale, window=window, softcap=softcap)
+                                scale, window=window, softcap=softcap, rope=rope)
 
 
 def _triton_rotate(q, k, rope):

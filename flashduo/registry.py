@@ -50,7 +50,11 @@ class Backend:
     scale, **masks) -> (out, lse)`` and ``bwd_varlen(dout, q, k, v, out, lse, cu_seqlens_q,
     cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, **masks) -> (dq, dk, dv)``, where a
     backend has them, run packed sequences (``flashduo.attention_varlen``): q (total_q, Hq, D),
-    k, v (total_k, Hkv, D), out like q, lse (Hq, total_q) float32 (``reference.varlen``).
+    k, v (total_k, Hkv, D), out like q, lse (Hq, total_q) float32 (``reference.varlen``). With
+    per-image RoPE the op layer rotates packed q, k (by ``rotate`` on their (1, H, total, D)
+    views where the backend has one) and, where the backend ``unrotates_grads``, hands
+    ``bwd_varlen`` ``rope=(cos, sin)``, per-token float32 (total, D / 2) tables, to turn dq, dk
+    back itself.
     ``masks`` names the masking arguments of ``MASKS`` the backend takes; a call that has one
     hands it to both ``fwd`` and ``bwd`` as a keyword (``attn_mask=`` a bool or float tensor
     broadcastable to (B, Hq, Nq, Nk), ``window=(left, right)``, ``softcap=`` a float; semantics

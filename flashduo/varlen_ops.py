@@ -6,8 +6,9 @@ q is (total_q, Hq, D), k and v (total_k, Hkv, D); sequence i holds rows
 ``cu_seqlens_q[i] : cu_seqlens_q[i + 1]`` of q and ``cu_seqlens_k[i] : cu_seqlens_k[i + 1]`` of k
 and v (``reference.varlen``). With RoPE tables (a ``CosSinTable.for_grids`` table's float32
 (total, D / 2) rows, prefix rows the identity) the op layer rotates q and k before the backend and
-saves the rotated tensors for the backward, which turns dq, dk back (no backend fuses the rotation
-of packed sequences yet).
+saves the rotated tensors for the backward, which turns dq, dk back: with the backend's
+``rotate`` and, where it ``unrotates_grads``, inside its backward (``bwd_varlen``'s ``rope=``),
+else with PyTorch ops.
 """
 
 from __future__ import annotations
@@ -47,6 +48,17 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     return turned.transpose(0, 1).contiguous()
 
 
+def _rotate_qk(impl: registry.Backend, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
+               sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed q, k (total, H, D) turned by the per-token tables: by the backend's ``rotate`` on
+    their (1, H, total, D) views where it has one (no prefix: the tables' prefix rows are the
+    identity), else with PyTorch ops."""
+    if impl.rotate is None:
+        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+    qr, kr = impl.rotate(_dense_view(q), _dense_view(k), (cos, sin, 0))
+    return qr[0].transpose(0, 1), kr[0].transpose(0, 1)
+
+
 def _fwd_varlen_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
     cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool, scale: float,
@@ -60,7 +72,7 @@ def _fwd_varlen_impl(
     impl.check(_dense_view(q), _dense_view(k), _dense_view(v), causal, frozenset(masks), True)
     qr, kr = q.new_empty(0), k.new_empty(0)
     if rope_cos is not None:
-        qr, kr = _rotate(q, rope_cos, rope_sin), _rotate(k, rope_cos, rope_sin)
+        qr, kr = _rotate_qk(impl, q, k, rope_cos, rope_sin)
         q, k = qr, kr
     if q.numel() == 0 or k.shape[0] == 0:
         out = torch.zeros_like(q)
@@ -84,11 +96,14 @@ def _bwd_varlen_impl(
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     impl = registry.get_backend(backend)
     if rope_cos is not None and not rotated:
-        q, k = _rotate(q, rope_cos, rope_sin), _rotate(k, rope_cos, rope_sin)
+        q, k = _rotate_qk(impl, q, k, rope_cos, rope_sin)
+    masks = _masks(None, window, softcap)
+    turns = rope_cos is not None and impl.unrotates_grads  # the backend turns dq, dk back
+    if turns:
+        masks["rope"] = (rope_cos, rope_sin)
     dq, dk, dv = impl.bwd_varlen(dout.contiguous(), q, k, v, out, lse, cu_seqlens_q,
-                                 cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
-                                 **_masks(None, window, softcap))
-    if rope_cos is not None:
+                                 cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, **masks)
+    if rope_cos is not None and not turns:
         dq = _rotate(dq, rope_cos, rope_sin, inverse=True)
         dk = _rotate(dk, rope_cos, rope_sin, inverse=True)
     return dq.contiguous(), dk.contiguous(), dv.contiguous()

@@ -100,18 +100,23 @@ def test_packed_sequences_follow_the_reference(shape: tuple, dtype: torch.dtype)
 
 def test_per_image_rope_through_the_kernels() -> None:
     """Packed images with per-image RoPE grids (``CosSinTable.for_grids``) through the triton
-    kernels equal each image through the reference backend with its own table."""
+    kernels (q, k turned by its rotation kernel, dq, dk turned back inside its backward) equal
+    the float64 reference backend, forward and gradients."""
     dtype = torch.float16
     skip_if_unrunnable("triton", Case(1, 2, 2, 17, 17, 32, dtype, False))
-    grids = [(2, 3), (4, 4), (1, 5)]
+    grids = [(2, 3), (4, 4), (1, 5), (9, 8)]
     lens = [1 + h * w for h, w in grids]
     gen = torch.Generator(device=DEVICE).manual_seed(1)
-    q, k, v = (torch.randn(sum(lens), 2, 32, generator=gen, device=DEVICE).to(dtype)
-               for _ in range(3))
+    q, k, v, dout = (torch.randn(sum(lens), 2, 32, generator=gen, device=DEVICE).to(dtype)
+                     for _ in range(4))
     table = flashduo.CosSinTable.for_grids(grids, base=10.0, D=32, num_prefix_tokens=1,
                                            device=DEVICE)
-    got = flashduo.attention_varlen(q, k, v, _cu(lens), _cu(lens), max(lens), max(lens),
-                                    backend="triton", rope=table)
-    want = flashduo.attention_varlen(q.double(), k.double(), v.double(), _cu(lens), _cu(lens),
-                                     max(lens), max(lens), backend="reference", rope=table)
-    torch.testing.assert_close(got.double(), want, atol=2e-3, rtol=0)
+    results = []
+    for backend, x in (("triton", (q, k, v)), ("reference", (q.double(), k.double(), v.double()))):
+        x = [t.clone().requires_grad_() for t in x]
+        out = flashduo.attention_varlen(*x, _cu(lens), _cu(lens), max(lens), max(lens), True,
+                                        backend=backend, rope=table)
+        results.append((out, *torch.autograd.grad(out, x, dout.to(out.dtype))))
+    for name, got, want in zip(("out", "dq", "dk", "dv"), *results, strict=True):
+        torch.testing.assert_close(got.double(), want, atol=3e-3 * want.abs().max().item(),
+                                   rtol=0, msg=name)

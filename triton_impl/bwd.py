@@ -270,7 +270,8 @@ def _dkdv_program(
                + offs_d[None, :])
     ok = (offs_n[:, None] < nk) & (offs_d[None, :] < HEAD_DIM)
     if ROPE:  # dK was taken against the rotated keys: turn it back to the unrotated ones
-        dk = rope_tile(dk, offs_n, Cos, Sin, N_POS, PREFIX, BLOCK_N, HEAD_DIM // 2, BLOCK_D, True)
+        dk = rope_tile(dk, k0 + offs_n, Cos, Sin, N_POS, PREFIX, BLOCK_N, HEAD_DIM // 2, BLOCK_D,
+                       True)
     tl.store(DK + out_off, (dk * scale).to(DK.dtype.element_ty), mask=ok)
     tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=ok)
 
@@ -416,7 +417,8 @@ def _dq_program(
     dq = tl.where(_one_key_rows(offs_m, nk, CAUSAL, WINDOW, LEFT, RIGHT)[:, None], 0.0, dq)
 
     if ROPE:  # dQ was taken against the rotated queries: turn it back to the unrotated ones
-        dq = rope_tile(dq, offs_m, Cos, Sin, N_POS, PREFIX, BLOCK_M, HEAD_DIM // 2, BLOCK_D, True)
+        dq = rope_tile(dq, q0 + offs_m, Cos, Sin, N_POS, PREFIX, BLOCK_M, HEAD_DIM // 2, BLOCK_D,
+                       True)
     out_off = (b * stride_gb + h * stride_gh + q0 * stride_gm + offs_m[:, None] * stride_gm
                + offs_d[None, :])
     tl.store(DQ + out_off, (dq * scale).to(DQ.dtype.element_ty),
@@ -647,10 +649,13 @@ def attention_bwd_varlen(
     lse: torch.Tensor, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
     max_seqlen_q: int, max_seqlen_k: int, causal: bool, scale: float,
     window: tuple[int, int] | None = None, softcap: float | None = None,
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The backward over packed sequences (``triton_impl.fwd.attention_fwd_varlen``'s forward):
     dout, q, out (total_q, Hq, D), k, v (total_k, Hkv, D), last-dim stride 1, lse (Hq, total_q)
-    float32. Two passes with pointer loads. Returns contiguous dq like q, dk and dv like k."""
+    float32. Two passes with pointer loads. ``rope``: per-token float32 (total, D / 2) cos / sin
+    tables (``CosSinTable.for_grids``) that q and k were rotated by (self-attention): dq and dk
+    come back turned to the unrotated inputs. Returns contiguous dq like q, dk and dv like k."""
     total_q, h, d = q.shape
     hkv = k.shape[1]
     lse = lse.contiguous()
@@ -661,13 +666,13 @@ def attention_bwd_varlen(
         o4, do4, delta, *o4.stride()[:3], *do4.stride()[:3], h, total_q,
         HEAD_DIM=d, BLOCK_D=block_d(d), BLOCK_M=PREPROCESS_BLOCK,
     )
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
 
     def rows(*tensors: torch.Tensor) -> tuple[int, ...]:  # (b, h, row): b is the sequence
         return tuple(x for t in tensors for x in (0, t.stride(1), t.stride(0)))
 
     _launch_passes((q, k, v, dout, lse, delta), (dq, dk, dv), 0, rows(q, k, v, dout),
                    rows(dq, dk), cu_seqlens_q.numel() - 1, h, hkv, max_seqlen_q, max_seqlen_k,
-                   causal, scale, None, False, False, False, window, softcap, None, None,
-                   (cu_seqlens_q, cu_seqlens_k))
+                   causal, scale, None if rope is None else (*rope, 0), False, False, False,
+                   window, softcap, None, None, (cu_seqlens_q, cu_seqlens_k))
     return dq, dk, dv
