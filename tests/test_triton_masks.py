@@ -32,6 +32,7 @@ SMALL = [
     (1, 2, 2, 45, 45, 32, False, {"softcap": 2.0}),
     (1, 2, 2, 45, 61, 32, True, {"softcap": 1.5}),
     (2, 2, 2, 80, 80, 64, True, {"window": (20, 4), "softcap": 3.0}),
+    (1, 2, 1, 50, 50, 80, False, {"window": (6, 6), "softcap": 4.0}),  # padded head dim
 ]
 LARGE = [
     (2, 8, 2, 1024, 1024, 64, False, {"window": (128, 0)}),
@@ -46,6 +47,7 @@ MASKED = [
     (1, 4, 2, 33, 33, 32, True, "rows"),  # (B, Hq, Nq, Nk) bool with rows left without a key
     (2, 2, 1, 50, 50, 16, False, "additive"),  # (Hq, Nq, Nk) float, -inf entries
     (1, 2, 2, 70, 70, 32, True, "additive-keys"),  # (Nk,) float
+    (1, 2, 2, 40, 40, 96, False, "rows"),  # padded head dim
 ]
 MASKED_LARGE = [
     (4, 8, 8, 1024, 1024, 64, False, "key-padding"),
