@@ -351,7 +351,7 @@ def _dq_inner(
 
 @triton.jit
 def _dq_program(
-    pid, Q, K, V, DO, Lse, Delta, DQ, Cos, Sin, CuQ, CuK,
+    pid, Q, K, V, DO, Lse, Delta, DQ, Cos, Sin, CuQ, CuK, O, stride_ob, stride_oh, stride_om,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -362,10 +362,13 @@ def _dq_program(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr, WINDOW: tl.constexpr,
     CAPPED: tl.constexpr, MASK: tl.constexpr, MASK_ROWS: tl.constexpr, VARLEN: tl.constexpr,
+    DELTA: tl.constexpr,
 ):
     """dQ of query tile ``pid`` (see ``query_tile``): BLOCK_M query rows resident, BLOCK_N keys
     per step (through descriptors with TMA); with VARLEN, of packed sequence b (see
-    ``triton_impl.fwd._fwd_kernel``)."""
+    ``triton_impl.fwd._fwd_kernel``). DELTA: the tile's delta rows are made here from O (at
+    (b, h, row) strides stride_o*) and stored for the dK/dV pass that runs after this one;
+    otherwise they are read."""
     qk_scale = tl.cast(qk_scale, tl.float32)  # float arguments Inductor would pass as float64
     scale = tl.cast(scale, tl.float32)
     bh, b, h, hk, start_m = query_tile(pid, NQ, H, GROUP, BLOCK_M, CAUSAL)
@@ -387,7 +390,13 @@ def _dq_program(
                    HEAD_DIM, BLOCK_D, True)
     row_ok = offs_m < nq
     lse2 = tl.load(Lse + row0 + offs_m, mask=row_ok, other=0.0) * _LOG2E
-    delta = tl.load(Delta + row0 + offs_m, mask=row_ok, other=0.0)
+    if DELTA:
+        o = load_tile(O + b * stride_ob + h * stride_oh + (q0 + offs_m[:, None]) * stride_om
+                      + offs_d[None, :], offs_m, nq, offs_d, HEAD_DIM, BLOCK_D, True)
+        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+        tl.store(Delta + row0 + offs_m, delta, mask=row_ok)
+    else:
+        delta = tl.load(Delta + row0 + offs_m, mask=row_ok, other=0.0)
     k_tiles = row_tiles(K + b * stride_kb + hk * stride_kh + k0 * stride_kn, nk, stride_kn,
                         HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
     v_tiles = row_tiles(V + b * stride_vb + hk * stride_vh + k0 * stride_vn, nk, stride_vn,
@@ -428,7 +437,7 @@ def _dq_program(
 @autotuned(BWD_DQ, "m")
 @triton.jit(do_not_specialize=["NQ", "NK", "Q_BUCKET", "K_BUCKET", "N_POS", "PREFIX"])
 def _dq_kernel(
-    Q, K, V, DO, Lse, Delta, DQ, Cos, Sin, Mask, CuQ, CuK,
+    Q, K, V, DO, Lse, Delta, DQ, Cos, Sin, Mask, CuQ, CuK, O, stride_ob, stride_oh, stride_om,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -443,14 +452,15 @@ def _dq_kernel(
 ):
     tl.static_assert(TMA_OK or not TMA, "a TMA config for tensors a descriptor cannot describe")
     _dq_program(
-        tl.program_id(0), Q, K, V, DO, Lse, Delta, DQ, Cos, Sin, CuQ, CuK,
+        tl.program_id(0), Q, K, V, DO, Lse, Delta, DQ, Cos, Sin, CuQ, CuK, O, stride_ob,
+        stride_oh, stride_om,
         stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
         stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
         stride_gb, stride_gh, stride_gm,
         H, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX, LEFT, RIGHT, cap_in,
         Mask, stride_mb, stride_mh, stride_mm, stride_mn, bias_in, TOTAL_Q,
         HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_M, BLOCK_N, TMA, WINDOW, CAPPED, MASK, MASK_ROWS,
-        VARLEN,
+        VARLEN, True,
     )
 
 
@@ -501,14 +511,14 @@ def _bwd_kernel(
     else:
         _dq_program(
             head * (per_head - num_n) + local - num_n, Q, K, V, DO, Lse, Delta, DQ, Cos, Sin, CuQ,
-            CuK,
+            CuK, Delta, 0, 0, 0,
             stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
             stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
             stride_gqb, stride_gqh, stride_gqm,
             H, GROUP, NQ, NK, qk_scale, scale, N_POS, PREFIX, LEFT, RIGHT, cap_in,
             Mask, stride_mb, stride_mh, stride_mm, stride_mn, bias_in, TOTAL_Q,
             HEAD_DIM, BLOCK_D, CAUSAL, ROPE, BLOCK_N, BLOCK_M, TMA, WINDOW, CAPPED, MASK,
-            MASK_ROWS, VARLEN,
+            MASK_ROWS, VARLEN, False,
         )
 
 
@@ -570,14 +580,8 @@ def attention_bwd(
     """
     b, h, nq, d = q.shape
     hkv, nk = k.shape[1], k.shape[2]
-    bd = block_d(d)
     lse = lse.contiguous()
     delta = torch.empty((b, h, nq), dtype=torch.float32, device=q.device)
-    launch_jit(
-        _preprocess_kernel, (cdiv(nq, PREPROCESS_BLOCK), b * h),
-        out, dout, delta, *out.stride()[:3], *dout.stride()[:3], h, nq,
-        HEAD_DIM=d, BLOCK_D=bd, BLOCK_M=PREPROCESS_BLOCK,
-    )
     if packed is None:
         dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
@@ -594,21 +598,25 @@ def attention_bwd(
     one = (window is None and attn_mask is None
            and (one_launch_bwd(d, causal) if one_launch is None else one_launch))
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3])
-    _launch_passes((q, k, v, dout, lse, delta), grad_args, pack_stride, strides,
+    _launch_passes((q, k, v, dout, lse, delta), (out, *out.stride()[:3]), grad_args,
+                   pack_stride, strides,
                    (*dq.stride()[:3], *dk.stride()[:3]), b, h, hkv, nq, nk, causal, scale, rope,
                    tma, nq % EVEN_ROWS == 0, one, window, softcap, attn_mask, config)
     return dq, dk, dv
 
 
-def _launch_passes(ins: tuple, grad_args: tuple, pack_stride: int, strides: tuple,
-                   grad_strides: tuple, batch: int, h: int, hkv: int, nq: int, nk: int,
+def _launch_passes(ins: tuple, out_rows: tuple, grad_args: tuple, pack_stride: int,
+                   strides: tuple, grad_strides: tuple, batch: int, h: int, hkv: int, nq: int, nk: int,
                    causal: bool, scale: float, rope, tma: bool, even_q: bool, one: bool, window,
                    softcap, attn_mask, config,
                    cu_seqlens: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-    """Launch the dK/dV and dQ passes (``one``: as one kernel) over ``batch`` entries: ``ins``
-    (q, k, v, dout, lse, delta), the gradients to write (``grad_args``: dq, dk, dv, or the
-    packed tensor three times), (b, h, row) strides of q, k, v, dout and of dq, dk; ``nq``,
-    ``nk`` the lengths (with ``cu_seqlens`` the longest packed sequences)."""
+    """Launch the dK/dV and dQ passes over ``batch`` entries: ``ins`` (q, k, v, dout, lse, and
+    delta to fill), ``out_rows`` (out and its (b, h, row) strides), the gradients to write
+    (``grad_args``: dq, dk, dv, or the packed tensor three times), (b, h, row) strides of q, k,
+    v, dout and of dq, dk; ``nq``, ``nk`` the lengths (with ``cu_seqlens`` the longest packed
+    sequences). ``one``: the preprocess kernel makes delta, then one kernel runs both passes;
+    otherwise the dQ pass makes delta as it goes and the dK/dV pass follows it (one launch
+    fewer, and no separate read of dout)."""
     q = ins[0]
     d = q.shape[-1]
     causal, (qk_scale, *window_args), flags = _mask_args(causal, scale, window, softcap)
@@ -624,6 +632,11 @@ def _launch_passes(ins: tuple, grad_args: tuple, pack_stride: int, strides: tupl
     tail = (nq, nk, qk_scale, scale, qb, kb, n_pos, prefix)
     packed = pack_stride != 0
     if one:
+        out, *out_strides = out_rows
+        launch_jit(_preprocess_kernel, (cdiv(nq, PREPROCESS_BLOCK), batch * h), out, ins[3],
+                   ins[5], *out_strides, *strides[9:12], h, nq, HEAD_DIM=d, BLOCK_D=block_d(d),
+                   BLOCK_M=PREPROCESS_BLOCK)
+
         def grid(meta: dict) -> tuple[int]:
             return ((cdiv(nk, meta["BLOCK_N"]) * hkv
                      + cdiv(nq, meta["BLOCK_N"]) * h) * batch,)  # per K/V head, see the kernel
@@ -633,14 +646,14 @@ def _launch_passes(ins: tuple, grad_args: tuple, pack_stride: int, strides: tupl
                config=config, PACKED=packed, **common)
         return
     launch(
+        _dq_kernel, lambda meta: (cdiv(nq, meta["BLOCK_M"]) * batch * h,), shape_class,
+        *ins, grad_args[0], cos, sin, am, cu_q, cu_k, *out_rows, *strides, *grad_strides[:3], h,
+        h // hkv, *tail, *window_args, config=config, **common,
+    )
+    launch(
         _dkdv_kernel, lambda meta: (cdiv(nk, meta["BLOCK_N"]) * batch * hkv,), shape_class,
         *ins, *grad_args[1:], cos, sin, am, cu_q, cu_k, *strides, *grad_strides[3:], h, hkv,
         h // hkv, *tail, pack_stride, *window_args, config=config, PACKED=packed, **common,
-    )
-    launch(
-        _dq_kernel, lambda meta: (cdiv(nq, meta["BLOCK_M"]) * batch * h,), shape_class,
-        *ins, grad_args[0], cos, sin, am, cu_q, cu_k, *strides, *grad_strides[:3], h, h // hkv,
-        *tail, *window_args, config=config, **common,
     )
 
 
@@ -660,18 +673,13 @@ def attention_bwd_varlen(
     hkv = k.shape[1]
     lse = lse.contiguous()
     delta = torch.empty((h, total_q), dtype=torch.float32, device=q.device)
-    o4, do4 = out.unsqueeze(0).transpose(1, 2), dout.unsqueeze(0).transpose(1, 2)
-    launch_jit(
-        _preprocess_kernel, (cdiv(total_q, PREPROCESS_BLOCK), h),
-        o4, do4, delta, *o4.stride()[:3], *do4.stride()[:3], h, total_q,
-        HEAD_DIM=d, BLOCK_D=block_d(d), BLOCK_M=PREPROCESS_BLOCK,
-    )
     dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
 
     def rows(*tensors: torch.Tensor) -> tuple[int, ...]:  # (b, h, row): b is the sequence
         return tuple(x for t in tensors for x in (0, t.stride(1), t.stride(0)))
 
-    _launch_passes((q, k, v, dout, lse, delta), (dq, dk, dv), 0, rows(q, k, v, dout),
+    _launch_passes((q, k, v, dout, lse, delta), (out, *rows(out)), (dq, dk, dv), 0,
+                   rows(q, k, v, dout),
                    rows(dq, dk), cu_seqlens_q.numel() - 1, h, hkv, max_seqlen_q, max_seqlen_k,
                    causal, scale, None if rope is None else (*rope, 0), False, False, False,
                    window, softcap, None, None, (cu_seqlens_q, cu_seqlens_k))
