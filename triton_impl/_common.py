@@ -229,18 +229,13 @@ def any_kept(m, MASK: tl.constexpr):
 
 
 @triton.jit
-def sequence(b, NQ, NK, CuQ, CuK, VARLEN: tl.constexpr):
-    """(q0, nq, k0, nk): the first row (int64) and the length of batch entry b's queries and
-    keys: 0 and NQ, NK in a batch of equal lengths; with VARLEN, packed sequence b of the
-    cumulative lengths CuQ, CuK (int32, batch + 1)."""
-    if VARLEN:
-        q0 = tl.load(CuQ + b).to(tl.int64)
-        nq = (tl.load(CuQ + b + 1) - q0).to(tl.int32)
-        k0 = tl.load(CuK + b).to(tl.int64)
-        nk = (tl.load(CuK + b + 1) - k0).to(tl.int32)
-    else:
-        q0 = 0
-        nq = NQ
-        k0 = 0
-        nk = NK
+def sequence(b, CuQ, CuK):
+    """(q0, nq, k0, nk): the first row (int64) and the length of packed sequence b's queries and
+    keys, from the cumulative lengths CuQ, CuK (int32, batch + 1). Kernels call it under their
+    VARLEN only: torch.compile's analysis of a kernel's writes counts pointers handed to a
+    called function as written, so in a batch of equal lengths they are not passed."""
+    q0 = tl.load(CuQ + b).to(tl.int64)
+    nq = (tl.load(CuQ + b + 1) - q0).to(tl.int32)
+    k0 = tl.load(CuK + b).to(tl.int64)
+    nk = (tl.load(CuK + b + 1) - k0).to(tl.int32)
     return q0, nq, k0, nk

@@ -190,8 +190,9 @@ def _dkdv_program(
     start_n = (pid % num_n) * BLOCK_N
     b = (bh // HKV).to(tl.int64)
     hk = (bh % HKV).to(tl.int64)
-    q0, nq, k0, nk = sequence(b, NQ, NK, CuQ, CuK, VARLEN)
+    q0, nq, k0, nk = 0, NQ, 0, NK
     if VARLEN:
+        q0, nq, k0, nk = sequence(b, CuQ, CuK)
         if start_n >= nk:
             return
 
@@ -372,8 +373,9 @@ def _dq_program(
     qk_scale = tl.cast(qk_scale, tl.float32)  # float arguments Inductor would pass as float64
     scale = tl.cast(scale, tl.float32)
     bh, b, h, hk, start_m = query_tile(pid, NQ, H, GROUP, BLOCK_M, CAUSAL)
-    q0, nq, k0, nk = sequence(b, NQ, NK, CuQ, CuK, VARLEN)
+    q0, nq, k0, nk = 0, NQ, 0, NK
     if VARLEN:
+        q0, nq, k0, nk = sequence(b, CuQ, CuK)
         if start_m * BLOCK_M >= nq:
             return
         row0 = h * TOTAL_Q + q0
@@ -622,7 +624,7 @@ def _launch_passes(ins: tuple, out_rows: tuple, grad_args: tuple, pack_stride: i
     causal, (qk_scale, *window_args), flags = _mask_args(causal, scale, window, softcap)
     am, am_strides, bias_in, am_flags = attn_mask_args(attn_mask, q, nk, qk_scale)
     flags.update(am_flags, VARLEN=cu_seqlens is not None)
-    cu_q, cu_k = cu_seqlens if cu_seqlens is not None else (ins[4], ins[4])
+    cu_q, cu_k = cu_seqlens if cu_seqlens is not None else (q, q)
     window_args = (*window_args, *am_strides, bias_in, ins[4].shape[-1])
     common = dict(HEAD_DIM=d, BLOCK_D=block_d(d), CAUSAL=causal, ROPE=rope is not None,
                   EVEN_Q=even_q, TMA_OK=tma, **flags)

@@ -144,8 +144,9 @@ def _fwd_kernel(
     tl.static_assert(TMA_OK or not TMA, "a TMA config for tensors a descriptor cannot describe")
     qk_scale = tl.cast(qk_scale, tl.float32)  # a float argument Inductor would pass as float64
     bh, b, h, hk, start_m = query_tile(tl.program_id(0), NQ, H, GROUP, BLOCK_M, CAUSAL)
-    q0, nq, k0, nk = sequence(b, NQ, NK, CuQ, CuK, VARLEN)
+    q0, nq, k0, nk = 0, NQ, 0, NK
     if VARLEN:
+        q0, nq, k0, nk = sequence(b, CuQ, CuK)
         if start_m * BLOCK_M >= nq:
             return
         lse_row0 = h * TOTAL_Q + q0
@@ -349,7 +350,7 @@ def _launch(q, k, v, out, lse, q_strides: tuple, k_strides: tuple, v_strides: tu
     causal, mask_args, flags = _mask_args(causal, scale, window, softcap)
     am, am_strides, bias_in, am_flags = attn_mask_args(attn_mask, q, nk, mask_args[0])
     flags.update(am_flags, VARLEN=cu_seqlens is not None)
-    cu_q, cu_k = cu_seqlens if cu_seqlens is not None else (lse, lse)
+    cu_q, cu_k = cu_seqlens if cu_seqlens is not None else (q, q)
     qb, kb = bucket(nq), bucket(nk)
 
     def grid(meta: dict) -> tuple[int]:
