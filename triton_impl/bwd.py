@@ -1,4 +1,4 @@
-"""FlashAttention-2 backward in Triton: preprocess, dK/dV pass, dQ pass, launcher.
+"""FlashAttention-2 backward in Triton: delta, dK/dV pass, dQ pass, launcher.
 
 With ``P = exp(S - lse)`` rebuilt tile by tile from the saved log-sum-exp (never stored):
 ``dV = P^T dO``, ``dP = dO V^T``, ``dS = P * (dP - delta)`` with ``delta = rowsum(dO * O)``,
@@ -10,8 +10,9 @@ Two passes and no atomics, so two runs give bit-identical gradients:
   of its GQA group and over their query tiles, summing the group's gradients in registers;
 * dQ: a program keeps one BLOCK_M tile of Q, dO resident and loops over key tiles.
 
-They run as two kernels (``_dkdv_kernel``, ``_dq_kernel``) or as one (``_bwd_kernel``), whose grid
-holds the programs of both passes, so that one pass's last wave overlaps the other's.
+They run as two kernels (``_dq_kernel``, which also makes delta for its query tile, then
+``_dkdv_kernel``) or as one (``_bwd_kernel``, after ``_preprocess_kernel`` has made delta), whose
+grid holds the programs of both passes, so that one pass's last wave overlaps the other's.
 
 A query row that sees a single key (every row when Nk = 1; row 0 under the causal mask) has
 ``dS = 0``: its dQ, and the dK of a key that only such rows see, come out exactly 0 (see
@@ -556,7 +557,7 @@ def attention_bwd(
     softcap: float | None = None,
     attn_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Launch preprocess, then dK/dV and dQ (one kernel or two).
+    """Launch the backward: dQ (making delta) then dK/dV, or delta then both passes in one kernel.
 
     Args:
         dout, q, out: (B, Hq, Nq, D); k, v: (B, Hkv, Nk, D); last-dim stride 1.
