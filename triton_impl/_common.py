@@ -138,22 +138,42 @@ def in_window(rows, cols, LEFT, RIGHT):
 
 
 @triton.jit
+def kept(rows, cols, NK, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, LEFT, RIGHT):
+    """Which (row, col) pairs of a ``rows`` x ``cols`` score tile take part: keys inside
+    [0, NK), and under CAUSAL / WINDOW inside the mask."""
+    keep = cols[None, :] < NK
+    if CAUSAL:
+        keep = keep & (cols[None, :] <= rows[:, None])
+    if WINDOW:
+        keep = keep & in_window(rows, cols, LEFT, RIGHT)
+    return keep
+
+
+@triton.jit
+def _band(first, SIZE: tl.constexpr, N, BEFORE, AFTER, GRAIN: tl.constexpr):
+    """(lo, full_lo, full_hi, hi) of the positions [0, N) that the tile of SIZE positions from
+    ``first`` reaches when position i reaches i - BEFORE .. i + AFTER (negative: unbounded), in
+    multiples of GRAIN but hi: [full_lo, full_hi) is reached by every position of the tile,
+    [lo, full_lo) and [full_hi, hi) by some, nothing outside [lo, hi)."""
+    last = first + SIZE - 1
+    lo_pos = tl.where(BEFORE < 0, 0, tl.maximum(first - BEFORE, 0))
+    hi_pos = tl.where(AFTER < 0, N, tl.minimum(last + AFTER + 1, N))
+    full_lo_pos = tl.where(BEFORE < 0, 0, tl.maximum(last - BEFORE, 0))
+    full_hi_pos = tl.where(AFTER < 0, N, tl.minimum(first + AFTER + 1, N))
+    lo = (lo_pos // GRAIN) * GRAIN
+    hi = tl.maximum(hi_pos, lo)
+    hi_tiles = tl.cdiv(hi, GRAIN) * GRAIN
+    full_lo = tl.minimum(tl.maximum(tl.cdiv(full_lo_pos, GRAIN) * GRAIN, lo), hi_tiles)
+    full_hi = tl.minimum(tl.maximum((full_hi_pos // GRAIN) * GRAIN, full_lo), hi_tiles)
+    return lo, full_lo, full_hi, hi
+
+
+@triton.jit
 def window_keys(start_m, NK, LEFT, RIGHT, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Key bounds (lo, full_lo, full_hi, hi) of query tile start_m under the window: key tiles
     in [full_lo, full_hi) are seen by every row of the tile and lie inside [0, NK) (no mask);
     [lo, full_lo) and [full_hi, hi) need the mask; keys outside [lo, hi) are never visited."""
-    first = start_m * BLOCK_M
-    last = first + BLOCK_M - 1
-    lo_key = tl.where(LEFT < 0, 0, tl.maximum(first - LEFT, 0))
-    hi_key = tl.where(RIGHT < 0, NK, tl.minimum(last + RIGHT + 1, NK))
-    full_lo_key = tl.where(LEFT < 0, 0, tl.maximum(last - LEFT, 0))
-    full_hi_key = tl.where(RIGHT < 0, NK, tl.minimum(first + RIGHT + 1, NK))
-    lo = (lo_key // BLOCK_N) * BLOCK_N
-    hi = tl.maximum(hi_key, lo)
-    hi_tiles = tl.cdiv(hi, BLOCK_N) * BLOCK_N
-    full_lo = tl.minimum(tl.maximum(tl.cdiv(full_lo_key, BLOCK_N) * BLOCK_N, lo), hi_tiles)
-    full_hi = tl.minimum(tl.maximum((full_hi_key // BLOCK_N) * BLOCK_N, full_lo), hi_tiles)
-    return lo, full_lo, full_hi, hi
+    return _band(start_m * BLOCK_M, BLOCK_M, NK, LEFT, RIGHT, BLOCK_N)
 
 
 @triton.jit
@@ -162,17 +182,7 @@ def window_queries(start_n, NQ, LEFT, RIGHT, BLOCK_M: tl.constexpr, BLOCK_N: tl.
     from start_n under the window (key j is seen by rows j - RIGHT .. j + LEFT): query tiles in
     [full_lo, full_hi) see every key of the tile, [lo, full_lo) and [full_hi, hi) need the
     mask, rows outside [lo, hi) see none of these keys."""
-    last = start_n + BLOCK_N - 1
-    lo_row = tl.where(RIGHT < 0, 0, tl.maximum(start_n - RIGHT, 0))
-    hi_row = tl.where(LEFT < 0, NQ, tl.minimum(last + LEFT + 1, NQ))
-    full_lo_row = tl.where(RIGHT < 0, 0, tl.maximum(last - RIGHT, 0))
-    full_hi_row = tl.where(LEFT < 0, NQ, tl.minimum(start_n + LEFT + 1, NQ))
-    lo = (lo_row // BLOCK_M) * BLOCK_M
-    hi = tl.maximum(hi_row, lo)
-    hi_tiles = tl.cdiv(hi, BLOCK_M) * BLOCK_M
-    full_lo = tl.minimum(tl.maximum(tl.cdiv(full_lo_row, BLOCK_M) * BLOCK_M, lo), hi_tiles)
-    full_hi = tl.minimum(tl.maximum((full_hi_row // BLOCK_M) * BLOCK_M, full_lo), hi_tiles)
-    return lo, full_lo, full_hi, hi
+    return _band(start_n, BLOCK_N, NQ, RIGHT, LEFT, BLOCK_M)
 
 
 @triton.jit

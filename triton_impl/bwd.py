@@ -32,6 +32,7 @@ from triton_impl._common import (
     dot,
     dot_acc,
     in_window,
+    kept,
     key_ranges,
     load_tile,
     mask_tile,
@@ -337,12 +338,7 @@ def _dq_inner(
             e = masked_scores(s, am, bias_in, MASK)
         p = tl.exp2(e * qk_scale - lse2[:, None])
         if MASKED:
-            keep = cols[None, :] < NK
-            if CAUSAL:
-                keep = keep & (cols[None, :] <= offs_m[:, None])
-            if WINDOW:
-                keep = keep & in_window(offs_m, cols, LEFT, RIGHT)
-            p = tl.where(keep, p, 0.0)
+            p = tl.where(kept(offs_m, cols, NK, CAUSAL, WINDOW, LEFT, RIGHT), p, 0.0)
         dp = dot(do, tl.trans(v))
         ds = p * (dp - delta[:, None])
         if CAPPED:

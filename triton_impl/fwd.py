@@ -22,7 +22,7 @@ from triton_impl._common import (
     capped,
     dot,
     dot_acc,
-    in_window,
+    kept,
     key_ranges,
     mask_tile,
     masked_scores,
@@ -64,12 +64,8 @@ def _fwd_tile(
         qk = capped(qk, cap_in)
     qk = masked_scores(qk, am, bias_in, MASK)
     if MASKED:
-        keep = cols[None, :] < NK
-        if CAUSAL:
-            keep = keep & (cols[None, :] <= offs_m[:, None])
-        if WINDOW:
-            keep = keep & in_window(offs_m, cols, LEFT, RIGHT)
-        qk = tl.where(keep, qk, float("-inf"))
+        qk = tl.where(kept(offs_m, cols, NK, CAUSAL, WINDOW, LEFT, RIGHT), qk,
+                      float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
     m_use = m_new
     if EMPTY:
