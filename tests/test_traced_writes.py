@@ -44,8 +44,20 @@ def _probe() -> None:
         from torch._higher_order_ops import triton_kernel_wrap as wrap
         from triton.backends.compiler import GPUTarget
 
-        analyse = getattr(wrap, "identify_accessed_tensors", None)
-        if analyse is None or not hasattr(triton.runtime.driver, "set_active"):
+        if not hasattr(triton.runtime.driver, "set_active"):
+            sys.exit(SKIP)
+        if hasattr(wrap, "identify_accessed_tensors"):  # torch >= 2.12
+
+            def writes_of(fn, kwargs):
+                accessed = wrap.identify_accessed_tensors(fn, kwargs, {})
+                return sorted(dep.name for dep in accessed.read_writes.writes)
+
+        elif hasattr(wrap, "identify_mutated_tensors"):
+
+            def writes_of(fn, kwargs):
+                return sorted(wrap.identify_mutated_tensors(fn, kwargs, {}))
+
+        else:
             sys.exit(SKIP)
     except ImportError:
         sys.exit(SKIP)
@@ -82,8 +94,7 @@ def _probe() -> None:
         bwd.attention_bwd(dout, q, k, v, out, lse, causal, 0.125)
         for fn, args, meta in seen:
             kwargs = {**dict(zip((p.name for p in fn.params), args)), **meta}
-            writes = analyse(fn, kwargs, {}).read_writes.writes
-            print(json.dumps([fn.__name__, causal, sorted(dep.name for dep in writes)]))
+            print(json.dumps([fn.__name__, causal, writes_of(fn, kwargs)]))
 
 
 def test_recorded_launches_write_only_their_outputs() -> None:
