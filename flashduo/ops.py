@@ -261,10 +261,21 @@ def _plain_eager(t: torch.Tensor) -> bool:
             and torch._C._len_torch_dispatch_stack() == 0)
 
 
-def _gradients(ctx, dout: torch.Tensor, packed: bool = False):
+def keep_grads_unmaterialized(ctx) -> None:
+    """Let autograd pass None for an output that gets no gradient instead of a zero-filled tensor
+    (lse never gets one: without this, an lse-sized float32 allocation and fill before every
+    backward). Eager only: a traced backward keeps the materialized zeros the graph expects."""
+    if not torch.compiler.is_compiling():
+        ctx.set_materialize_grads(False)
+
+
+def _gradients(ctx, dout: torch.Tensor | None, packed: bool = False):
     """dq, dk, dv of a saved forward; with ``packed``, one (B, N, 3, H, D) tensor holding them
-    (``unpacked`` views), written in place where the path allows it."""
+    (``unpacked`` views), written in place where the path allows it. A None dout (see
+    ``keep_grads_unmaterialized``) is read as zeros."""
     q, k, v, out, lse, rope_cos, rope_sin, attn_mask = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(out)
     args = (ctx.causal, ctx.scale, rope_cos, rope_sin, ctx.num_prefix, ctx.deterministic,
             ctx.rotated)
     masks = (attn_mask, ctx.window, ctx.softcap)
@@ -382,6 +393,7 @@ def _forward(ctx, args: tuple) -> tuple[torch.Tensor, torch.Tensor]:
         output = attention_fwd(*args)
     _save(ctx, args, output, traced)
     ctx.mark_non_differentiable(output[1])
+    keep_grads_unmaterialized(ctx)
     return output[:2]
 
 

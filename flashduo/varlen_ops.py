@@ -17,7 +17,7 @@ import torch
 
 import reference
 from flashduo import registry
-from flashduo.ops import _LIB, _distinct, _masks, _plain_eager
+from flashduo.ops import _LIB, _distinct, _masks, _plain_eager, keep_grads_unmaterialized
 
 # fwd_varlen returns (out, lse, q_rot, k_rot): q_rot, k_rot the rotated q, k when rope tables are
 # given, empty otherwise; bwd_varlen's rotated: q and k are such rotated tensors.
@@ -152,6 +152,8 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, dout, *_):
     q, k, v, out, lse, cu_q, cu_k, rope_cos, rope_sin = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(out)
     args = (dout, q, k, v, out, lse, cu_q, cu_k, *ctx.args, rope_cos, rope_sin,
             ctx.deterministic, ctx.rotated, ctx.window, ctx.softcap)
     run = _bwd_varlen_impl if _plain_eager(dout) else torch.ops.flashduo.bwd_varlen
@@ -172,6 +174,7 @@ class _VarlenAttention(torch.autograd.Function):
         output = run(*args)
         _save(ctx, args, output)
         ctx.mark_non_differentiable(output[1])
+        keep_grads_unmaterialized(ctx)
         return output[:2]
 
     @staticmethod

@@ -244,3 +244,30 @@ def test_forward_mode_ad_is_refused_not_dropped() -> None:
     with pytest.raises(RuntimeError, match="functorch transforms"):
         torch.func.jvp(lambda x: flashduo.attention(x, k, v, backend="reference"), (q,),
                        (torch.randn_like(q),))
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["qkv", "packed"])
+def test_an_output_without_a_gradient_gives_zero_gradients(packed: bool) -> None:
+    """The eager node asks autograd for None instead of zero-filled gradients of outputs that get
+    none (lse always): its backward called with None for out too returns zeros, and an ordinary
+    backward still gives the gradients of a fresh call."""
+    backend = "triton" if ON_GPU else "reference"
+    q, k, v = qkv(torch.bfloat16 if ON_GPU else torch.float32, n=48, d=64, grad=True)
+
+    def call() -> torch.Tensor:
+        if packed:
+            qkv_ = torch.stack((q, k, v), 2).transpose(1, 3)
+            return flashduo.attention_qkvpacked(qkv_, True, backend=backend)
+        return flashduo.attention(q, k, v, causal=True, backend=backend)
+
+    out = call()
+    node = out.grad_fn
+    while type(node).__name__ not in ("_AttentionBackward", "_PackedAttentionBackward"):
+        node = node.next_functions[0][0]
+    with torch.no_grad():  # as the engine runs a backward
+        grads = [g for g in node.apply(None, None) if g is not None]
+    assert grads and all(torch.count_nonzero(g) == 0 for g in grads)
+    dout = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), dout)
+    want = torch.autograd.grad(call(), (q, k, v), dout)
+    assert all(torch.equal(a, b) and torch.count_nonzero(a) > 0 for a, b in zip(got, want))
