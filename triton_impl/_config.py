@@ -14,6 +14,7 @@ each is timed for ``TUNE_REP_MS`` (after ``TUNE_WARMUP_MS``) instead of triton's
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -237,6 +238,28 @@ def _hooked() -> bool:
     return any(h is not None and getattr(h, "calls", True) for h in hooks)
 
 
+# Per thread: the launches of the call being recorded for a launch plan (``triton_impl._plans``),
+# or None when no call is.
+_RECORDING = threading.local()
+
+
+class Recording:
+    """What a call launched while a plan records it: ``launches``, for each launch (compiled
+    kernel, grid, arguments, tail) where it was a direct launch of a remembered kernel, or None
+    where it took another path (which a plan cannot replay); ``named``, the (kernel name, config)
+    pairs ``launched_configs`` was told."""
+
+    def __init__(self) -> None:
+        self.launches: list[tuple | None] = []
+        self.named: list[tuple[str, triton.Config]] = []
+
+
+def recorder() -> list | None:
+    """The current thread's ``Recording.launches`` while a plan records, else None."""
+    rec = getattr(_RECORDING, "rec", None)
+    return None if rec is None else rec.launches
+
+
 def _launch_compiled(fn, grid, key: tuple, args: tuple, meta: dict) -> None:
     """Launch the ``triton.jit`` function ``fn`` with ``meta`` (constexprs and config options).
 
@@ -247,13 +270,18 @@ def _launch_compiled(fn, grid, key: tuple, args: tuple, meta: dict) -> None:
     ``meta``. Without ``direct_launch()``, every launch takes Triton's own path.
     """
     size = tuple(grid(meta) if callable(grid) else grid) + (1, 1)
+    noted = recorder()
     if not direct_launch():
+        if noted is not None:
+            noted.append(None)
         fn[size[:3]](*args, **meta)
         return
     device = driver.active.get_current_device()
     sig = (key, device, _signature(args), tuple(meta.items()))
     hit = _COMPILED.get(sig)
     if hit is None or _hooked():
+        if noted is not None:
+            noted.append(None)
         compiled = fn[size[:3]](*args, **meta)
         if hit is None and hasattr(compiled, "packed_metadata"):
             if len(_COMPILED) >= COMPILED_LIMIT:
@@ -263,11 +291,15 @@ def _launch_compiled(fn, grid, key: tuple, args: tuple, meta: dict) -> None:
             _COMPILED[sig] = (compiled, tail, _layouts(args))
         return
     compiled, tail, _ = hit
+    if noted is not None:
+        noted.append((compiled, size[:3], args, tail))
     stream = driver.active.get_current_stream(device)
     try:
         compiled.run(size[0], size[1], size[2], stream, compiled.function,
                      compiled.packed_metadata, None, None, None, *args, *tail)
     except TypeError:  # a launcher that takes other arguments (another Triton): its own path
+        if noted is not None:
+            noted[-1] = None
         fn[size[:3]](*args, **meta)
 
 
@@ -275,12 +307,21 @@ def launch_jit(fn, grid, *args, **meta) -> None:
     """Launch a kernel that is not autotuned (``fn[grid](*args, **meta)``) through
     ``_launch_compiled``; under the interpreter, as usual; while ``_traced.recording()``, recorded
     for torch.compile. ``grid``: a tuple."""
-    if _traced.active():
-        _traced.launch_jit(fn, grid, args, meta)
-    elif interpreting():
-        fn[grid](*args, **meta)
+    if _traced.active() or interpreting():
+        _unplannable()
+        if _traced.active():
+            _traced.launch_jit(fn, grid, args, meta)
+        else:
+            fn[grid](*args, **meta)
     else:
         _launch_compiled(fn, grid, (fn,), args, meta)
+
+
+def _unplannable() -> None:
+    """Note, while a plan records, a launch that does not go through ``_launch_compiled``."""
+    noted = recorder()
+    if noted is not None:
+        noted.append(None)
 
 
 def describe(config: triton.Config) -> str:
@@ -305,8 +346,12 @@ def launched_configs(reset: bool = False) -> dict[str, str]:
 
 
 def record_launch(name: str, config: triton.Config) -> None:
-    """Note that kernel ``name`` ran with ``config``, for ``launched_configs``."""
+    """Note that kernel ``name`` ran with ``config``, for ``launched_configs`` (and for a plan
+    that records the call)."""
     _LAUNCHED[name] = config
+    rec = getattr(_RECORDING, "rec", None)
+    if rec is not None:
+        rec.named.append((name, config))
 
 
 def _kernel_name(kernel) -> str:
@@ -325,10 +370,12 @@ def launch(kernel, grid, shape_class: tuple, *args, config: triton.Config | None
     ``_traced.recording()``, the launch is recorded for torch.compile with the chosen config.
     """
     if config is not None:
+        _unplannable()
         kernel.fn[grid](*args, **kwargs, **config.all_kwargs())
-        _LAUNCHED[_kernel_name(kernel)] = config
+        record_launch(_kernel_name(kernel), config)
         return
     if _traced.active():
+        _unplannable()
         shape_class = _traced.concrete(shape_class)
         key = (kernel, *shape_class)
         _traced.launch(kernel, grid, key, args, kwargs, _CHOSEN,
@@ -337,12 +384,14 @@ def launch(kernel, grid, shape_class: tuple, *args, config: triton.Config | None
     key = (kernel, *shape_class)
     config = _CHOSEN.get(key)
     if config is None:
+        _unplannable()
         if autotuning():
             _compile_candidates(kernel, grid, args, kwargs)
         kernel[grid](*args, **kwargs)
         config = _CHOSEN[key] = kernel.best_config
     elif interpreting():
+        _unplannable()
         kernel.fn[grid](*args, **kwargs, **config.all_kwargs())
     else:
         _launch_compiled(kernel.fn, grid, key, args, {**kwargs, **config.all_kwargs()})
-    _LAUNCHED[_kernel_name(kernel)] = config
+    record_launch(_kernel_name(kernel), config)

@@ -57,6 +57,7 @@ from triton_impl._config import (
     launch,
     launch_jit,
 )
+from triton_impl._plans import Plans, aligned
 from triton_impl._tma import ensure_allocator, tma_usable
 from triton_impl.fwd import LOG2E, _mask_args, attn_mask_args
 
@@ -596,12 +597,28 @@ def attention_bwd(
         ensure_allocator()
     one = (window is None and attn_mask is None
            and (one_launch_bwd(d, causal) if one_launch is None else one_launch))
-    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3])
-    _launch_passes((q, k, v, dout, lse, delta), (out, *out.stride()[:3]), grad_args,
-                   pack_stride, strides,
-                   (*dq.stride()[:3], *dk.stride()[:3]), b, h, hkv, nq, nk, causal, scale, rope,
-                   tma, nq % EVEN_ROWS == 0, one, window, softcap, attn_mask, config)
+    cos, sin = (None, None) if rope is None else rope[:2]
+
+    def run() -> None:
+        strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3])
+        _launch_passes((q, k, v, dout, lse, delta), (out, *out.stride()[:3]), grad_args,
+                       pack_stride, strides, (*dq.stride()[:3], *dk.stride()[:3]), b, h, hkv,
+                       nq, nk, causal, scale, rope, tma, nq % EVEN_ROWS == 0, one, window,
+                       softcap, attn_mask, config)
+
+    key = None
+    if config is None and attn_mask is None and not _traced.active():
+        key = (q.shape, k.shape, q.stride(), k.stride(), v.stride(), dout.stride(), out.stride(),
+               lse.shape, None if packed is None else packed.stride(), q.dtype, dout.dtype,
+               out.dtype, causal, scale, window, softcap, one, tma,
+               None if rope is None else (cos.shape, cos.stride(), sin.stride(), rope[2]),
+               aligned(q, k, v, dout, out, lse, packed, cos, sin))
+    _PLANS.launch(key, (q, k, v, dout, out, lse, delta, dq, dk, dv, packed, cos, sin), run)
     return dq, dk, dv
+
+
+# The backward's launches, replayed per call key (``triton_impl._plans``).
+_PLANS = Plans()
 
 
 def _launch_passes(ins: tuple, out_rows: tuple, grad_args: tuple, pack_stride: int,

@@ -43,6 +43,7 @@ from triton_impl._config import (
     record_launch,
     time_candidate,
 )
+from triton_impl._plans import Plans, aligned
 from triton_impl._tma import ensure_allocator, tma_usable
 
 LOG2E = 1.4426950408889634
@@ -330,10 +331,22 @@ def attention_fwd(
     tma = not _traced.active() and tma_usable(q, k, v, out)
     if tma:  # the tuner may pick a TMA config, whose descriptors need scratch memory
         ensure_allocator()
-    _launch(q, k, v, out_bnhd, lse, q.stride()[:3], k.stride()[:3], v.stride()[:3],
-            out.stride()[:3], b, h, h // hkv, nq, nk, causal, scale, tma, window, softcap,
-            attn_mask, config)
+
+    def run() -> None:
+        _launch(q, k, v, out_bnhd, lse, q.stride()[:3], k.stride()[:3], v.stride()[:3],
+                out.stride()[:3], b, h, h // hkv, nq, nk, causal, scale, tma, window, softcap,
+                attn_mask, config)
+
+    key = None
+    if config is None and attn_mask is None and not _traced.active():
+        key = (q.shape, k.shape, q.stride(), k.stride(), v.stride(), q.dtype, causal, scale,
+               window, softcap, tma, aligned(q, k, v))
+    _PLANS.launch(key, (q, k, v, out_bnhd, lse), run)
     return out, lse
+
+
+# The Triton forward's launches, replayed per call key (``triton_impl._plans``).
+_PLANS = Plans()
 
 
 def _launch(q, k, v, out, lse, q_strides: tuple, k_strides: tuple, v_strides: tuple,

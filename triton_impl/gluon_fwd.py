@@ -31,6 +31,7 @@ import torch
 
 from triton_impl._config import launch_jit
 from triton_impl._env import interpreting
+from triton_impl._plans import Plans, aligned
 
 try:
     from triton.experimental import gluon
@@ -444,17 +445,28 @@ def attention_fwd(
     hkv = k.shape[1]
     out_bnhd = torch.empty((b, n, h, d), dtype=q.dtype, device=q.device)
     lse = torch.empty((b, h, n), dtype=torch.float32, device=q.device)
-    descs, maps = [], []
-    for t, block in ((q, (WG_M, d)), (k, (BLOCK_N, d)), (v, (BLOCK_N, d))):
-        rows, cols, stride, rows_b, rows_h, cols_h = _rows_view(t)
-        descs.append(_descriptor(t, rows, cols, stride, block))
-        maps += [rows_b, rows_h, cols_h]
-    descs.append(_descriptor(out_bnhd, b * n, h * d, h * d, (WG_M, d)))
-    tiles = n // CTA_M * b * h
-    programs = tiles
-    if persistent is not False:
-        programs = min(tiles, _sm_count(q.device.index or 0) if persistent is True else persistent)
-    launch_jit(_fwd_kernel, (programs,), *descs, lse, h, h // hkv, n, b * h, scale * _LOG2E,
-               *maps, _section(n, b * h, programs < tiles), CAUSAL=causal, num_warps=4,
-               maxnreg=LAUNCH_REGS)
+
+    def run() -> None:
+        descs, maps = [], []
+        for t, block in ((q, (WG_M, d)), (k, (BLOCK_N, d)), (v, (BLOCK_N, d))):
+            rows, cols, stride, rows_b, rows_h, cols_h = _rows_view(t)
+            descs.append(_descriptor(t, rows, cols, stride, block))
+            maps += [rows_b, rows_h, cols_h]
+        descs.append(_descriptor(out_bnhd, b * n, h * d, h * d, (WG_M, d)))
+        tiles = n // CTA_M * b * h
+        programs = tiles
+        if persistent is not False:
+            programs = min(tiles, _sm_count(q.device.index or 0) if persistent is True
+                           else persistent)
+        launch_jit(_fwd_kernel, (programs,), *descs, lse, h, h // hkv, n, b * h,
+                   scale * _LOG2E, *maps, _section(n, b * h, programs < tiles), CAUSAL=causal,
+                   num_warps=4, maxnreg=LAUNCH_REGS)
+
+    key = (q.shape, k.shape, q.stride(), k.stride(), v.stride(), q.dtype, causal, scale,
+           type(persistent), persistent, aligned(q, k, v))
+    _PLANS.launch(key, (q, k, v, out_bnhd, lse), run)
     return out_bnhd.transpose(1, 2), lse
+
+
+# The forward's launches, replayed per call key (``triton_impl._plans``).
+_PLANS = Plans()

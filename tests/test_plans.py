@@ -1,0 +1,145 @@
+"""Launch plans (``triton_impl._plans``): a call's direct launches recorded once and replayed on a
+later call's tensors. On any machine with the compiled kernels faked; on a GPU against Triton's
+own launch path, bit for bit."""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from tests.cases import ON_GPU, Case
+from tests.helpers import case_inputs, skip_if_unrunnable
+
+pytest.importorskip("triton")
+
+from triton_impl import _config, _plans  # noqa: E402 (needs triton)
+
+
+@dataclass
+class _Desc:
+    """A stand-in host tensor descriptor: a base tensor and a block shape."""
+
+    base: torch.Tensor
+    block_shape: list
+
+
+class _Compiled:
+    """A compiled kernel whose launcher notes what it was handed."""
+
+    function = packed_metadata = None
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def run(self, x, y, z, stream, function, metadata, *rest) -> None:
+        self.calls.append(((x, y, z), rest[3:]))
+
+
+@pytest.fixture
+def fake_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Direct launches on, a current device and stream without a GPU driver."""
+    monkeypatch.setattr(_config, "direct_launch", lambda: True)
+    monkeypatch.setattr(_plans, "_INTERPRETED", False)
+    monkeypatch.setattr(_config, "driver", types.SimpleNamespace(active=types.SimpleNamespace(
+        get_current_device=lambda: 0, get_current_stream=lambda device: 7)))
+
+
+def _launcher(compiled: _Compiled, direct: bool = True):
+    """A call that launches ``compiled`` on (a, 5, b, a descriptor of c, 0.5), as
+    ``_config._launch_compiled`` notes it (or as a launch that did not go direct)."""
+
+    def call(a, b, c) -> None:
+        noted = _config.recorder()
+        args = (a, 5, b, _Desc(c, [16, 64]), 0.5)
+        if noted is not None:
+            noted.append((compiled, (3, 1, 1), args, ("tail",)) if direct else None)
+        compiled.run(3, 1, 1, 7, None, None, None, None, None, *args, "tail")
+
+    return call
+
+
+def test_replay_swaps_in_the_new_tensors(fake_device) -> None:
+    compiled, plans = _Compiled(), _plans.Plans()
+    call = _launcher(compiled)
+    first = [torch.randn(4) for _ in range(3)]
+    ran = []
+    plans.launch(("key",), first, lambda: (ran.append(1), call(*first)))
+    assert ran == [1] and len(plans) == 1
+    second = [torch.randn(4) for _ in range(3)]
+    plans.launch(("key",), second, lambda: ran.append(2))
+    assert ran == [1], "a recorded key ran the launcher again instead of replaying"
+    (grid, args), (grid2, replayed) = compiled.calls
+    assert grid == grid2 == (3, 1, 1)
+    assert replayed[0] is second[0] and replayed[1] == 5 and replayed[2] is second[1]
+    assert replayed[3].base is second[2] and replayed[3].block_shape == [16, 64]
+    assert args[3].base is first[2], "the recorded descriptor was changed by the replay"
+    assert replayed[4:] == (0.5, "tail")
+
+
+@pytest.mark.parametrize("why", ["no-key", "not-direct", "unknown-tensor", "tensor-twice"])
+def test_calls_that_cannot_be_replayed_run_every_time(fake_device, why: str) -> None:
+    compiled, plans = _Compiled(), _plans.Plans()
+    call = _launcher(compiled, direct=why != "not-direct")
+    a, b, c = (torch.randn(4) for _ in range(3))
+    tensors = {"unknown-tensor": [a, b], "tensor-twice": [a, b, c, a]}.get(why, [a, b, c])
+    key = None if why == "no-key" else ("key",)
+    for _ in range(2):
+        plans.launch(key, tensors, lambda: call(a, b, c))
+    assert len(compiled.calls) == 2 and len(plans) == 0
+
+
+def test_a_launch_hook_takes_the_launchers_path(fake_device, monkeypatch) -> None:
+    compiled, plans = _Compiled(), _plans.Plans()
+    call = _launcher(compiled)
+    t = [torch.randn(4) for _ in range(3)]
+    ran = []
+    for _ in range(2):
+        plans.launch(("key",), t, lambda: (ran.append(1), call(*t)))
+        monkeypatch.setattr(_config, "_hooked", lambda: True)
+    assert ran == [1, 1]
+
+
+CASES = [Case(2, 4, 2, 256, 256, 64, torch.bfloat16, True),
+         Case(2, 4, 4, 203, 203, 128, torch.float16, False),
+         Case(1, 4, 1, 384, 384, 64, torch.bfloat16, False)]
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["qkv", "packed"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_replayed_calls_equal_the_launchers_path(case: Case, packed: bool, monkeypatch) -> None:
+    """On a GPU: calls of one key after the first replay its plan (forward and backward), and
+    give what Triton's own launch path gives for the same inputs, bit for bit."""
+    skip_if_unrunnable("triton", case)
+    if not ON_GPU:
+        pytest.skip("plans replay direct launches, which are GPU-only")
+    if packed and case.hq != case.hkv:
+        pytest.skip("a packed qkv has one head count")
+    import flashduo
+    from triton_impl import bwd, fwd, gluon_fwd
+
+    def run(q, k, v, dout):
+        if packed:
+            qkv = torch.stack((q, k, v), 2).transpose(1, 3).detach().requires_grad_()
+            out = flashduo.attention_qkvpacked(qkv, case.causal, backend="triton")
+            return (out, *torch.autograd.grad(out, qkv, dout.transpose(1, 2)))
+        q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+        out = flashduo.attention(q, k, v, case.causal, backend="triton")
+        return (out, *torch.autograd.grad(out, (q, k, v), dout))
+
+    for _ in range(2):  # tunes and compiles, then records
+        run(*case_inputs(case))
+    before = {name: len(p) for name, p in
+              (("fwd", fwd._PLANS), ("gluon", gluon_fwd._PLANS), ("bwd", bwd._PLANS))}
+    assert before["bwd"] > 0 and before["fwd"] + before["gluon"] > 0, "no call was recorded"
+    inputs = case_inputs(case)
+    replayed = run(*inputs)
+    after = {name: len(p) for name, p in
+             (("fwd", fwd._PLANS), ("gluon", gluon_fwd._PLANS), ("bwd", bwd._PLANS))}
+    assert after == before, "a call of a recorded key recorded again"
+    monkeypatch.setenv("FLASHDUO_DIRECT_LAUNCH", "0")
+    through_triton = run(*inputs)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), replayed, through_triton):
+        assert torch.equal(a, b), f"{name}: the replayed call differs from Triton's launch path"
