@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import types
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,8 @@ from tests.helpers import case_inputs, skip_if_unrunnable
 pytest.importorskip("triton")
 
 from triton_impl import _config, _plans  # noqa: E402 (needs triton)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -40,9 +43,9 @@ class _Compiled:
 
 @pytest.fixture
 def fake_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Direct launches on, a current device and stream without a GPU driver."""
+    """Plans and direct launches on, a current device and stream without a GPU driver."""
+    monkeypatch.setattr(_plans, "ENABLED", True)
     monkeypatch.setattr(_config, "direct_launch", lambda: True)
-    monkeypatch.setattr(_plans, "_INTERPRETED", False)
     monkeypatch.setattr(_config, "driver", types.SimpleNamespace(active=types.SimpleNamespace(
         get_current_device=lambda: 0, get_current_stream=lambda device: 7)))
 
@@ -91,6 +94,20 @@ def test_calls_that_cannot_be_replayed_run_every_time(fake_device, why: str) -> 
     assert len(compiled.calls) == 2 and len(plans) == 0
 
 
+def test_plans_are_off_by_default(fake_device, monkeypatch) -> None:
+    """Off unless FLASHDUO_LAUNCH_PLANS=1 as triton_impl is imported; callers then build no key."""
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("FLASHDUO_LAUNCH_PLANS", raising=False)
+    code = "from triton_impl import _plans; print(_plans.ENABLED)"
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout.split()
+    assert got == ["False"]
+    monkeypatch.setattr(_plans, "ENABLED", False)
+    assert not _plans.Plans.on()
+
+
 def test_a_launch_hook_takes_the_launchers_path(fake_device, monkeypatch) -> None:
     compiled, plans = _Compiled(), _plans.Plans()
     call = _launcher(compiled)
@@ -117,6 +134,7 @@ def test_replayed_calls_equal_the_launchers_path(case: Case, packed: bool, monke
         pytest.skip("plans replay direct launches, which are GPU-only")
     if packed and case.hq != case.hkv:
         pytest.skip("a packed qkv has one head count")
+    monkeypatch.setattr(_plans, "ENABLED", True)
     import flashduo
     from triton_impl import bwd, fwd, gluon_fwd
 

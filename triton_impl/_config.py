@@ -239,8 +239,11 @@ def _hooked() -> bool:
 
 
 # Per thread: the launches of the call being recorded for a launch plan (``triton_impl._plans``),
-# or None when no call is.
+# or None when no call is; ``_RECORDINGS`` counts the threads recording one (under
+# ``_RECORDINGS_LOCK``), so that launches look no further while it is 0.
 _RECORDING = threading.local()
+_RECORDINGS = 0
+_RECORDINGS_LOCK = threading.Lock()
 
 
 class Recording:
@@ -256,8 +259,17 @@ class Recording:
 
 def recorder() -> list | None:
     """The current thread's ``Recording.launches`` while a plan records, else None."""
-    rec = getattr(_RECORDING, "rec", None)
+    rec = getattr(_RECORDING, "rec", None) if _RECORDINGS else None
     return None if rec is None else rec.launches
+
+
+def start_recording(rec: Recording | None) -> None:
+    """Note this thread's launches in ``rec`` from now on; None stops."""
+    global _RECORDINGS
+    with _RECORDINGS_LOCK:
+        was = getattr(_RECORDING, "rec", None)
+        _RECORDINGS += (rec is not None) - (was is not None)
+        _RECORDING.rec = rec
 
 
 def _launch_compiled(fn, grid, key: tuple, args: tuple, meta: dict) -> None:
@@ -349,7 +361,7 @@ def record_launch(name: str, config: triton.Config) -> None:
     """Note that kernel ``name`` ran with ``config``, for ``launched_configs`` (and for a plan
     that records the call)."""
     _LAUNCHED[name] = config
-    rec = getattr(_RECORDING, "rec", None)
+    rec = getattr(_RECORDING, "rec", None) if _RECORDINGS else None
     if rec is not None:
         rec.named.append((name, config))
 

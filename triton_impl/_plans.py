@@ -9,7 +9,9 @@ a key whose launches are all direct launches of remembered kernels (``_config._l
 is recorded, and later calls of that key launch the same compiled kernels with the same arguments
 and grids, only their tensors swapped in.
 
-A call is not recorded, and always takes the launchers' own path, while it tunes or compiles,
+Plans are off unless ``FLASHDUO_LAUNCH_PLANS=1`` is set before triton_impl is imported: they
+become the default once the GPU suite has run with them (docs/perf-notes.md, Triton v1.13). A
+call is not recorded, and always takes the launchers' own path, while it tunes or compiles,
 under the interpreter, inside ``torch.compile``'s recording (``_traced``), with a forced config,
 with ``FLASHDUO_DIRECT_LAUNCH=0`` or a launch hook (a profiler) installed, or when one of its
 tensors is passed twice (their places in the arguments would be ambiguous).
@@ -17,6 +19,7 @@ tensors is passed twice (their places in the arguments would be ambiguous).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import torch
@@ -24,9 +27,9 @@ import torch
 from triton_impl import _config
 from triton_impl._env import interpreting
 
-# The kernels were built for the interpreter (when it was on as triton_impl was imported): their
-# launches never go direct, so no call is recorded.
-_INTERPRETED = interpreting()
+# Whether calls may be recorded at all, read as triton_impl is imported: ``FLASHDUO_LAUNCH_PLANS=1``
+# set, and kernels built for the GPU (under the interpreter no launch goes direct).
+ENABLED = os.environ.get("FLASHDUO_LAUNCH_PLANS", "0") == "1" and not interpreting()
 
 # Plans kept before a ``Plans`` starts afresh (a caller whose shapes keep changing).
 PLAN_LIMIT = 1024
@@ -103,9 +106,9 @@ class Plans:
         launches take, and only those; None for an absent one) where there is one, else
         ``run()`` it, recording a plan for ``key`` where it can. ``key``: everything the launches'
         arguments, grids and configs depend on besides the tensors, or None for a call that
-        must not be planned."""
-        if (key is None or _INTERPRETED or not _config.direct_launch()
-                or _config.recorder() is not None):
+        must not be planned (build a key only where ``on()``). ``run`` must do its GPU work
+        through ``_config``'s launches only: a replay does nothing else."""
+        if key is None or _config.recorder() is not None:
             run()
             return
         device = _config.driver.active.get_current_device()
@@ -115,16 +118,22 @@ class Plans:
             plan.replay(tensors, device)
             return
         rec = _config.Recording()
-        _config._RECORDING.rec = rec
+        _config.start_recording(rec)
         try:
             run()
         finally:
-            _config._RECORDING.rec = None
+            _config.start_recording(None)
         plan = _Plan.build(rec, tensors)
         if plan is not None:
             if len(self._plans) >= PLAN_LIMIT:
                 self._plans.clear()
             self._plans[key] = plan
+
+    @staticmethod
+    def on() -> bool:
+        """Whether calls may be recorded and replayed now: plans ``ENABLED`` and direct launches
+        on."""
+        return ENABLED and _config.direct_launch()
 
     def __len__(self) -> int:
         return len(self._plans)

@@ -462,8 +462,10 @@ def attention_fwd(
                    scale * _LOG2E, *maps, _section(n, b * h, programs < tiles), CAUSAL=causal,
                    num_warps=4, maxnreg=LAUNCH_REGS)
 
-    key = (q.shape, k.shape, q.stride(), k.stride(), v.stride(), q.dtype, causal, scale,
-           type(persistent), persistent, aligned(q, k, v))
+    key = None
+    if _PLANS.on():
+        key = (q.shape, k.shape, q.stride(), k.stride(), v.stride(), q.dtype, causal, scale,
+               type(persistent), persistent, aligned(q, k, v))
     _PLANS.launch(key, (q, k, v, out_bnhd, lse), run)
     return out_bnhd.transpose(1, 2), lse
 
