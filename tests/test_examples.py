@@ -48,3 +48,14 @@ def test_navit_packing_matches_image_by_image() -> None:
     head, check = run.stdout.splitlines()[:2]
     diff = float(check.split()[-1])
     assert diff < (1e-5 if head.endswith("float32") else 3e-2), run.stdout
+
+
+def test_host_time_reports_every_layer() -> None:
+    """examples/host_time.py prints a host time for the backend, the front door with nothing
+    launched, a bare autograd.Function and (with triton on a GPU) the launchers alone."""
+    run = run_example("examples/host_time.py", "--batch", "2", "--heads", "4", "--n", "128",
+                      "--calls", "5", timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [line for line in run.stdout.splitlines() if " us" in line]
+    assert len(rows) == (6 if ON_GPU else 3), run.stdout
+    assert all(float(row.split(" us")[0].split()[-1]) > 0 for row in rows), run.stdout
