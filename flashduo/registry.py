@@ -11,6 +11,7 @@ deterministic.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -109,7 +110,7 @@ class Backend:
             dims = ", ".join(str(x) for x in sorted(self.head_dims))
             reasons.append(f"head_dim={d} not in {{{dims}}}")
         if self.min_capability and q.device.type == "cuda":
-            cap = torch.cuda.get_device_capability(q.device)
+            cap = device_capability(q.device.index)
             if cap < self.min_capability:
                 reasons.append(f"compute capability {cap} < {self.min_capability}")
         return reasons + self.extra_reasons(q, k, v, causal)
@@ -120,6 +121,17 @@ class Backend:
         reasons = self.not_supported_reasons(q, k, v, causal, masks, varlen)
         if reasons:
             raise ValueError(f"backend {self.name!r} cannot run these inputs: " + "; ".join(reasons))
+
+
+def device_capability(index: int | None) -> tuple[int, int]:
+    """The compute capability of CUDA device ``index`` (None: the current one), asked once per
+    device: microseconds a call otherwise."""
+    return _capability(torch.cuda.current_device() if index is None else index)
+
+
+@functools.cache
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
 
 
 _REGISTRY: dict[str, Backend] = {}
