@@ -7,6 +7,7 @@ benchmark's method) for:
 
 - the backend itself (default ``triton`` on a GPU, ``reference`` on the CPU), and with
   autograd's backward on the calling thread (``torch.autograd.set_multithreading_enabled``);
+  its forward alone, recording autograd's node;
 - a backend that launches nothing (``torch.empty`` outputs) behind the same front door: the cost
   of flashduo's layers plus autograd;
 - a bare ``torch.autograd.Function`` around the same do-nothing forward and backward: autograd's
@@ -79,16 +80,20 @@ def _rows(args: argparse.Namespace, sets: list[Inputs], dout: torch.Tensor) -> l
     """(label, step) for every row: fwd+bwd steps on the input sets, in turn."""
     turn = [0]
 
-    def cycled(fn: Callable[..., torch.Tensor]) -> Callable[[], None]:
+    def cycled(fn: Callable[..., torch.Tensor], backward: bool = True) -> Callable[[], None]:
         def step() -> None:
             turn[0] += 1
-            fn(*sets[turn[0] % len(sets)]).backward(dout)
+            out = fn(*sets[turn[0] % len(sets)])
+            if backward:
+                out.backward(dout)
         return step
 
     def via(backend: str) -> Callable[..., torch.Tensor]:
         return lambda q, k, v: flashduo.attention(q, k, v, args.causal, backend=backend)
 
-    rows = [(f"{args.backend} forward+backward", cycled(via(args.backend)), True)]
+    rows = [(f"{args.backend} forward+backward", cycled(via(args.backend)), True),
+            (f"{args.backend} forward (with autograd's node)", cycled(via(args.backend), False),
+             False)]
     rows.append(("front door and autograd, nothing launched", cycled(via("host-time-null")), True))
     rows.append(("bare autograd.Function, nothing launched", cycled(_Bare.apply), True))
     if sets[0][0].is_cuda:

@@ -57,5 +57,5 @@ def test_host_time_reports_every_layer() -> None:
                       "--calls", "5", timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     rows = [line for line in run.stdout.splitlines() if " us" in line]
-    assert len(rows) == (6 if ON_GPU else 3), run.stdout
+    assert len(rows) == (7 if ON_GPU else 4), run.stdout
     assert all(float(row.split(" us")[0].split()[-1]) > 0 for row in rows), run.stdout
