@@ -17,6 +17,7 @@ benchmark's method) for:
 
     PYTHONPATH=. python examples/host_time.py                  # B=16 H=32 N=1024 D=64, causal
     PYTHONPATH=. python examples/host_time.py --n 197 --heads 6 --batch 256 --no-causal
+    PYTHONPATH=. python examples/host_time.py --profile 30      # and where, function by function
 """
 
 from __future__ import annotations
@@ -124,6 +125,9 @@ def main() -> None:
     parser.add_argument("--no-causal", dest="causal", action="store_false")
     parser.add_argument("--backend", default=None, help="default: triton on a GPU, else reference")
     parser.add_argument("--calls", type=int, default=60, help="timed calls a row")
+    parser.add_argument("--profile", type=int, default=0, metavar="K",
+                        help="also print the K functions with the most own time under cProfile "
+                        "(the backend's forward+backward, backward on the calling thread)")
     args = parser.parse_args()
     on_gpu = torch.cuda.is_available()
     device, dtype = ("cuda", torch.bfloat16) if on_gpu else ("cpu", torch.float32)
@@ -158,6 +162,27 @@ def main() -> None:
             finally:
                 torch.autograd.set_multithreading_enabled(True)
         print(line)
+    if args.profile:
+        _profile(_rows(args, sets, dout)[0][1], clear, args.calls, args.profile)
+
+
+def _profile(step: Callable[[], None], reset: Callable[[], None], calls: int, top: int) -> None:
+    """cProfile of ``calls`` calls of ``step`` with the backward on the calling thread (a profile
+    sees one thread), the ``top`` functions by own time."""
+    import cProfile
+    import pstats
+
+    torch.autograd.set_multithreading_enabled(False)
+    prof = cProfile.Profile()
+    try:
+        for _ in range(calls):
+            reset()
+            prof.enable()
+            step()
+            prof.disable()
+    finally:
+        torch.autograd.set_multithreading_enabled(True)
+    pstats.Stats(prof).sort_stats("tottime").print_stats(top)
 
 
 if __name__ == "__main__":

@@ -51,11 +51,14 @@ def test_navit_packing_matches_image_by_image() -> None:
 
 
 def test_host_time_reports_every_layer() -> None:
-    """examples/host_time.py prints a host time for the backend, the front door with nothing
-    launched, a bare autograd.Function and (with triton on a GPU) the launchers alone."""
+    """examples/host_time.py prints a host time for the backend, its forward, the front door with
+    nothing launched, a bare autograd.Function and (on a GPU) cuDNN and the triton launchers
+    alone, then a profile."""
     run = run_example("examples/host_time.py", "--batch", "2", "--heads", "4", "--n", "128",
-                      "--calls", "5", timeout=600)
+                      "--calls", "5", "--profile", "3", timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
-    rows = [line for line in run.stdout.splitlines() if " us" in line]
+    table, _, profile = run.stdout.partition("function calls")
+    assert "Ordered by: internal time" in profile, run.stdout
+    rows = [line for line in table.splitlines() if line.rstrip().endswith(("us", "us)"))]
     assert len(rows) == (7 if ON_GPU else 4), run.stdout
     assert all(float(row.split(" us")[0].split()[-1]) > 0 for row in rows), run.stdout
