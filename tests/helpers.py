@@ -13,6 +13,18 @@ from reference.passrule import KINDS, NAMES
 from tests.cases import DEVICE, Case, assert_close, poison_allocator
 
 TRITON_BACKENDS = ("triton", "triton-unfused")
+KERNEL_BACKENDS = ("triton", "cuda")  # the two hand-written kernel backends
+
+
+def varlen_backends(*masks: str) -> list[str]:
+    """The kernel backends that run packed sequences (``Backend.fwd_varlen``) with ``masks``."""
+    return [b for b in mask_backends(*masks) if flashduo.get_backend(b).fwd_varlen is not None]
+
+
+def mask_backends(*names: str) -> list[str]:
+    """The kernel backends whose ``Backend.masks`` take every masking argument in ``names``: the
+    mask tests run on each of them, and on a backend as soon as it declares the argument."""
+    return [b for b in KERNEL_BACKENDS if set(names) <= flashduo.get_backend(b).masks]
 
 
 def skip_if_unavailable(backend: str) -> None:

@@ -2,7 +2,7 @@
 ``reference`` backend takes them in forward and backward, eager, through the ops (opcheck) and
 under ``torch.compile``; a backend that does not take one (``Backend.masks``) refuses it with a
 ValueError naming the argument and the backends that do; bad values are refused by the
-validation gate. Runs on the CPU (the kernels' masks: ``test_triton_masks``)."""
+validation gate. Runs on the CPU (the kernels' masks: ``test_kernel_masks``)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 each sequence alone with ``flashduo.attention`` (forward, lse, gradients), with the causal mask,
 windows, softcap, GQA, empty sequences and per-image 2D RoPE (``CosSinTable.for_grids`` against
 each image's own table); refusals by name, opcheck and ``torch.compile``. Runs on the CPU with the
-``reference`` backend (the Triton kernels' packed sequences: ``test_triton_varlen``)."""
+``reference`` backend (the kernels' packed sequences: ``test_kernel_varlen``)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
-"""The ``triton`` backend's sliding window and softcap against the float64 reference by the pass
-rule, forward and backward, NaN-poisoned outputs: bands that cross tiles, bands that leave rows
-without a key (out 0, lse -inf, zero gradients), bands of one key, the causal mask folded into a
-window, GQA, Nq != Nk, softcap alone and with both masks. Without a GPU the kernels run in the
-Triton interpreter at small sizes (float16 and float32)."""
+"""The kernel backends' sliding window, softcap and attention masks against the float64 reference
+by the pass rule, forward and backward, NaN-poisoned outputs, on every kernel backend that
+declares the argument (``tests.helpers.mask_backends``; ``triton`` today): bands that cross tiles,
+bands that leave rows without a key (out 0, lse -inf, zero gradients), bands of one key, the
+causal mask folded into a window, GQA, Nq != Nk, softcap alone and with both masks. Without a GPU
+the Triton kernels run in the Triton interpreter at small sizes (float16 and float32). The
+triton-only tests at the end cover its torch.compile and opcheck paths."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from tests.cases import ON_GPU, assert_close
 from tests.helpers import (
     assert_compiled_matches_eager,
     case_inputs,
+    mask_backends,
     run_backend,
     run_reference,
     skip_if_unrunnable,
@@ -64,17 +67,24 @@ def _id(shape: tuple) -> str:
     return f"{b}x{hq}/{hkv}x{nq}x{nk}x{d}{'-causal' if causal else ''}-{what}"
 
 
+def _backend_shapes(shapes: list[tuple]) -> list:
+    """(backend, shape) for each shape and each kernel backend that takes its masks."""
+    return [pytest.param(backend, shape, id=f"{backend}-{_id(shape)}")
+            for shape in shapes for backend in mask_backends(*shape[-1])]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", SHAPES, ids=_id)
-def test_window_and_softcap_follow_the_reference(shape: tuple, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize(("backend", "shape"), _backend_shapes(SHAPES))
+def test_window_and_softcap_follow_the_reference(backend: str, shape: tuple,
+                                                 dtype: torch.dtype) -> None:
     b, hq, hkv, nq, nk, d, causal, masks = shape
     case = Case(b, hq, hkv, nq, nk, d, dtype, causal)
-    skip_if_unrunnable("triton", case)
+    skip_if_unrunnable(backend, case)
     q, k, v, dout = case_inputs(case)
-    got = run_backend("triton", q, k, v, causal, dout, **masks)
+    got = run_backend(backend, q, k, v, causal, dout, **masks)
     truth, baseline = run_reference(q.detach(), k.detach(), v.detach(), causal, dout, **masks)
     for name, kind, x, ref, base in zip(NAMES, KINDS, got, truth, baseline, strict=True):
-        assert_close(f"{_id(shape)} {name}", x, ref, base, kind, dtype, "triton")
+        assert_close(f"{_id(shape)} {name}", x, ref, base, kind, dtype, backend)
     empty = torch.isinf(truth[1])
     if empty.any():  # rows that see no key: out 0, lse -inf, no gradient
         assert (got[0][empty] == 0).all() and (got[1][empty] == float("-inf")).all()
@@ -116,18 +126,21 @@ def _attn_mask(kind: str, b: int, hq: int, nq: int, nk: int, device: str) -> tor
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", MASK_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_attention_masks_follow_the_reference(shape: tuple, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize(("backend", "shape"), [
+    pytest.param(backend, shape, id=f"{backend}-{'x'.join(map(str, shape))}")
+    for shape in MASK_SHAPES for backend in mask_backends("attn_mask")])
+def test_attention_masks_follow_the_reference(backend: str, shape: tuple,
+                                              dtype: torch.dtype) -> None:
     b, hq, hkv, nq, nk, d, causal, kind = shape
     case = Case(b, hq, hkv, nq, nk, d, dtype, causal)
-    skip_if_unrunnable("triton", case)
+    skip_if_unrunnable(backend, case)
     q, k, v, dout = case_inputs(case)
     mask = _attn_mask(kind, b, hq, nq, nk, q.device.type)
-    got = run_backend("triton", q, k, v, causal, dout, attn_mask=mask)
+    got = run_backend(backend, q, k, v, causal, dout, attn_mask=mask)
     truth, baseline = run_reference(q.detach(), k.detach(), v.detach(), causal, dout,
                                     attn_mask=mask)
     for name, kind_, x, ref, base in zip(NAMES, KINDS, got, truth, baseline, strict=True):
-        assert_close(f"{kind} {name}", x, ref, base, kind_, dtype, "triton")
+        assert_close(f"{kind} {name}", x, ref, base, kind_, dtype, backend)
     empty = torch.isinf(truth[1])
     if empty.any():
         assert (got[0][empty] == 0).all() and (got[1][empty] == float("-inf")).all()

@@ -1,8 +1,9 @@
-"""The ``triton`` backend's packed sequences (``flashduo.attention_varlen``) against the float64
+"""The kernel backends' packed sequences (``flashduo.attention_varlen``; every kernel backend with
+``Backend.fwd_varlen``, ``triton`` today, ``tests.helpers.varlen_backends``) against the float64
 reference of each sequence alone, by the pass rule (each sequence's PyTorch error sets its
 tolerance), forward and backward: ragged lengths across tiles, cross attention, causal, window
 and softcap per sequence, GQA, empty query and key sequences, per-image 2D RoPE. Without a GPU
-the kernels run in the Triton interpreter at small sizes."""
+the Triton kernels run in the Triton interpreter at small sizes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 import flashduo
 from reference.passrule import KINDS, NAMES, Case, truth_and_baseline
 from tests.cases import DEVICE, ON_GPU, assert_close, poison_allocator
-from tests.helpers import skip_if_unrunnable
+from tests.helpers import skip_if_unrunnable, varlen_backends
 
 # (lens_q, lens_k, hq, hkv, d, causal, keywords)
 SMALL = [
@@ -70,12 +71,19 @@ def _per_sequence(q, k, v, dout, lens_q, lens_k, causal, keywords):
                  for r in parts)
 
 
+def _id(s: tuple) -> str:
+    return (f"{s[0]}x{s[1]}-{s[2]}/{s[3]}-{s[4]}{'-causal' if s[5] else ''}-{s[6]}"
+            .replace(" ", ""))
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}-{s[2]}/{s[3]}-{s[4]}"
-                         f"{'-causal' if s[5] else ''}-{s[6]}".replace(" ", ""))
-def test_packed_sequences_follow_the_reference(shape: tuple, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize(("backend", "shape"), [
+    pytest.param(backend, shape, id=f"{backend}-{_id(shape)}")
+    for shape in SHAPES for backend in varlen_backends(*shape[-1])])
+def test_packed_sequences_follow_the_reference(backend: str, shape: tuple,
+                                               dtype: torch.dtype) -> None:
     lens_q, lens_k, hq, hkv, d, causal, keywords = shape
-    skip_if_unrunnable("triton", Case(1, hq, hkv, max(lens_q), max(lens_k), d, dtype, causal))
+    skip_if_unrunnable(backend, Case(1, hq, hkv, max(lens_q), max(lens_k), d, dtype, causal))
     gen = torch.Generator(device=DEVICE).manual_seed(0)
 
     def rand(n: int, h: int) -> torch.Tensor:
@@ -85,14 +93,14 @@ def test_packed_sequences_follow_the_reference(shape: tuple, dtype: torch.dtype)
     dout = torch.randn(q.shape, generator=gen, device=DEVICE).to(dtype)
     poison_allocator((q.shape, dtype), ((hq, q.shape[0]), torch.float32))
     out, lse = flashduo.attention_varlen(q, k, v, _cu(lens_q), _cu(lens_k), max(lens_q),
-                                         max(lens_k), causal, backend="triton", return_lse=True,
+                                         max(lens_k), causal, backend=backend, return_lse=True,
                                          **keywords)
     poison_allocator((q.shape, dtype), (k.shape, dtype), (v.shape, dtype))
     got = (out, lse, *torch.autograd.grad(out, (q, k, v), dout))
     truth, baseline = _per_sequence(q.detach(), k.detach(), v.detach(), dout, lens_q, lens_k,
                                     causal, keywords)
     for name, kind, x, ref, base in zip(NAMES, KINDS, got, truth, baseline, strict=True):
-        assert_close(f"{name}", x, ref, base, kind, dtype, "triton")
+        assert_close(f"{name}", x, ref, base, kind, dtype, backend)
     empty = torch.isinf(truth[1][0])
     if empty.any():
         assert (out[empty] == 0).all() and (got[2][empty] == 0).all()
