@@ -1,9 +1,12 @@
 """Launch plans (``triton_impl._plans``): a call's direct launches recorded once and replayed on a
-later call's tensors. On any machine with the compiled kernels faked; on a GPU against Triton's
-own launch path, bit for bit."""
+later call's tensors. On any machine with the compiled kernels faked: the replay's tensor swap,
+the calls that must not be planned, and — through the real launchers' argument building — that
+a call differing from a recorded one in anything its key must hold launches what the launchers
+build for it. On a GPU against Triton's own launch path, bit for bit."""
 
 from __future__ import annotations
 
+import math
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,3 +164,130 @@ def test_replayed_calls_equal_the_launchers_path(case: Case, packed: bool, monke
     through_triton = run(*inputs)
     for name, a, b in zip(("out", "dq", "dk", "dv"), replayed, through_triton):
         assert torch.equal(a, b), f"{name}: the replayed call differs from Triton's launch path"
+
+
+class _Logged:
+    """A compiled kernel for every signature: its launches are logged with that signature (the
+    kernel, its arguments' dtypes, alignment and values, its constexprs), tensors by shape,
+    strides, dtype and (for the call's inputs) identity."""
+
+    function = packed_metadata = None
+
+    def __init__(self, log: list, sig: tuple) -> None:
+        self.log, self.sig = log, sig
+
+    def run(self, x, y, z, stream, function, metadata, *rest) -> None:
+        self.log.append((self.sig, (x, y, z), tuple(
+            (a.shape, a.stride(), a.dtype, id(a) if getattr(a, "_input", False) else None)
+            if isinstance(a, torch.Tensor) else a for a in rest[3:])))
+
+
+@pytest.fixture
+def logged_launches(fake_device, monkeypatch) -> list:
+    """The real launchers (argument building, configs, plans) over kernels that only log:
+    every shape class has a config and every signature a compiled kernel."""
+    import triton
+
+    log: list = []
+
+    class Compiled(dict):
+        def get(self, sig, default=None):
+            kernel, *_ = sig[0]  # the kernel, then its argument signature and constexprs
+            return _Logged(log, (id(kernel), *sig[2:])), (), ()
+
+    class Chosen(dict):
+        def get(self, key, default=None):
+            return triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=2)
+
+    monkeypatch.setattr(_config, "_COMPILED", Compiled())
+    monkeypatch.setattr(_config, "_CHOSEN", Chosen())
+    monkeypatch.setattr(_config, "interpreting", lambda: False)
+    return log
+
+
+def _tensors(shape: tuple, layout: str = "bhnd", offset: int = 0) -> list[torch.Tensor]:
+    """q, k, v, dout, out as inputs (B, H, N, D) in ``layout`` memory, ``offset`` elements into
+    their storage (1: not 16-byte aligned); lse float32; RoPE cos and sin tables (N, D / 2)."""
+    b, h, n, d = shape
+
+    def make() -> torch.Tensor:
+        dims = (b, h, n, d) if layout == "bhnd" else (b, n, h, d)
+        t = torch.randn(offset + math.prod(dims), dtype=torch.float16)[offset:].view(dims)
+        t = t if layout == "bhnd" else t.transpose(1, 2)
+        t._input = True
+        return t
+
+    lse, cos, sin = torch.randn(b, h, n), torch.randn(n, d // 2), torch.randn(n, d // 2)
+    lse._input = cos._input = sin._input = True
+    return [make() for _ in range(5)] + [lse, cos, sin]
+
+
+# (name, keywords of a call that differs from the base call in one thing the key must hold)
+_VARIANTS = [
+    ("same", {}),
+    ("scale", {"scale": 0.3}),
+    ("causal", {"causal": False}),
+    ("layout", {"layout": "bnhd"}),
+    ("unaligned", {"offset": 1}),
+    ("window", {"window": (7, 0)}),
+    ("softcap", {"softcap": 2.0}),
+    ("rope", {"rope": True}),
+    ("shape", {"shape": (2, 4, 96, 32)}),
+    ("packed", {"packed": True}),
+    ("gqa", {"hkv": 2}),
+]
+
+
+@pytest.mark.parametrize("name,change", _VARIANTS, ids=[v[0] for v in _VARIANTS])
+def test_a_replay_launches_what_the_launchers_would(logged_launches: list, name: str,
+                                                    change: dict) -> None:
+    """After a base call is recorded, a call with new tensors that differs from it in ``name``
+    launches exactly what the launchers build for it with plans off: the same kernels, grids,
+    scalars, and its own tensors in their places (a key that left ``name`` out would replay the
+    base call's arguments)."""
+    from triton_impl import bwd, fwd
+
+    def call(shape=(2, 4, 64, 32), layout="bhnd", offset=0, scale=0.125, causal=True,
+             window=None, softcap=None, rope=False, packed=False, hkv=None, tensors=None):
+        q, k, v, dout, out, lse, cos, sin = tensors or _tensors(shape, layout, offset)
+        if hkv is not None:  # GQA: the first hkv heads of k and v
+            k, v = k[:, :hkv], v[:, :hkv]
+        tables = (cos, sin, 1) if rope else None
+        masks = {"window": window, "softcap": softcap}
+        if not rope:
+            fwd.attention_fwd(q, k, v, causal, scale, **masks)
+        grads = torch.empty(shape[0], shape[2], 3, *shape[1:2], shape[3],
+                            dtype=q.dtype) if packed else None
+        bwd.attention_bwd(dout, q, k, v, out, lse, causal, scale, rope=tables, packed=grads,
+                          **masks)
+        return (q, k, v, dout, out, lse)
+
+    call()
+    call()  # recorded
+    logged_launches.clear()
+    base = {"shape": (2, 4, 64, 32), "layout": "bhnd", "offset": 0}
+    args = {**base, **change}
+    tensors = _tensors(args["shape"], args["layout"], args["offset"])
+    replays = []
+    spy = pytest.MonkeyPatch()
+    spy.setattr(_plans._Plan, "replay", lambda plan, *a, f=_plans._Plan.replay: (
+        replays.append(1), f(plan, *a))[1])
+    try:
+        call(**args, tensors=tensors)
+    finally:
+        spy.undo()
+    assert name != "same" or len(replays) == 2, "the forward and backward were not replayed"
+    replayed = list(logged_launches)
+    logged_launches.clear()
+    _plans_off = pytest.MonkeyPatch()
+    _plans_off.setattr(_plans, "ENABLED", False)
+    try:
+        call(**args, tensors=tensors)
+    finally:
+        _plans_off.undo()
+    assert replayed, f"{name}: nothing launched"
+    assert [g[0] for g in replayed] == [w[0] for w in logged_launches], f"{name}: other kernels"
+    for got, want in zip(replayed, logged_launches, strict=True):
+        for i, (a, b) in enumerate(zip(got[2], want[2], strict=True)):
+            assert a == b, f"{name}: argument {i} of the replay is {a}, the launchers' {b}"
+        assert got == want, f"{name}: the replay's signature or grid differs"

@@ -43,6 +43,14 @@ class _Plan:
     def __init__(self, steps: list[tuple], named: list[tuple]) -> None:
         self.steps = steps
         self.named = named
+        # the config and kernel tables it was recorded under (kept alive, compared by identity:
+        # a table swapped for another, as tests do, makes the plan stale)
+        self.tables = (_config._CHOSEN, _config._COMPILED)
+
+    def current(self) -> bool:
+        """Whether the config and kernel tables are still those it was recorded under."""
+        chosen, compiled = self.tables
+        return chosen is _config._CHOSEN and compiled is _config._COMPILED
 
     @classmethod
     def build(cls, rec: _config.Recording, tensors: Sequence[torch.Tensor | None]) -> _Plan | None:
@@ -112,9 +120,9 @@ class Plans:
             run()
             return
         device = _config.driver.active.get_current_device()
-        key = (key, device, id(_config._CHOSEN), id(_config._COMPILED))
+        key = (key, device)
         plan = self._plans.get(key)
-        if plan is not None and not _config._hooked():
+        if plan is not None and plan.current() and not _config._hooked():
             plan.replay(tensors, device)
             return
         rec = _config.Recording()
