@@ -177,9 +177,18 @@ class _Logged:
         self.log, self.sig = log, sig
 
     def run(self, x, y, z, stream, function, metadata, *rest) -> None:
-        self.log.append((self.sig, (x, y, z), tuple(
-            (a.shape, a.stride(), a.dtype, id(a) if getattr(a, "_input", False) else None)
-            if isinstance(a, torch.Tensor) else a for a in rest[3:])))
+        self.log.append((self.sig, (x, y, z), tuple(_logged(a) for a in rest[3:])))
+
+
+def _logged(a: object) -> object:
+    """A launch argument as the log compares it: a tensor by shape, strides, dtype and (for a
+    call's input) identity; a host descriptor by its base and its other fields."""
+    if isinstance(a, torch.Tensor):
+        return a.shape, a.stride(), a.dtype, id(a) if getattr(a, "_input", False) else None
+    if hasattr(a, "block_shape"):
+        return (type(a), _logged(a.base), tuple(a.shape), tuple(a.strides),
+                tuple(a.block_shape), a.layout, a.padding)
+    return a
 
 
 @pytest.fixture
@@ -291,3 +300,36 @@ def test_a_replay_launches_what_the_launchers_would(logged_launches: list, name:
         for i, (a, b) in enumerate(zip(got[2], want[2], strict=True)):
             assert a == b, f"{name}: argument {i} of the replay is {a}, the launchers' {b}"
         assert got == want, f"{name}: the replay's signature or grid differs"
+
+
+_GLUON_VARIANTS = [("same", {}), ("scale", {"scale": 0.3}), ("causal", {"causal": False}),
+                   ("layout", {"layout": "bnhd"}), ("one-program-a-tile", {"persistent": False}),
+                   ("programs", {"persistent": 7}), ("shape", {"shape": (1, 4, 256, 64)})]
+
+
+@pytest.mark.parametrize("name,change", _GLUON_VARIANTS, ids=[v[0] for v in _GLUON_VARIANTS])
+def test_a_gluon_replay_launches_what_its_launcher_would(logged_launches: list, name: str,
+                                                         change: dict, monkeypatch) -> None:
+    """The Gluon forward's plans, as ``test_a_replay_launches_what_the_launchers_would``: its
+    host descriptors are made again on the new call's tensors."""
+    from triton_impl import gluon_fwd
+
+    monkeypatch.setattr(gluon_fwd, "_sm_count", lambda index: 132)
+
+    def call(shape=(2, 4, 128, 64), layout="bhnd", scale=0.125, causal=True, persistent=True,
+             tensors=None):
+        q, k, v = (tensors or _tensors(shape, layout))[:3]
+        gluon_fwd.attention_fwd(q, k, v, causal, scale, persistent)
+
+    call()
+    call()  # recorded
+    assert len(gluon_fwd._PLANS) > 0, "the Gluon forward recorded no plan"
+    logged_launches.clear()
+    args = {"shape": (2, 4, 128, 64), "layout": "bhnd", **change}
+    tensors = _tensors(args["shape"], args["layout"])
+    call(**args, tensors=tensors)
+    replayed = list(logged_launches)
+    logged_launches.clear()
+    monkeypatch.setattr(_plans, "ENABLED", False)
+    call(**args, tensors=tensors)
+    assert replayed and replayed == logged_launches, f"{name}: the replay differs"
