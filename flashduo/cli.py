@@ -139,6 +139,9 @@ def cmd_info() -> int:
     print(f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')!s} "
           f"FLASHDUO_BACKEND={os.environ.get('FLASHDUO_BACKEND', '')!s} "
           f"default backend: {registry.default_backend()}")
+    switches = sorted(f"{k}={v}" for k, v in os.environ.items()
+                      if k.startswith("FLASHDUO_") and k != "FLASHDUO_BACKEND")
+    print(f"other FLASHDUO_ switches set: {' '.join(switches) or 'none'}")
     print("backends:")
     for name, why in flashduo.available_backends().items():
         backend = flashduo.get_backend(name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -271,3 +272,12 @@ def test_an_output_without_a_gradient_gives_zero_gradients(packed: bool) -> None
     got = torch.autograd.grad(out, (q, k, v), dout)
     want = torch.autograd.grad(call(), (q, k, v), dout)
     assert all(torch.equal(a, b) and torch.count_nonzero(a) > 0 for a, b in zip(got, want))
+
+
+def test_info_lists_the_switches_that_are_set() -> None:
+    """``python -m flashduo info`` names the backends and every FLASHDUO_ switch set."""
+    env = {**os.environ, "FLASHDUO_LAUNCH_PLANS": "1", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-m", "flashduo", "info"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "FLASHDUO_LAUNCH_PLANS=1" in run.stdout and "backends:" in run.stdout, run.stdout
