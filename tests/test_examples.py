@@ -60,5 +60,8 @@ def test_host_time_reports_every_layer() -> None:
     table, _, profile = run.stdout.partition("function calls")
     assert "Ordered by: internal time" in profile, run.stdout
     rows = [line for line in table.splitlines() if line.rstrip().endswith(("us", "us)"))]
-    assert len(rows) == (7 if ON_GPU else 4), run.stdout
+    labels = ["forward+backward", "forward (with autograd's node)", "front door", "bare"]
+    if ON_GPU:
+        labels += ["attention_fwd alone", "attention_bwd alone"]
+    assert all(any(label in row for row in rows) for label in labels), run.stdout
     assert all(float(row.split(" us")[0].split()[-1]) > 0 for row in rows), run.stdout
