@@ -111,6 +111,15 @@ def test_plans_are_off_by_default(fake_device, monkeypatch) -> None:
     assert not _plans.Plans.on()
 
 
+def test_no_plans_inside_torch_compiles_recording(fake_device) -> None:
+    """Launches recorded for torch.compile (``_traced.recording()``) build no key."""
+    from triton_impl import _traced
+
+    assert _plans.Plans.on()
+    with _traced.recording():
+        assert not _plans.Plans.on()
+
+
 def test_a_launch_hook_takes_the_launchers_path(fake_device, monkeypatch) -> None:
     compiled, plans = _Compiled(), _plans.Plans()
     call = _launcher(compiled)

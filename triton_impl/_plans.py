@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from triton_impl import _config
+from triton_impl import _config, _traced
 from triton_impl._env import interpreting
 
 # Whether calls may be recorded at all, read as triton_impl is imported: ``FLASHDUO_LAUNCH_PLANS=1``
@@ -139,9 +139,9 @@ class Plans:
 
     @staticmethod
     def on() -> bool:
-        """Whether calls may be recorded and replayed now: plans ``ENABLED`` and direct launches
-        on."""
-        return ENABLED and _config.direct_launch()
+        """Whether calls may be recorded and replayed now: plans ``ENABLED``, direct launches on,
+        and not inside ``torch.compile``'s recording (``_traced``)."""
+        return ENABLED and not _traced.active() and _config.direct_launch()
 
     def __len__(self) -> int:
         return len(self._plans)

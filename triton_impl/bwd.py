@@ -607,7 +607,7 @@ def attention_bwd(
                        softcap, attn_mask, config)
 
     key = None
-    if config is None and attn_mask is None and not _traced.active() and _PLANS.on():
+    if config is None and attn_mask is None and _PLANS.on():
         key = (q.shape, k.shape, q.stride(), k.stride(), v.stride(), dout.stride(), out.stride(),
                lse.shape, None if packed is None else packed.stride(), q.dtype, dout.dtype,
                out.dtype, causal, scale, window, softcap, one, tma,

@@ -338,7 +338,7 @@ def attention_fwd(
                 attn_mask, config)
 
     key = None
-    if config is None and attn_mask is None and not _traced.active() and _PLANS.on():
+    if config is None and attn_mask is None and _PLANS.on():
         key = (q.shape, k.shape, q.stride(), k.stride(), v.stride(), q.dtype, causal, scale,
                window, softcap, tma, aligned(q, k, v))
     _PLANS.launch(key, (q, k, v, out_bnhd, lse), run)

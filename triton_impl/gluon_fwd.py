@@ -339,7 +339,6 @@ if gluon is not None:
 
 
 @functools.cache
-@functools.cache
 def _hopper(index: int) -> bool:
     return torch.cuda.get_device_capability(index) == (9, 0)
 
