@@ -13,6 +13,7 @@ packed-sequence arguments of the semantics in ``reference.attention`` and ``refe
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -153,8 +154,9 @@ def check_varlen(
     int32 (batch + 1,) on q's device, starting at 0, never decreasing and ending at the totals,
     ``max_seqlen_*`` ints at least the longest sequence; return the effective scale.
 
-    The values of ``cu_seqlens_*`` are read on the host (one small copy from the GPU), except
-    while ``torch.compile`` traces the call. Raises TypeError / ValueError naming the argument.
+    The values of ``cu_seqlens_*`` are read on the host (one small copy from the GPU, once per
+    tensor and version: ``cu_bounds``), except while ``torch.compile`` traces the call. Raises
+    TypeError / ValueError naming the argument.
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
@@ -190,9 +192,30 @@ def check_varlen(
                          f"got {cu_seqlens_q.numel()} and {cu_seqlens_k.numel()}")
     if not torch.compiler.is_compiling():
         for side, cu, total, longest in sides:
-            _check_cu_seqlens_values(f"cu_seqlens_{side}", cu.tolist(), total,
+            _check_cu_seqlens_values(f"cu_seqlens_{side}", cu_bounds(cu), total,
                                      f"max_seqlen_{side}", longest)
     return _scale(scale, q.shape[-1])
+
+
+# id(cu_seqlens) -> (a weak reference to it, its version counter, its values): the values read
+# on the host for the last ``CU_BOUNDS_LIMIT`` tensors.
+_CU_BOUNDS: dict[int, tuple[weakref.ref, int, list[int]]] = {}
+CU_BOUNDS_LIMIT = 64
+
+
+def cu_bounds(cu: torch.Tensor) -> list[int]:
+    """The values of a ``cu_seqlens`` tensor as a list, read on the host once per tensor and
+    version: reading a GPU tensor waits for all the work queued before it, and the blocks of a
+    model usually pass one ``cu_seqlens`` to every layer. Any in-place change (which bumps the
+    tensor's version counter) makes it read again."""
+    hit = _CU_BOUNDS.get(id(cu))
+    if hit is not None and hit[0]() is cu and hit[1] == cu._version:
+        return hit[2]
+    bounds = cu.tolist()
+    if len(_CU_BOUNDS) >= CU_BOUNDS_LIMIT:
+        _CU_BOUNDS.clear()
+    _CU_BOUNDS[id(cu)] = (weakref.ref(cu), cu._version, bounds)
+    return bounds
 
 
 def _check_cu_seqlens_kind(name: str, cu: object, device: torch.device, max_name: str,

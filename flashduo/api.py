@@ -12,6 +12,7 @@ from flashduo._validate import (
     check_masks,
     check_qkvpacked,
     check_varlen,
+    cu_bounds,
     last_dim_contiguous,
 )
 
@@ -189,7 +190,8 @@ def attention_varlen(
             ``cu_seqlens_q[i] : cu_seqlens_q[i + 1]`` of q and the same of ``cu_seqlens_k`` in
             k and v. Last-dim stride 1 (other inputs are copied once).
         cu_seqlens_q, cu_seqlens_k: int32 (batch + 1,) on q's device, from 0, never decreasing,
-            ending at total_q / total_k. Their values are read on the host (one small copy).
+            ending at total_q / total_k. Their values are read on the host (one small copy,
+            once per tensor and version: a model's layers may share one cu_seqlens).
         max_seqlen_q, max_seqlen_k: ints at least the longest sequence of each.
         causal, window, softcap: as in ``attention``, top-left aligned within each sequence.
         rope: a ``CosSinTable.for_grids`` table of the packed images (NaViT-style native
@@ -216,7 +218,7 @@ def attention_varlen(
     if rope is not None:
         if not torch.compiler.is_compiling():
             for name, x, cu in (("q", q, cu_seqlens_q), ("k", k, cu_seqlens_k)):
-                bounds = cu.tolist()
+                bounds = cu_bounds(cu)
                 reference.check_packed_rope(x, rope, [b - a for a, b in zip(bounds, bounds[1:])],
                                             name)
         tables = (rope.COSP, rope.SINP)

@@ -175,3 +175,23 @@ def test_packed_attention_compiles_fullgraph() -> None:
 
     assert_compiled_matches_eager(lambda q, k, v: loss(q, k, v, cu), _packed(lens, lens, seed=2),
                                   "aot_eager")
+
+
+def test_cu_seqlens_are_read_once_per_tensor_and_version(monkeypatch) -> None:
+    """The layers of a model pass one cu_seqlens to every call: its values are read on the host
+    (a GPU sync) at its first call only; an in-place change is read again and validated."""
+    if flashduo.get_backend("triton").unavailable():
+        pytest.skip(flashduo.get_backend("triton").unavailable())
+    lens = [5, 9, 3]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    q, k, v = (t.detach().to(device, torch.float16) for t in _packed(lens, lens))
+    cu = _cu(lens).to(device)
+    reads = []
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t, f=torch.Tensor.tolist: (
+        reads.append(t) or f(t)))
+    for _ in range(3):  # the triton backend reads no cu_seqlens on the host itself
+        flashduo.attention_varlen(q, k, v, cu, cu, 9, 9, backend="triton")
+    assert sum(t is cu for t in reads) == 1, "cu_seqlens was read on the host more than once"
+    cu[-1] += 1  # no longer ends at the total
+    with pytest.raises(ValueError, match="cu_seqlens_q must end at the number of rows"):
+        flashduo.attention_varlen(q, k, v, cu, cu, 9, 9, backend="triton")
