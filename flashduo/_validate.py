@@ -13,11 +13,11 @@ packed-sequence arguments of the semantics in ``reference.attention`` and ``refe
 from __future__ import annotations
 
 import math
-import weakref
 
 import torch
 
 import reference
+from flashduo._memo import PerTensor
 
 
 def check_inputs(
@@ -197,25 +197,15 @@ def check_varlen(
     return _scale(scale, q.shape[-1])
 
 
-# id(cu_seqlens) -> (a weak reference to it, its version counter, its values): the values read
-# on the host for the last ``CU_BOUNDS_LIMIT`` tensors.
-_CU_BOUNDS: dict[int, tuple[weakref.ref, int, list[int]]] = {}
-CU_BOUNDS_LIMIT = 64
+_CU_BOUNDS = PerTensor(limit=64)
 
 
 def cu_bounds(cu: torch.Tensor) -> list[int]:
     """The values of a ``cu_seqlens`` tensor as a list, read on the host once per tensor and
-    version: reading a GPU tensor waits for all the work queued before it, and the blocks of a
-    model usually pass one ``cu_seqlens`` to every layer. Any in-place change (which bumps the
-    tensor's version counter) makes it read again."""
-    hit = _CU_BOUNDS.get(id(cu))
-    if hit is not None and hit[0]() is cu and hit[1] == cu._version:
-        return hit[2]
-    bounds = cu.tolist()
-    if len(_CU_BOUNDS) >= CU_BOUNDS_LIMIT:
-        _CU_BOUNDS.clear()
-    _CU_BOUNDS[id(cu)] = (weakref.ref(cu), cu._version, bounds)
-    return bounds
+    version (``PerTensor``): reading a GPU tensor waits for all the work queued before it, and the
+    blocks of a model usually pass one ``cu_seqlens`` to every layer. Any in-place change (which
+    bumps the tensor's version counter) makes it read again."""
+    return _CU_BOUNDS.get(cu, torch.Tensor.tolist)
 
 
 def _check_cu_seqlens_kind(name: str, cu: object, device: torch.device, max_name: str,

@@ -14,18 +14,18 @@ per-head ('mixed') rope embeddings, rotate-half rope, or separate q/k/v projecti
 from __future__ import annotations
 
 import types
-import weakref
 
 import torch
 
 import flashduo
 from flashduo import registry
+from flashduo._memo import PerTensor
 from reference.rope import CosSinTable
 
 PATCHED_CLASSES = ("AttentionRope", "EvaAttention")
 
 
-_TABLES: dict[int, tuple[weakref.ref, int, CosSinTable]] = {}
+_TABLES = PerTensor(limit=1)  # one embedding in use at a time: the newest only
 
 
 def _table(emb: torch.Tensor) -> CosSinTable:
@@ -34,13 +34,7 @@ def _table(emb: torch.Tensor) -> CosSinTable:
     lives unchanged (same object, same version); traced calls build it in the graph."""
     if torch.compiler.is_compiling():
         return CosSinTable.from_embed(emb)
-    hit = _TABLES.get(id(emb))
-    if hit is not None and hit[0]() is emb and hit[1] == emb._version:
-        return hit[2]
-    table = CosSinTable.from_embed(emb)
-    _TABLES.clear()  # one embedding in use at a time: keep the newest only
-    _TABLES[id(emb)] = (weakref.ref(emb), emb._version, table)
-    return table
+    return _TABLES.get(emb, CosSinTable.from_embed)
 
 
 def _takes_attn_mask(backend: str | None) -> bool:
