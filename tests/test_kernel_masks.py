@@ -78,15 +78,24 @@ def _backend_shapes(shapes: list[tuple]) -> list:
 def test_window_and_softcap_follow_the_reference(backend: str, shape: tuple,
                                                  dtype: torch.dtype) -> None:
     b, hq, hkv, nq, nk, d, causal, masks = shape
-    case = Case(b, hq, hkv, nq, nk, d, dtype, causal)
+    _check_masked(backend, Case(b, hq, hkv, nq, nk, d, dtype, causal), _id(shape),
+                  lambda q: masks)
+
+
+def _check_masked(backend: str, case: Case, label: str, masks_for) -> None:
+    """The backend's out, lse and gradients on ``case`` with the masking keywords
+    ``masks_for(q)`` against the float64 reference by the pass rule; rows that see no key: out
+    0, lse -inf, no gradient."""
     skip_if_unrunnable(backend, case)
     q, k, v, dout = case_inputs(case)
-    got = run_backend(backend, q, k, v, causal, dout, **masks)
-    truth, baseline = run_reference(q.detach(), k.detach(), v.detach(), causal, dout, **masks)
+    masks = masks_for(q)
+    got = run_backend(backend, q, k, v, case.causal, dout, **masks)
+    truth, baseline = run_reference(q.detach(), k.detach(), v.detach(), case.causal, dout,
+                                    **masks)
     for name, kind, x, ref, base in zip(NAMES, KINDS, got, truth, baseline, strict=True):
-        assert_close(f"{_id(shape)} {name}", x, ref, base, kind, dtype, backend)
+        assert_close(f"{label} {name}", x, ref, base, kind, case.dtype, backend)
     empty = torch.isinf(truth[1])
-    if empty.any():  # rows that see no key: out 0, lse -inf, no gradient
+    if empty.any():
         assert (got[0][empty] == 0).all() and (got[1][empty] == float("-inf")).all()
         assert (got[2][empty] == 0).all()
 
@@ -132,19 +141,8 @@ def _attn_mask(kind: str, b: int, hq: int, nq: int, nk: int, device: str) -> tor
 def test_attention_masks_follow_the_reference(backend: str, shape: tuple,
                                               dtype: torch.dtype) -> None:
     b, hq, hkv, nq, nk, d, causal, kind = shape
-    case = Case(b, hq, hkv, nq, nk, d, dtype, causal)
-    skip_if_unrunnable(backend, case)
-    q, k, v, dout = case_inputs(case)
-    mask = _attn_mask(kind, b, hq, nq, nk, q.device.type)
-    got = run_backend(backend, q, k, v, causal, dout, attn_mask=mask)
-    truth, baseline = run_reference(q.detach(), k.detach(), v.detach(), causal, dout,
-                                    attn_mask=mask)
-    for name, kind_, x, ref, base in zip(NAMES, KINDS, got, truth, baseline, strict=True):
-        assert_close(f"{kind} {name}", x, ref, base, kind_, dtype, backend)
-    empty = torch.isinf(truth[1])
-    if empty.any():
-        assert (got[0][empty] == 0).all() and (got[1][empty] == float("-inf")).all()
-        assert (got[2][empty] == 0).all()
+    _check_masked(backend, Case(b, hq, hkv, nq, nk, d, dtype, causal), kind,
+                  lambda q: {"attn_mask": _attn_mask(kind, b, hq, nq, nk, q.device.type)})
 
 
 def test_masked_triton_ops_pass_opcheck() -> None:
