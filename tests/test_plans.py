@@ -19,7 +19,9 @@ from tests.helpers import case_inputs, skip_if_unrunnable
 
 pytest.importorskip("triton")
 
-from triton_impl import _config, _plans  # noqa: E402 (needs triton)
+# The launchers are imported here, before any test patches ``_config``: their autotune config
+# lists are built at import, for the interpreter or the GPU as ``_config.interpreting()`` says.
+from triton_impl import _config, _plans, bwd, fwd, gluon_fwd  # noqa: E402 (needs triton)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,7 +150,6 @@ def test_replayed_calls_equal_the_launchers_path(case: Case, packed: bool, monke
         pytest.skip("a packed qkv has one head count")
     monkeypatch.setattr(_plans, "ENABLED", True)
     import flashduo
-    from triton_impl import bwd, fwd, gluon_fwd
 
     def run(q, k, v, dout):
         if packed:
@@ -263,7 +264,6 @@ def test_a_replay_launches_what_the_launchers_would(logged_launches: list, name:
     launches exactly what the launchers build for it with plans off: the same kernels, grids,
     scalars, and its own tensors in their places (a key that left ``name`` out would replay the
     base call's arguments)."""
-    from triton_impl import bwd, fwd
 
     def call(shape=(2, 4, 64, 32), layout="bhnd", offset=0, scale=0.125, causal=True,
              window=None, softcap=None, rope=False, packed=False, hkv=None, tensors=None):
@@ -321,7 +321,6 @@ def test_a_gluon_replay_launches_what_its_launcher_would(logged_launches: list, 
                                                          change: dict, monkeypatch) -> None:
     """The Gluon forward's plans, as ``test_a_replay_launches_what_the_launchers_would``: its
     host descriptors are made again on the new call's tensors."""
-    from triton_impl import gluon_fwd
 
     monkeypatch.setattr(gluon_fwd, "_sm_count", lambda index: 132)
 
@@ -341,4 +340,50 @@ def test_a_gluon_replay_launches_what_its_launcher_would(logged_launches: list, 
     logged_launches.clear()
     monkeypatch.setattr(_plans, "ENABLED", False)
     call(**args, tensors=tensors)
+    assert replayed and replayed == logged_launches, f"{name}: the replay differs"
+
+
+_VARLEN_VARIANTS = [("same", {}), ("scale", {"scale": 0.3}), ("causal", {"causal": False}),
+                    ("sequences", {"batch": 4}), ("longest", {"longest": 50}),
+                    ("window", {"window": (5, 0)}), ("softcap", {"softcap": 2.0}),
+                    ("rope", {"rope": True}), ("gqa", {"hkv": 2})]
+
+
+@pytest.mark.parametrize("name,change", _VARLEN_VARIANTS, ids=[v[0] for v in _VARLEN_VARIANTS])
+def test_a_varlen_replay_launches_what_the_launchers_would(logged_launches: list, name: str,
+                                                           change: dict, monkeypatch) -> None:
+    """The packed-sequence launchers' plans, as ``test_a_replay_launches_what_the_launchers_would``
+    (the RoPE tables go to the backward only, as the op layer hands them)."""
+
+    def tensors(batch: int, hkv: int) -> list[torch.Tensor]:
+        total, h, d = 96, 4, 32
+        made = [torch.randn(total, h if i in (0, 3, 4) else hkv, d, dtype=torch.float16)
+                for i in range(5)]  # q, k, v, dout, out
+        made += [torch.randn(h, total), torch.randn(total, d // 2), torch.randn(total, d // 2)]
+        made += [torch.arange(0, total + 1, total // batch, dtype=torch.int32)] * 2
+        made[-1] = made[-2].clone()
+        for t in made:
+            t._input = True
+        return made
+
+    def call(scale=0.125, causal=True, batch=3, longest=32, window=None, softcap=None,
+             rope=False, hkv=4, made=None):
+        q, k, v, dout, out, lse, cos, sin, cu_q, cu_k = made or tensors(batch, hkv)
+        masks = {"window": window, "softcap": softcap}
+        fwd.attention_fwd_varlen(q, k, v, cu_q, cu_k, longest, longest, causal, scale, **masks)
+        bwd.attention_bwd_varlen(dout, q, k, v, out, lse, cu_q, cu_k, longest, longest, causal,
+                                 scale, rope=(cos, sin) if rope else None, **masks)
+
+    call()
+    call()  # recorded
+    for launcher in (fwd, bwd):
+        assert any(key[0][0] == "varlen" for key in launcher._PLANS._plans), "nothing recorded"
+    logged_launches.clear()
+    args = {"batch": 3, "hkv": 4, **change}
+    made = tensors(args["batch"], args["hkv"])
+    call(**args, made=made)
+    replayed = list(logged_launches)
+    logged_launches.clear()
+    monkeypatch.setattr(_plans, "ENABLED", False)
+    call(**args, made=made)
     assert replayed and replayed == logged_launches, f"{name}: the replay differs"

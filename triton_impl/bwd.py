@@ -694,9 +694,21 @@ def attention_bwd_varlen(
     def rows(*tensors: torch.Tensor) -> tuple[int, ...]:  # (b, h, row): b is the sequence
         return tuple(x for t in tensors for x in (0, t.stride(1), t.stride(0)))
 
-    _launch_passes((q, k, v, dout, lse, delta), (out, *rows(out)), (dq, dk, dv), 0,
-                   rows(q, k, v, dout),
-                   rows(dq, dk), cu_seqlens_q.numel() - 1, h, hkv, max_seqlen_q, max_seqlen_k,
-                   causal, scale, None if rope is None else (*rope, 0), False, False, False,
-                   window, softcap, None, None, (cu_seqlens_q, cu_seqlens_k))
+    def run() -> None:
+        _launch_passes((q, k, v, dout, lse, delta), (out, *rows(out)), (dq, dk, dv), 0,
+                       rows(q, k, v, dout), rows(dq, dk), cu_seqlens_q.numel() - 1, h, hkv,
+                       max_seqlen_q, max_seqlen_k, causal, scale,
+                       None if rope is None else (*rope, 0), False, False, False, window,
+                       softcap, None, None, (cu_seqlens_q, cu_seqlens_k))
+
+    cos, sin = (None, None) if rope is None else rope
+    key = None
+    if _PLANS.on():
+        key = ("varlen", q.shape, k.shape, q.stride(), k.stride(), v.stride(), dout.stride(),
+               out.stride(), lse.shape, q.dtype, dout.dtype, out.dtype, cu_seqlens_q.shape,
+               cu_seqlens_q.dtype, max_seqlen_q, max_seqlen_k, causal, scale, window, softcap,
+               None if rope is None else (cos.shape, cos.stride(), sin.stride()),
+               aligned(q, k, v, dout, out, lse, cu_seqlens_q, cu_seqlens_k, cos, sin))
+    _PLANS.launch(key, (q, k, v, dout, out, lse, delta, dq, dk, dv, cu_seqlens_q, cu_seqlens_k,
+                        cos, sin), run)
     return dq, dk, dv

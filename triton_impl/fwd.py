@@ -393,7 +393,15 @@ def attention_fwd_varlen(
     def strides(t: torch.Tensor) -> tuple[int, int, int]:  # (b, h, row): b is the sequence
         return 0, t.stride(1), t.stride(0)
 
-    _launch(q, k, v, out, lse, strides(q), strides(k), strides(v), strides(out),
-            cu_seqlens_q.numel() - 1, h, h // hkv, max_seqlen_q, max_seqlen_k, causal, scale,
-            False, window, softcap, None, None, (cu_seqlens_q, cu_seqlens_k))
+    def run() -> None:
+        _launch(q, k, v, out, lse, strides(q), strides(k), strides(v), strides(out),
+                cu_seqlens_q.numel() - 1, h, h // hkv, max_seqlen_q, max_seqlen_k, causal, scale,
+                False, window, softcap, None, None, (cu_seqlens_q, cu_seqlens_k))
+
+    key = None
+    if _PLANS.on():
+        key = ("varlen", q.shape, k.shape, q.stride(), k.stride(), v.stride(), q.dtype,
+               cu_seqlens_q.shape, cu_seqlens_q.dtype, max_seqlen_q, max_seqlen_k, causal, scale,
+               window, softcap, aligned(q, k, v, cu_seqlens_q, cu_seqlens_k))
+    _PLANS.launch(key, (q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k), run)
     return out, lse
