@@ -387,3 +387,37 @@ def test_a_varlen_replay_launches_what_the_launchers_would(logged_launches: list
     monkeypatch.setattr(_plans, "ENABLED", False)
     call(**args, made=made)
     assert replayed and replayed == logged_launches, f"{name}: the replay differs"
+
+
+def test_replayed_packed_sequences_equal_the_launchers_path(monkeypatch) -> None:
+    """On a GPU: packed-sequence calls of one key after the first replay their plans and give
+    what Triton's own launch path gives, bit for bit."""
+    skip_if_unrunnable("triton", Case(1, 4, 2, 300, 300, 64, torch.bfloat16, True))
+    if not ON_GPU:
+        pytest.skip("plans replay direct launches, which are GPU-only")
+    import flashduo
+
+    monkeypatch.setattr(_plans, "ENABLED", True)
+    lens = [37, 300, 129]
+    cu = torch.tensor([0, 37, 337, 466], dtype=torch.int32, device="cuda")
+
+    def run(seed: int):
+        gen = torch.Generator(device="cuda").manual_seed(seed)
+        q, k, v, dout = (torch.randn(466, h, 64, generator=gen, device="cuda",
+                                     dtype=torch.bfloat16) for h in (4, 2, 2, 4))
+        q, k, v = (t.requires_grad_() for t in (q, k, v))
+        out = flashduo.attention_varlen(q, k, v, cu, cu, max(lens), max(lens), True,
+                                        backend="triton", window=(64, 0))
+        return (out, *torch.autograd.grad(out, (q, k, v), dout))
+
+    for seed in range(2):  # tunes and compiles, then records
+        run(seed)
+    replays = []
+    with monkeypatch.context() as spy:
+        spy.setattr(_plans._Plan, "replay", lambda plan, *a, f=_plans._Plan.replay: (
+            replays.append(1), f(plan, *a))[1])
+        replayed = run(2)
+    assert len(replays) == 2, "the forward and the backward were not both replayed"
+    monkeypatch.setenv("FLASHDUO_DIRECT_LAUNCH", "0")
+    for name, a, b in zip(("out", "dq", "dk", "dv"), replayed, run(2), strict=True):
+        assert torch.equal(a, b), f"{name}: the replayed call differs from Triton's launch path"
