@@ -12,8 +12,9 @@ benchmark's method) for:
   of flashduo's layers plus autograd;
 - a bare ``torch.autograd.Function`` around the same do-nothing forward and backward: autograd's
   own cost;
-- with ``triton``, its launchers called directly (``triton_impl.fwd.attention_fwd``,
-  ``triton_impl.bwd.attention_bwd``), and cuDNN's SDPA for scale.
+- with ``triton``, the same call with launch plans on (``FLASHDUO_LAUNCH_PLANS``; the backward
+  replays its plan too, recorded in the warm-up calls) and its launchers called directly
+  (``triton_impl.fwd.attention_fwd``, ``triton_impl.bwd.attention_bwd``); cuDNN's SDPA for scale.
 
     PYTHONPATH=. python examples/host_time.py                  # B=16 H=32 N=1024 D=64, causal
     PYTHONPATH=. python examples/host_time.py --n 197 --heads 6 --batch 256 --no-causal
@@ -107,8 +108,20 @@ def _rows(args: argparse.Namespace, sets: list[Inputs], dout: torch.Tensor) -> l
         except RuntimeError as exc:  # no cuDNN kernel for this shape or build
             print(f"cuDNN SDPA: not run ({str(exc).splitlines()[0]})")
     if args.backend == "triton" and sets[0][0].is_cuda:
+        from triton_impl import _plans
         from triton_impl.bwd import attention_bwd
         from triton_impl.fwd import attention_fwd
+
+        if not _plans.ENABLED:
+            step = cycled(via("triton"))
+
+            def planned() -> None:  # the whole step: the backward replays its plan too
+                _plans.ENABLED = True
+                try:
+                    step()
+                finally:
+                    _plans.ENABLED = False
+            rows.insert(1, ("triton forward+backward, launch plans on", planned, True))
 
         q, k, v = (t.detach() for t in sets[0])
         scale = q.shape[-1] ** -0.5
