@@ -112,16 +112,15 @@ def _rows(args: argparse.Namespace, sets: list[Inputs], dout: torch.Tensor) -> l
         from triton_impl.bwd import attention_bwd
         from triton_impl.fwd import attention_fwd
 
-        if not _plans.ENABLED:
-            step = cycled(via("triton"))
+        step, enabled = cycled(via("triton")), _plans.ENABLED
 
-            def planned() -> None:  # the whole step: the backward replays its plan too
-                _plans.ENABLED = True
-                try:
-                    step()
-                finally:
-                    _plans.ENABLED = False
-            rows.insert(1, ("triton forward+backward, launch plans on", planned, True))
+        def planned() -> None:  # the whole step: the backward replays its plan too
+            _plans.ENABLED = True
+            try:
+                step()
+            finally:
+                _plans.ENABLED = enabled
+        rows.insert(1, ("triton forward+backward, launch plans on", planned, True))
 
         q, k, v = (t.detach() for t in sets[0])
         scale = q.shape[-1] ** -0.5
