@@ -6,8 +6,10 @@ build for it. On a GPU against Triton's own launch path, bit for bit."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,10 +165,7 @@ def test_replayed_calls_equal_the_launchers_path(case: Case, packed: bool, monke
     for _ in range(2):  # tunes and compiles, then records
         run(*case_inputs(case))
     inputs = case_inputs(case, seed=1)
-    replays = []
-    with monkeypatch.context() as spy:
-        spy.setattr(_plans._Plan, "replay", lambda plan, *a, f=_plans._Plan.replay: (
-            replays.append(1), f(plan, *a))[1])
+    with _counted_replays() as replays:
         replayed = run(*inputs)
     assert len(replays) == 2, "the forward and the backward were not both replayed"
     monkeypatch.setenv("FLASHDUO_DIRECT_LAUNCH", "0")
@@ -240,6 +239,40 @@ def _tensors(shape: tuple, layout: str = "bhnd", offset: int = 0) -> list[torch.
     return [make() for _ in range(5)] + [lse, cos, sin]
 
 
+@contextlib.contextmanager
+def _counted_replays() -> Iterator[list]:
+    """A list that gets one entry per plan replay inside the block."""
+    replays: list = []
+    with pytest.MonkeyPatch.context() as spy:
+        spy.setattr(_plans._Plan, "replay", lambda plan, *a, f=_plans._Plan.replay: (
+            replays.append(1), f(plan, *a))[1])
+        yield replays
+
+
+def _plans_on_and_off(log: list, call) -> tuple[list, list, int]:
+    """``call()`` with plans on, then with plans off: the launches each logged, and the number
+    of replays the first made."""
+    log.clear()
+    with _counted_replays() as replays:
+        call()
+    replayed = list(log)
+    log.clear()
+    with pytest.MonkeyPatch.context() as off:
+        off.setattr(_plans, "ENABLED", False)
+        call()
+    return replayed, list(log), len(replays)
+
+
+def _assert_same_launches(name: str, replayed: list, plain: list) -> None:
+    """The replay launched the kernels, grids and arguments the launchers built with plans off."""
+    assert replayed, f"{name}: nothing launched"
+    assert [g[0] for g in replayed] == [w[0] for w in plain], f"{name}: other kernels"
+    for got, want in zip(replayed, plain, strict=True):
+        for i, (a, b) in enumerate(zip(got[2], want[2], strict=True)):
+            assert a == b, f"{name}: argument {i} of the replay is {a}, the launchers' {b}"
+        assert got == want, f"{name}: the replay's signature or grid differs"
+
+
 # (name, keywords of a call that differs from the base call in one thing the key must hold)
 _VARIANTS = [
     ("same", {}),
@@ -281,33 +314,12 @@ def test_a_replay_launches_what_the_launchers_would(logged_launches: list, name:
 
     call()
     call()  # recorded
-    logged_launches.clear()
-    base = {"shape": (2, 4, 64, 32), "layout": "bhnd", "offset": 0}
-    args = {**base, **change}
+    args = {"shape": (2, 4, 64, 32), "layout": "bhnd", "offset": 0, **change}
     tensors = _tensors(args["shape"], args["layout"], args["offset"])
-    replays = []
-    spy = pytest.MonkeyPatch()
-    spy.setattr(_plans._Plan, "replay", lambda plan, *a, f=_plans._Plan.replay: (
-        replays.append(1), f(plan, *a))[1])
-    try:
-        call(**args, tensors=tensors)
-    finally:
-        spy.undo()
-    assert name != "same" or len(replays) == 2, "the forward and backward were not replayed"
-    replayed = list(logged_launches)
-    logged_launches.clear()
-    _plans_off = pytest.MonkeyPatch()
-    _plans_off.setattr(_plans, "ENABLED", False)
-    try:
-        call(**args, tensors=tensors)
-    finally:
-        _plans_off.undo()
-    assert replayed, f"{name}: nothing launched"
-    assert [g[0] for g in replayed] == [w[0] for w in logged_launches], f"{name}: other kernels"
-    for got, want in zip(replayed, logged_launches, strict=True):
-        for i, (a, b) in enumerate(zip(got[2], want[2], strict=True)):
-            assert a == b, f"{name}: argument {i} of the replay is {a}, the launchers' {b}"
-        assert got == want, f"{name}: the replay's signature or grid differs"
+    replayed, plain, replays = _plans_on_and_off(logged_launches,
+                                                 lambda: call(**args, tensors=tensors))
+    assert name != "same" or replays == 2, "the forward and backward were not replayed"
+    _assert_same_launches(name, replayed, plain)
 
 
 _GLUON_VARIANTS = [("same", {}), ("scale", {"scale": 0.3}), ("causal", {"causal": False}),
@@ -330,16 +342,12 @@ def test_a_gluon_replay_launches_what_its_launcher_would(logged_launches: list, 
 
     call()
     call()  # recorded
-    assert len(gluon_fwd._PLANS) > 0, "the Gluon forward recorded no plan"
-    logged_launches.clear()
     args = {"shape": (2, 4, 128, 64), "layout": "bhnd", **change}
     tensors = _tensors(args["shape"], args["layout"])
-    call(**args, tensors=tensors)
-    replayed = list(logged_launches)
-    logged_launches.clear()
-    monkeypatch.setattr(_plans, "ENABLED", False)
-    call(**args, tensors=tensors)
-    assert replayed and replayed == logged_launches, f"{name}: the replay differs"
+    replayed, plain, replays = _plans_on_and_off(logged_launches,
+                                                 lambda: call(**args, tensors=tensors))
+    assert name != "same" or replays == 1, "the Gluon forward was not replayed"
+    _assert_same_launches(name, replayed, plain)
 
 
 _VARLEN_VARIANTS = [("same", {}), ("scale", {"scale": 0.3}), ("causal", {"causal": False}),
@@ -350,7 +358,7 @@ _VARLEN_VARIANTS = [("same", {}), ("scale", {"scale": 0.3}), ("causal", {"causal
 
 @pytest.mark.parametrize("name,change", _VARLEN_VARIANTS, ids=[v[0] for v in _VARLEN_VARIANTS])
 def test_a_varlen_replay_launches_what_the_launchers_would(logged_launches: list, name: str,
-                                                           change: dict, monkeypatch) -> None:
+                                                           change: dict) -> None:
     """The packed-sequence launchers' plans, as ``test_a_replay_launches_what_the_launchers_would``
     (the RoPE tables go to the backward only, as the op layer hands them)."""
 
@@ -375,17 +383,12 @@ def test_a_varlen_replay_launches_what_the_launchers_would(logged_launches: list
 
     call()
     call()  # recorded
-    for launcher in (fwd, bwd):
-        assert any(key[0][0] == "varlen" for key in launcher._PLANS._plans), "nothing recorded"
-    logged_launches.clear()
     args = {"batch": 3, "hkv": 4, **change}
     made = tensors(args["batch"], args["hkv"])
-    call(**args, made=made)
-    replayed = list(logged_launches)
-    logged_launches.clear()
-    monkeypatch.setattr(_plans, "ENABLED", False)
-    call(**args, made=made)
-    assert replayed and replayed == logged_launches, f"{name}: the replay differs"
+    replayed, plain, replays = _plans_on_and_off(logged_launches,
+                                                 lambda: call(**args, made=made))
+    assert name != "same" or replays == 2, "the forward and backward were not replayed"
+    _assert_same_launches(name, replayed, plain)
 
 
 def test_replayed_packed_sequences_equal_the_launchers_path(monkeypatch) -> None:
@@ -411,10 +414,7 @@ def test_replayed_packed_sequences_equal_the_launchers_path(monkeypatch) -> None
 
     for seed in range(2):  # tunes and compiles, then records
         run(seed)
-    replays = []
-    with monkeypatch.context() as spy:
-        spy.setattr(_plans._Plan, "replay", lambda plan, *a, f=_plans._Plan.replay: (
-            replays.append(1), f(plan, *a))[1])
+    with _counted_replays() as replays:
         replayed = run(2)
     assert len(replays) == 2, "the forward and the backward were not both replayed"
     monkeypatch.setenv("FLASHDUO_DIRECT_LAUNCH", "0")
