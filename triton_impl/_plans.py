@@ -146,9 +146,6 @@ class Plans:
     def __len__(self) -> int:
         return len(self._plans)
 
-    def clear(self) -> None:
-        self._plans.clear()
-
 
 def aligned(*tensors: torch.Tensor | None) -> tuple[bool | None, ...]:
     """Each tensor's 16-byte alignment (None for an absent one), a plan key's share of the
